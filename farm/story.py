@@ -1,0 +1,423 @@
+"""The story spec: one character, many scenes, and how they become a list of renders.
+
+A story arrives as a YAML/JSON file (CLI) or a JSON body (API); both go through the same pydantic
+models, so the rules live in one place. Every problem found is reported at once, each naming its
+field path (`scenes[3].prompt`), because a studio fixing a 200-scene file one error per run would
+rightly give up.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, get_args, get_origin
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from farm.errors import InputError
+from farm.render import styles
+
+MAX_PHOTOS = 16
+MAX_SCENES = 10_000
+MAX_RENDERS = 10_000
+MAX_SEED = 2**32 - 1
+MAX_VARIANTS = 16
+_MAX_LISTED_PROBLEMS = 20
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Variants = Annotated[int, Field(ge=1, le=MAX_VARIANTS)]
+Side = Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+
+
+def _photo_is_file(photo: str, info: ValidationInfo) -> str:
+    # Checked only when the caller says where relative paths start (a story loaded from a file);
+    # an API body names photos that are not on this machine's disk.
+    source_dir = (info.context or {}).get("source_dir")
+    if source_dir is not None:
+        path = Path(source_dir) / photo
+        if not path.is_file():
+            raise PydanticCustomError(
+                "photo_not_a_file", "photo {path} is not a file", {"path": str(path)}
+            )
+    return photo
+
+
+Photo = Annotated[str, StringConstraints(min_length=1), AfterValidator(_photo_is_file)]
+
+
+def _is_class_word(word: str) -> str:
+    if not word.isascii() or not word.isalpha() or len(word) > 30:
+        raise PydanticCustomError(
+            "class_word", "the class word must be one word of letters, e.g. 'man' or 'woman'"
+        )
+    return word
+
+
+def _is_trigger(word: str) -> str:
+    if not word.isascii() or not word.isalnum() or len(word) > 20:
+        raise PydanticCustomError(
+            "trigger", "the trigger must be one word of 1 to 20 letters or digits, e.g. 'img'"
+        )
+    return word
+
+
+class Character(BaseModel):
+    """The one person the story is about, shown to PhotoMaker by reference photos."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
+    class_word: Annotated[str, AfterValidator(_is_class_word)] = Field(
+        description="The word the trigger follows in every prompt: man, woman, girl, boy, ..."
+    )
+    trigger: Annotated[str, AfterValidator(_is_trigger)] = "img"
+    photos: list[Photo] = Field(min_length=1, max_length=MAX_PHOTOS)
+    face_crop: bool = Field(
+        default=False, description="Crop the photos around the face for the CLIP branch."
+    )
+
+    @field_validator("trigger")
+    @classmethod
+    def _trigger_is_not_class_word(cls, trigger: str, info: ValidationInfo) -> str:
+        class_word = info.data.get("class_word")
+        if class_word is not None and trigger.casefold() == class_word.casefold():
+            raise PydanticCustomError(
+                "trigger_is_class_word",
+                "the trigger word must differ from the class word '{class_word}': "
+                "the encoder drops the trigger and keeps the class word",
+                {"class_word": class_word},
+            )
+        return trigger
+
+
+class Scene(BaseModel):
+    """One illustration: a prompt naming the character, rendered `variants` times."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+    caption: Annotated[str, StringConstraints(max_length=500)] | None = None
+    seed: Seed | None = Field(default=None, description="This scene's base seed.")
+    negative: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
+        default=None, description="Replaces the story's negative_prompt for this scene."
+    )
+    variants: Variants | None = Field(default=None, description="Overrides the story's.")
+
+
+@dataclass(frozen=True)
+class PlannedRender:
+    """One image to make: everything a worker needs besides the character and the settings."""
+
+    scene_index: int
+    variant: int
+    prompt: str
+    negative: str
+    seed: int
+    caption: str | None
+
+
+def derive_seed(base: int, scene: int, variant: int) -> int:
+    """A seed for a scene without its own, fixed by (base, scene index, variant) alone.
+
+    Hashing rather than `base + counter` means appending scenes, or changing another scene's
+    variants, leaves every existing render's seed, and so its picture, unchanged; sha256 rather
+    than `hash()` or `random` gives the same number on every machine and Python version.
+    """
+    digest = hashlib.sha256(f"{base}:{scene}:{variant}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+_WORD_OR_PUNCTUATION = re.compile(r"\w+|[^\w\s]+")
+
+
+def _trigger_problem(prompt: str, class_word: str, trigger: str) -> str | None:
+    """What is wrong with where a prompt puts the trigger word, or None when it is right.
+
+    Punctuation counts as a token of its own, as in CLIP's tokenizer: "man-img" does not put the
+    trigger directly after the class word, "man img," does.
+    """
+    tokens = [token.casefold() for token in _WORD_OR_PUNCTUATION.findall(prompt)]
+    positions = [i for i, token in enumerate(tokens) if token == trigger.casefold()]
+    example = f"e.g. 'a {class_word} {trigger} walking'"
+    if not positions:
+        return (
+            f"has no trigger word {trigger!r}; write it right after the class word "
+            f"{class_word!r}, {example}"
+        )
+    if len(positions) > 1:
+        return (
+            f"the trigger word {trigger!r} appears {len(positions)} times; use it once, "
+            f"right after the class word {class_word!r}, {example}"
+        )
+    position = positions[0]
+    if position == 0 or tokens[position - 1] != class_word.casefold():
+        return (
+            f"the trigger word {trigger!r} must directly follow the class word {class_word!r}, "
+            f"{example}"
+        )
+    return None
+
+
+class Story(BaseModel):
+    """A character and the scenes to illustrate, with the settings shared by all renders.
+
+    Validate with `context={"presets": ..., "source_dir": ...}` (as `parse_story` does) to also
+    check the preset name and that the photos exist; without a context those two checks are
+    skipped, which suits schema work and bodies whose photos live elsewhere.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    character: Character
+    preset: Annotated[str, StringConstraints(min_length=1)]
+    style: str = Field(default=styles.DEFAULT_STYLE, description="A style name or its slug.")
+    negative_prompt: Annotated[str, StringConstraints(max_length=1000)] = (
+        styles.DEFAULT_NEGATIVE_PROMPT
+    )
+    width: Side | None = None
+    height: Side | None = None
+    aspect: str | None = Field(default=None, description="An aspect preset, e.g. '3:2'.")
+    steps: int = Field(default=50, ge=1, le=150)
+    guidance: float = Field(default=5.0, ge=0, le=30)
+    style_strength: float = Field(
+        default=20,
+        ge=0,
+        le=100,
+        description="Percent of the steps run on the text-only prompt; 15-50 is useful.",
+    )
+    seed: Seed = 0
+    variants: Variants = 1
+    scenes: list[Scene] = Field(min_length=1, max_length=MAX_SCENES)
+
+    _source_dir: Path | None = PrivateAttr(default=None)
+
+    @field_validator("preset")
+    @classmethod
+    def _preset_is_known(cls, preset: str, info: ValidationInfo) -> str:
+        presets = (info.context or {}).get("presets")
+        if presets is not None and preset not in presets:
+            raise PydanticCustomError(
+                "unknown_preset",
+                "unknown preset '{preset}'; choose one of: {known}",
+                {"preset": preset, "known": ", ".join(sorted(presets))},
+            )
+        return preset
+
+    @field_validator("style")
+    @classmethod
+    def _style_is_canonical(cls, style: str) -> str:
+        return styles.canonical_style(style)
+
+    @field_validator("aspect")
+    @classmethod
+    def _aspect_is_canonical(cls, aspect: str | None, info: ValidationInfo) -> str | None:
+        if aspect is None:
+            return None
+        styles.resolve_size(aspect, info.data.get("width"), info.data.get("height"))
+        return styles.canonical_aspect(aspect)
+
+    @field_validator("scenes")
+    @classmethod
+    def _scenes_fit_character(cls, scenes: list[Scene], info: ValidationInfo) -> list[Scene]:
+        # A field validator rather than a model one, so these problems are listed together with
+        # those of the other fields instead of only after they are fixed.
+        problems: list[InitErrorDetails] = []
+        character = info.data.get("character")
+        if character is not None:
+            for index, scene in enumerate(scenes):
+                problem = _trigger_problem(scene.prompt, character.class_word, character.trigger)
+                if problem is not None:
+                    problems.append(_problem(problem, (index, "prompt"), scene.prompt))
+        story_variants = info.data.get("variants")
+        if story_variants is not None:
+            total = sum(scene.variants or story_variants for scene in scenes)
+            if total > MAX_RENDERS:
+                message = f"{total} renders (scenes x variants); at most {MAX_RENDERS} per story"
+                problems.append(_problem(message, (), f"{len(scenes)} scenes"))
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return scenes
+
+    @model_validator(mode="after")
+    def _remember_source_dir(self, info: ValidationInfo) -> Story:
+        source_dir = (info.context or {}).get("source_dir")
+        self._source_dir = None if source_dir is None else Path(source_dir)
+        return self
+
+    @property
+    def source_dir(self) -> Path | None:
+        """Where relative photo paths start; set from the validation context, never the body."""
+        return self._source_dir
+
+    def photo_paths(self) -> list[Path]:
+        base = self._source_dir or Path()
+        return [base / photo for photo in self.character.photos]
+
+    def render_size(self) -> tuple[int, int]:
+        return styles.resolve_size(self.aspect, self.width, self.height)
+
+    def plan(self) -> list[PlannedRender]:
+        """Every scene x variant, in order, with its styled prompts and seed."""
+        renders = []
+        for index, scene in enumerate(self.scenes):
+            negative = self.negative_prompt if scene.negative is None else scene.negative
+            prompt, negative = styles.apply_style(self.style, scene.prompt, negative)
+            for variant in range(scene.variants or self.variants):
+                if scene.seed is None:
+                    seed = derive_seed(self.seed, index, variant)
+                else:
+                    # Wrapped so that every seed stays in the range a story may name.
+                    seed = (scene.seed + variant) % (MAX_SEED + 1)
+                renders.append(PlannedRender(index, variant, prompt, negative, seed, scene.caption))
+        return renders
+
+
+def _problem(message: str, loc: tuple[str | int, ...], value: Any) -> InitErrorDetails:
+    # The message goes in as a context value, not as the template, so braces in it stay literal.
+    return InitErrorDetails(
+        type=PydanticCustomError("story", "{message}", {"message": message}),
+        loc=loc,
+        input=value,
+    )
+
+
+def parse_story(
+    data: Any,
+    *,
+    presets: Collection[str],
+    source: str = "story",
+    source_dir: Path | None = None,
+) -> Story:
+    """Validate a story given as data; every problem becomes one line of one `InputError`.
+
+    `source` names the story in messages (the file name for the CLI); with `source_dir`, photo
+    paths are resolved from there and must be files.
+    """
+    if not isinstance(data, dict):
+        raise InputError(
+            f"{source}: a story must be a mapping with 'character' and 'scenes' at the top "
+            f"(got {type(data).__name__})"
+        )
+    context = {"presets": presets, "source_dir": source_dir}
+    try:
+        return Story.model_validate(data, context=context)
+    except ValidationError as error:
+        raise InputError(_describe(error, source)) from None
+
+
+def load_story(path: Path, *, presets: Collection[str]) -> Story:
+    """Read a story file, JSON or YAML whatever its extension, photos relative to its folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such story file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: cannot read the story file ({error})") from None
+    data = _parse_text(text, str(path))
+    return parse_story(data, presets=presets, source=str(path), source_dir=path.parent)
+
+
+def _parse_text(text: str, source: str) -> Any:
+    # JSON first: it is stricter, and its errors are the helpful ones for a file that is JSON.
+    # Most JSON is valid YAML too, so a file that fails both is judged by how it starts.
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as json_error:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as yaml_error:
+            if text.lstrip().startswith(("{", "[")):
+                raise InputError(
+                    f"{source}: line {json_error.lineno}, column {json_error.colno}: "
+                    f"invalid JSON: {json_error.msg}"
+                ) from None
+            raise InputError(f"{source}: {_describe_yaml_error(yaml_error)}") from None
+
+
+def _describe_yaml_error(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    if mark is None:
+        return f"invalid YAML: {problem}"
+    return f"line {mark.line + 1}, column {mark.column + 1}: invalid YAML: {problem}"
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [_describe_problem(problem, source) for problem in error.errors()]
+    if len(lines) > _MAX_LISTED_PROBLEMS:
+        hidden = len(lines) - _MAX_LISTED_PROBLEMS
+        lines = [*lines[:_MAX_LISTED_PROBLEMS], f"{source}: ... and {hidden} more problems"]
+    return "\n".join(lines)
+
+
+def _describe_problem(problem: Any, source: str) -> str:
+    loc = problem["loc"]
+    kind = problem["type"]
+    path = _field_path(loc) or "(top level)"
+    if kind == "missing":
+        return f"{source}: {path}: required field missing"
+    if kind == "extra_forbidden":
+        message = _unknown_field_message(loc)
+    elif kind == "value_error":
+        message = str(problem["ctx"]["error"])
+    else:
+        message = problem["msg"][:1].lower() + problem["msg"][1:]
+    return f"{source}: {path}: {message} (got {_shorten(problem['input'])})"
+
+
+def _field_path(loc: tuple[str | int, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path.lstrip(".")
+
+
+def _unknown_field_message(loc: tuple[str | int, ...]) -> str:
+    """Name the fields allowed where an unknown one was found, and the likely intended one."""
+    model = _model_at(loc[:-1])
+    if model is None:
+        return "unknown field"
+    known = list(model.model_fields)
+    guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    hint = f"did you mean {guess[0]!r}? " if guess else ""
+    return f"unknown field; {hint}fields here: {', '.join(known)}"
+
+
+def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Story
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        inner = field.annotation
+        if get_origin(inner) is list:
+            inner = get_args(inner)[0]
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return None
+        model = inner
+    return model
+
+
+def _shorten(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

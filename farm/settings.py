@@ -27,6 +27,7 @@ class Settings:
     storage_url: str
     s3_endpoint_url: str | None = None
     device: str | None = None
+    sdxl_base: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -41,4 +42,5 @@ class Settings:
             storage_url=env.get("FARM_STORAGE_URL") or (data_dir / "storage").as_uri(),
             s3_endpoint_url=env.get("FARM_S3_ENDPOINT_URL") or None,
             device=env.get("FARM_DEVICE") or None,
+            sdxl_base=env.get("FARM_SDXL_BASE") or None,
         )

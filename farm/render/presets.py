@@ -1,1 +1,147 @@
-"""Model presets: which SDXL base, which PhotoMaker checkpoint and face model a render uses."""
+"""Model presets: which SDXL base, which PhotoMaker checkpoint and which face model a render
+uses, and where their files are found on this machine.
+
+Real presets read official weights from `FARM_MODELS_DIR` (a folder per model) or from the
+Hugging Face cache, never from the network at render time: a missing file is a
+`ModelNotFoundError` that names what to fetch. `farm models pull` fetches them where internet
+exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.errors import InputError, ModelNotFoundError
+from farm.render.tiny import ensure_tiny
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    version: int  # PhotoMaker version
+    base_model: str  # Hugging Face repo id of the SDXL base, diffusers layout
+    checkpoint_repo: str
+    checkpoint_file: str
+    face_model: str  # "buffalo_l" / "antelopev2" (insightface) or "dlib"
+    steps: int = 50
+    guidance: float = 5.0
+    size: tuple[int, int] = (1024, 1024)
+    batch_size: int = 2  # renders per UNet call on one GPU
+    tiny: bool = False
+
+    @property
+    def queue(self) -> str:
+        return f"render.{self.name}"
+
+
+_REALVIS = "SG161222/RealVisXL_V4.0"  # the reference demo's base model
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("tiny", 2, "", "", "photomaker-v2.bin", "dlib", 4, 5.0, (64, 64), 8, tiny=True),
+        Preset("tiny-v1", 1, "", "", "photomaker-v1.bin", "dlib", 4, 5.0, (64, 64), 8, tiny=True),
+        Preset("photomaker-v1", 1, _REALVIS, "TencentARC/PhotoMaker", "photomaker-v1.bin", "dlib"),
+        Preset(
+            "photomaker-v2",
+            2,
+            _REALVIS,
+            "TencentARC/PhotoMaker-V2",
+            "photomaker-v2.bin",
+            "buffalo_l",
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    sdxl_dir: Path
+    checkpoint: Path
+    models_dir: Path  # where the face model packs are looked up
+
+
+def _hf_cached(repo_id: str, filename: str | None = None) -> Path | None:
+    """A file or snapshot already in the Hugging Face cache; never touches the network."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        if filename is None:
+            return Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(hf_hub_download(repo_id, filename, local_files_only=True))
+    except Exception:  # the hub client raises several kinds of "not cached"
+        return None
+
+
+def locate(preset: Preset, models_dir: Path, sdxl_base: str | None = None) -> ModelFiles:
+    """Find a preset's files, building the tiny ones on first use."""
+    if preset.tiny:
+        root = ensure_tiny(models_dir)
+        return ModelFiles(root / "sdxl", root / preset.checkpoint_file, models_dir)
+
+    base = sdxl_base or preset.base_model
+    candidates = [Path(base), models_dir / base, models_dir / base.split("/")[-1]]
+    sdxl_dir = next((p for p in candidates if (p / "model_index.json").is_file()), None)
+    if sdxl_dir is None and "/" in base and not Path(base).is_absolute():
+        sdxl_dir = _hf_cached(base)
+    if sdxl_dir is None:
+        raise ModelNotFoundError(
+            f"preset {preset.name!r} needs the SDXL base {base!r} in diffusers format: run "
+            f"`farm models pull {preset.name}` where internet is available, or put the folder "
+            f"at {models_dir / base.split('/')[-1]}"
+        )
+    checkpoint = next(
+        (
+            p
+            for p in (
+                models_dir / preset.checkpoint_file,
+                models_dir / "photomaker" / preset.checkpoint_file,
+            )
+            if p.is_file()
+        ),
+        None,
+    ) or _hf_cached(preset.checkpoint_repo, preset.checkpoint_file)
+    if checkpoint is None:
+        raise ModelNotFoundError(
+            f"preset {preset.name!r} needs {preset.checkpoint_file} from {preset.checkpoint_repo}: "
+            f"run `farm models pull {preset.name}`, or put the file at "
+            f"{models_dir / preset.checkpoint_file}"
+        )
+    return ModelFiles(sdxl_dir, checkpoint, models_dir)
+
+
+def pull(preset: Preset, models_dir: Path, sdxl_base: str | None = None) -> ModelFiles:
+    """Download a preset's weights into `models_dir` (needs internet; not for workers)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    if not preset.tiny:
+        base = sdxl_base or preset.base_model
+        snapshot_download(
+            base,
+            local_dir=models_dir / base.split("/")[-1],
+            # The diffusers folders only, not the single-file checkpoint beside them.
+            allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"],
+        )
+        hf_hub_download(preset.checkpoint_repo, preset.checkpoint_file, local_dir=models_dir)
+        if preset.face_model != "dlib":
+            raise_face_pack_hint(preset, models_dir)
+    return locate(preset, models_dir, sdxl_base)
+
+
+def raise_face_pack_hint(preset: Preset, models_dir: Path) -> None:
+    """insightface's packs are not on the Hugging Face hub under a stable name; say where to
+    put them rather than guessing a download."""
+    pack = models_dir / "insightface" / "models" / preset.face_model
+    if not any(pack.glob("*.onnx")):
+        raise ModelNotFoundError(
+            f"preset {preset.name!r} also needs insightface's {preset.face_model} pack: unzip "
+            f"{preset.face_model}.zip from insightface's model zoo into {pack}"
+        )

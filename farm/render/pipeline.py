@@ -1,0 +1,349 @@
+"""The PhotoMaker SDXL pipeline: a batch of scenes of one story, rendered with the stacked ID
+embedding. `__call__` reads top to bottom in numbered steps, like diffusers' pipelines.
+
+What differs from diffusers' SDXL pipeline, and why:
+- identity: ID tokens arrive precomputed (`IdentityTokens`, cached per character); only the
+  fuse step runs here, once per distinct prompt;
+- batching: every render brings its own prompt and seed, and its latents come from its own CPU
+  generator, so a render's pixels do not depend on what it was batched with or on the device;
+- style strength: the UNet sees the text-only prompt up to `start_merge_step`, then the ID prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from PIL import Image
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
+
+from farm.errors import InputError
+from farm.identity.encoders import IDEncoder
+from farm.identity.prompt import expand_prompt, register_triggers, text_only_prompt
+from farm.identity.tokens import IdentityTokens
+
+MAX_MERGE_STEP = 30  # the reference caps the text-only phase at 30 steps
+
+
+class RenderCancelled(Exception):
+    """The caller asked to stop (a cancelled job); nothing of the batch is returned."""
+
+
+@dataclass(frozen=True)
+class SceneRender:
+    """One image to make: its styled prompt (with trigger words), negative and seed."""
+
+    prompt: str
+    negative: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What a step callback sees: enough to show progress and to test the merge switch."""
+
+    step: int
+    timestep: float
+    uses_identity: bool
+    latents: torch.Tensor
+
+
+@dataclass
+class RenderResult:
+    images: list[Image.Image]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def start_merge_step(style_strength: float, steps: int) -> int:
+    """Last step index that still uses the text-only prompt (the reference's formula)."""
+    return min(int(style_strength / 100 * steps), MAX_MERGE_STEP)
+
+
+@dataclass
+class _Embeds:
+    """Per-render conditioning, stacked along the batch."""
+
+    id_prompt: torch.Tensor
+    id_pooled: torch.Tensor
+    text_prompt: torch.Tensor
+    text_pooled: torch.Tensor
+    negative: torch.Tensor
+    negative_pooled: torch.Tensor
+
+
+class PhotoMakerPipeline:
+    def __init__(
+        self,
+        *,
+        tokenizer: PreTrainedTokenizerBase,
+        tokenizer_2: PreTrainedTokenizerBase,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        scheduler: EulerDiscreteScheduler,
+        id_encoder: IDEncoder,
+        force_zeros_for_empty_prompt: bool = True,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+        self.unet = unet
+        self.vae = vae
+        self.scheduler = scheduler
+        self.id_encoder = id_encoder
+        self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    # ------------------------------------------------------------------ prompts
+
+    def check_prompt(
+        self,
+        prompt: str,
+        tokens_per_trigger: Mapping[str, int],
+        class_words: Mapping[str, str] | None = None,
+    ) -> None:
+        """Raise `InputError` if `prompt` cannot carry these identities (before any model work)."""
+        register_triggers(self.tokenizer, list(tokens_per_trigger))
+        register_triggers(self.tokenizer_2, list(tokens_per_trigger))
+        expand_prompt(self.tokenizer, prompt, tokens_per_trigger, class_words)
+
+    def _encode_ids(self, ids_1: Sequence[int], ids_2: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        """Penultimate hidden states of both encoders, concatenated (SDXL), and the pooled one."""
+        device = self.device
+        out_1 = self.text_encoder(torch.tensor([ids_1], device=device), output_hidden_states=True)
+        out_2 = self.text_encoder_2(torch.tensor([ids_2], device=device), output_hidden_states=True)
+        embeds = torch.cat([out_1.hidden_states[-2], out_2.hidden_states[-2]], dim=-1)
+        return embeds[0], out_2.text_embeds[0]
+
+    def _encode_text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        def ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+            return tokenizer(
+                prompt, padding="max_length", truncation=True, max_length=tokenizer.model_max_length
+            ).input_ids
+
+        return self._encode_ids(ids(self.tokenizer), ids(self.tokenizer_2))
+
+    def encode_identity_prompt(
+        self,
+        prompt: str,
+        identities: Mapping[str, IdentityTokens],
+        class_words: Mapping[str, str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stacked ID embedding of one prompt: `[77, D]` and its pooled `[D2]`.
+
+        Each trigger's class word is repeated once per ID token, both encoders run on the
+        expanded trigger-free ids, and every repeated position is fused with its ID token (the
+        fusion works on the concatenated vector, so both encoders' slices are replaced).
+        """
+        counts = {trigger: identity.num_tokens for trigger, identity in identities.items()}
+        register_triggers(self.tokenizer, list(counts))
+        register_triggers(self.tokenizer_2, list(counts))
+        first = expand_prompt(self.tokenizer, prompt, counts, class_words)
+        second = expand_prompt(self.tokenizer_2, prompt, counts, class_words)
+        if first.positions != second.positions:
+            raise RuntimeError("SDXL's two tokenizers disagree on the class-word positions")
+        embeds, pooled = self._encode_ids(first.input_ids, second.input_ids)
+        embeds = embeds.clone()
+        for trigger, identity in identities.items():
+            positions = list(first.positions[trigger])
+            tokens = identity.flat().to(device=embeds.device)
+            fused = self.id_encoder.fuse(embeds[positions], tokens)
+            embeds[positions] = fused.to(embeds.dtype)
+        return embeds, pooled
+
+    def _negative(self, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, pooled = self._encode_text(negative)
+        if not negative and self.force_zeros_for_empty_prompt:
+            return torch.zeros_like(embeds), torch.zeros_like(pooled)
+        return embeds, pooled
+
+    def encode_batch(
+        self,
+        renders: Sequence[SceneRender],
+        identities: Mapping[str, IdentityTokens],
+        class_words: Mapping[str, str] | None,
+    ) -> _Embeds:
+        """Conditioning for every render; each distinct prompt is encoded once."""
+        id_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        neg_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        rows: list[tuple[torch.Tensor, ...]] = []
+        for render in renders:
+            if render.prompt not in id_cache:
+                id_cache[render.prompt] = self.encode_identity_prompt(
+                    render.prompt, identities, class_words
+                )
+                text = text_only_prompt(render.prompt, list(identities))
+                text_cache[render.prompt] = self._encode_text(text)
+            if render.negative not in neg_cache:
+                neg_cache[render.negative] = self._negative(render.negative)
+            rows.append(
+                (*id_cache[render.prompt], *text_cache[render.prompt], *neg_cache[render.negative])
+            )
+        stacked = [torch.stack(column) for column in zip(*rows, strict=True)]
+        return _Embeds(*stacked)
+
+    # ------------------------------------------------------------------ latents and images
+
+    def prepare_latents(self, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
+        """One CPU generator per render: same seed, same noise, whatever the batch or device."""
+        shape = (
+            self.unet.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        noise = [
+            torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)) for seed in seeds
+        ]
+        return torch.stack(noise).to(device=self.device, dtype=self.dtype)
+
+    def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
+        vae = self.vae
+        # SDXL's VAE overflows in fp16; decode in fp32 where its config asks for it.
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            latents = latents.to(vae.dtype) / vae.config.scaling_factor
+            pixels = vae.decode(latents).sample
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+        return [Image.fromarray((p * 255).round().astype(np.uint8)) for p in pixels]
+
+    # ------------------------------------------------------------------ the render
+
+    def check_inputs(
+        self,
+        renders: Sequence[SceneRender],
+        identities: Mapping[str, IdentityTokens],
+        height: int,
+        width: int,
+        steps: int,
+        guidance: float,
+        style_strength: float,
+        class_words: Mapping[str, str] | None,
+    ) -> None:
+        if not renders:
+            raise InputError("nothing to render: the batch is empty")
+        if not identities:
+            raise InputError("no identity given: PhotoMaker needs at least one character")
+        step = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        for name, value in (("height", height), ("width", width)):
+            if value <= 0 or value % step:
+                raise InputError(f"{name} must be a positive multiple of {step}, got {value}")
+        if steps < 1:
+            raise InputError(f"steps must be at least 1, got {steps}")
+        if guidance < 0:
+            raise InputError(f"guidance must be >= 0, got {guidance}")
+        if not 0 <= style_strength <= 100:
+            raise InputError(f"style_strength is a percentage (0-100), got {style_strength}")
+        width_d = self.id_encoder.config.embed_dim
+        for trigger, identity in identities.items():
+            if identity.tokens.shape[-1] != width_d:
+                raise InputError(
+                    f"identity for {trigger!r} has width {identity.tokens.shape[-1]}, but this "
+                    f"preset's encoder fuses width {width_d}: it was made by another model"
+                )
+        counts = {trigger: identity.num_tokens for trigger, identity in identities.items()}
+        for render in {r.prompt for r in renders}:
+            self.check_prompt(render, counts, class_words)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        renders: Sequence[SceneRender],
+        identities: Mapping[str, IdentityTokens],
+        *,
+        height: int = 1024,
+        width: int = 1024,
+        steps: int = 50,
+        guidance: float = 5.0,
+        style_strength: float = 20.0,
+        class_words: Mapping[str, str] | None = None,
+        callback: Callable[[StepState], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> RenderResult:
+        """Render every scene of `renders` as one batch; `identities` maps trigger -> tokens."""
+        # 0. Defaults: a fresh scheduler per call, since schedulers carry step state.
+        scheduler = EulerDiscreteScheduler.from_config(self.scheduler.config)
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+
+        # 1. Check inputs: every error is raised here, before any model runs.
+        self.check_inputs(
+            renders, identities, height, width, steps, guidance, style_strength, class_words
+        )
+
+        # 2. Call parameters.
+        batch = len(renders)
+        do_cfg = guidance > 1.0
+        merge_step = start_merge_step(style_strength, steps)
+
+        # 3. Encode prompts: the ID prompt, the text-only prompt and the negative.
+        embeds = self.encode_batch(renders, identities, class_words)
+        timings["encode"] = time.perf_counter() - started
+
+        # 4. Timesteps.
+        scheduler.set_timesteps(steps, device=self.device)
+        timesteps = scheduler.timesteps
+
+        # 5. Latents, each from its render's own seed.
+        latents = self.prepare_latents([r.seed for r in renders], height, width)
+        latents = latents * scheduler.init_noise_sigma
+
+        # 6. SDXL's micro-conditioning: original size, crop (0, 0), target size.
+        time_ids = torch.tensor(
+            [[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype
+        ).repeat(batch * (2 if do_cfg else 1), 1)
+
+        # 7. Denoising loop.
+        denoise_started = time.perf_counter()
+        for i, t in enumerate(timesteps):
+            if cancelled is not None and cancelled():
+                raise RenderCancelled(f"cancelled at step {i}")
+            uses_identity = i > merge_step
+            if uses_identity:
+                cond, pooled = embeds.id_prompt, embeds.id_pooled
+            else:
+                cond, pooled = embeds.text_prompt, embeds.text_pooled
+            if do_cfg:
+                cond = torch.cat([embeds.negative, cond])
+                pooled = torch.cat([embeds.negative_pooled, pooled])
+            model_in = torch.cat([latents] * 2) if do_cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            noise = self.unet(
+                model_in,
+                t,
+                encoder_hidden_states=cond.to(self.dtype),
+                added_cond_kwargs={"text_embeds": pooled.to(self.dtype), "time_ids": time_ids},
+                return_dict=False,
+            )[0]
+            if do_cfg:
+                uncond, text = noise.chunk(2)
+                noise = uncond + guidance * (text - uncond)
+            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+            if callback is not None:
+                callback(StepState(i, float(t), uses_identity, latents))
+        timings["denoise"] = time.perf_counter() - denoise_started
+
+        # 8. Decode.
+        decode_started = time.perf_counter()
+        images = self.decode_latents(latents)
+        timings["decode"] = time.perf_counter() - decode_started
+        return RenderResult(images, timings)

@@ -1,0 +1,160 @@
+"""Rendering a whole story on this machine: the `farm render` command's engine.
+
+Every render is planned and every prompt checked before the first image is made, so a bad scene
+fails the command before it has written anything. Images are written whole (aside, then renamed)
+with their prompt, seed and settings in the PNG metadata, and `manifest.json` is written last:
+a folder with a manifest is a finished render.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from farm import __version__
+from farm.identity.engine import Photo
+from farm.render.loading import LoadedPreset
+from farm.render.pipeline import SceneRender
+from farm.storage.local import LocalStorage
+from farm.story import PlannedRender, Story
+
+
+def render_filename(scene_index: int, variant: int) -> str:
+    """The one naming rule for render files, locally and in object storage."""
+    return f"{scene_index:04d}-v{variant}.png"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """What, besides the prompt and seed, decides a render's pixels."""
+
+    preset: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    style: str
+    style_strength: float
+
+    @classmethod
+    def of(cls, story: Story) -> RenderSettings:
+        width, height = story.render_size()
+        return cls(
+            story.preset,
+            width,
+            height,
+            story.steps,
+            story.guidance,
+            story.style,
+            story.style_strength,
+        )
+
+
+def png_bytes(image: Image.Image, planned: PlannedRender, settings: RenderSettings) -> bytes:
+    """The PNG with its recipe embedded, so a file alone says how to make it again."""
+    info = PngInfo()
+    recipe = {
+        "prompt": planned.prompt,
+        "negative_prompt": planned.negative,
+        "seed": planned.seed,
+        "scene": planned.scene_index,
+        "variant": planned.variant,
+        **asdict(settings),
+        "software": f"render-farm {__version__}",
+    }
+    info.add_text("parameters", json.dumps(recipe, ensure_ascii=False))
+    info.add_text("Software", recipe["software"])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def character_photos(story: Story) -> list[Photo]:
+    return [Photo(path.name, path.read_bytes()) for path in story.photo_paths()]
+
+
+def batches(items: Sequence[PlannedRender], size: int) -> list[Sequence[PlannedRender]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def render_story(
+    story: Story,
+    out_dir: Path,
+    loaded: LoadedPreset,
+    *,
+    batch_size: int | None = None,
+    on_render: Callable[[PlannedRender, Path], None] | None = None,
+) -> Path:
+    """Render every scene and variant of `story` into `out_dir`; returns the manifest's path."""
+    character = story.character
+    settings = RenderSettings.of(story)
+    pipeline = loaded.pipeline
+    plan = story.plan()
+
+    started = time.perf_counter()
+    identity = loaded.identity.tokens_for(character_photos(story), crop=character.face_crop)
+    identities = {character.trigger: identity}
+    class_words = {character.trigger: character.class_word}
+    # Check every prompt first: a scene that cannot render must fail before any image exists.
+    for prompt in {p.prompt for p in plan}:
+        pipeline.check_prompt(prompt, {character.trigger: identity.num_tokens}, class_words)
+    identity_seconds = time.perf_counter() - started
+
+    # The output folder is object storage too: whole-file writes come with it.
+    out = LocalStorage(out_dir)
+    entries = []
+    for batch in batches(plan, batch_size or loaded.preset.batch_size):
+        result = pipeline(
+            [SceneRender(p.prompt, p.negative, p.seed) for p in batch],
+            identities,
+            height=settings.height,
+            width=settings.width,
+            steps=settings.steps,
+            guidance=settings.guidance,
+            style_strength=settings.style_strength,
+            class_words=class_words,
+        )
+        for planned, image in zip(batch, result.images, strict=True):
+            name = render_filename(planned.scene_index, planned.variant)
+            out.put(name, png_bytes(image, planned, settings), "image/png")
+            entries.append(
+                {
+                    "file": name,
+                    "scene": planned.scene_index,
+                    "variant": planned.variant,
+                    "seed": planned.seed,
+                    "prompt": planned.prompt,
+                    "negative_prompt": planned.negative,
+                    "caption": planned.caption,
+                    "timings": {k: round(v / len(batch), 4) for k, v in result.timings.items()},
+                }
+            )
+            if on_render is not None:
+                on_render(planned, out_dir / name)
+
+    manifest = {
+        "software": f"render-farm {__version__}",
+        "character": {
+            "name": character.name,
+            "class_word": character.class_word,
+            "trigger": character.trigger,
+            "photos": [p.name for p in story.photo_paths()],
+            "identity": {
+                "encoder": identity.encoder_fingerprint,
+                "photos": identity.photos_fingerprint,
+                "tokens": identity.num_tokens,
+            },
+        },
+        "settings": asdict(settings),
+        "identity_seconds": round(identity_seconds, 4),
+        "renders": entries,
+    }
+    out.put("manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+    return out_dir / "manifest.json"

@@ -243,7 +243,8 @@ class PhotoMakerPipeline:
             raise InputError("nothing to render: the batch is empty")
         if not identities:
             raise InputError("no identity given: PhotoMaker needs at least one character")
-        step = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        # The VAE's factor is the only hard constraint: the UNet pads odd latent sizes itself.
+        step = self.vae_scale_factor
         for name, value in (("height", height), ("width", width)):
             if value <= 0 or value % step:
                 raise InputError(f"{name} must be a positive multiple of {step}, got {value}")

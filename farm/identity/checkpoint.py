@@ -58,8 +58,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> PhotoMakerCheckpoint:
                 )
             parts[head][rest] = tensor
     else:
-        # weights_only: a checkpoint is data, never code to run.
-        parts = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        parts = _load_pickle(path)
         if not isinstance(parts, dict) or set(parts) != {"id_encoder", "lora_weights"}:
             found = sorted(parts) if isinstance(parts, dict) else type(parts).__name__
             raise InputError(
@@ -68,6 +67,25 @@ def read_checkpoint(path: str | os.PathLike[str]) -> PhotoMakerCheckpoint:
             )
     encoder = {k: v for k, v in parts["id_encoder"].items() if k not in _STALE_KEYS}
     return PhotoMakerCheckpoint(encoder, dict(parts["lora_weights"]), file_fingerprint(path))
+
+
+def _load_pickle(path: Path) -> object:
+    # weights_only: a checkpoint is data, never code to run. mmap avoids a second copy of
+    # 2 GB in memory; files in torch's legacy (pre-zip) format cannot be mapped.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _count_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    """How many numbered blocks sit under `prefix`; a gap means a damaged file."""
+    found = {int(k[len(prefix) :].split(".")[0]) for k in state_dict if k.startswith(prefix)}
+    if found != set(range(len(found))):
+        raise InputError(f"damaged checkpoint: the blocks under {prefix!r} are {sorted(found)}")
+    return len(found)
 
 
 def infer_config(
@@ -83,23 +101,25 @@ def infer_config(
         )
     if version == 2 and not has_v2:
         raise InputError("this checkpoint is PhotoMaker V1 (no qformer_perceiver weights), not V2")
+    resampler = "qformer_perceiver.perceiver_resampler.layers."
     try:
         patch = state_dict["vision_model.embeddings.patch_embedding.weight"]
         positions = state_dict["vision_model.embeddings.position_embedding.weight"].shape[0]
         fc1 = state_dict["vision_model.encoder.layers.0.mlp.fc1.weight"]
         proj = state_dict["visual_projection.weight"]
         proj2 = state_dict["visual_projection_2.weight"]
+        if version == 2:
+            first = state_dict["qformer_perceiver.token_proj.0.weight"]
+            last = state_dict["qformer_perceiver.token_proj.2.weight"]
+            ff = state_dict[f"{resampler}0.1.1.weight"]
     except KeyError as missing:
         raise InputError(f"not a PhotoMaker ID encoder: missing weight {missing}") from None
-    layers = {
-        int(k.split(".")[3]) for k in state_dict if k.startswith("vision_model.encoder.layers.")
-    }
     hidden = patch.shape[0]
     fields: dict[str, int] = dict(
         version=version,
         vision_hidden=hidden,
         vision_intermediate=fc1.shape[0],
-        vision_layers=len(layers),
+        vision_layers=_count_blocks(state_dict, "vision_model.encoder.layers."),
         vision_heads=max(1, hidden // _VISION_HEAD_DIM),
         patch_size=patch.shape[-1],
         image_size=math.isqrt(positions - 1) * patch.shape[-1],
@@ -107,24 +127,25 @@ def infer_config(
         projection_dim_2=proj2.shape[0],
     )
     if version == 2:
-        first = state_dict["qformer_perceiver.token_proj.0.weight"]
-        last = state_dict["qformer_perceiver.token_proj.2.weight"]
-        depth = {
-            int(k.split(".")[3])
-            for k in state_dict
-            if k.startswith("qformer_perceiver.perceiver_resampler.layers.")
-        }
-        ff = state_dict["qformer_perceiver.perceiver_resampler.layers.0.1.1.weight"]
         dim = proj.shape[0] + proj2.shape[0]
         fields.update(
             face_embed_dim=first.shape[1],
             token_proj_ratio=first.shape[0] // first.shape[1],
             tokens_per_image=last.shape[0] // dim,
-            perceiver_depth=len(depth),
+            perceiver_depth=_count_blocks(state_dict, resampler),
             perceiver_dim_head=perceiver_dim_head(dim),
             perceiver_ff_mult=ff.shape[0] // dim,
         )
-    return IDEncoderConfig(**fields)
+    config = IDEncoderConfig(**fields)
+    published = IDEncoderConfig(version=version)
+    if config.embed_dim == published.embed_dim and config != published:
+        # At the published widths only the published architecture exists: fewer layers means
+        # a truncated or damaged download, not another model.
+        raise InputError(
+            f"incomplete PhotoMaker V{version} checkpoint: its shapes {config.to_dict()} differ "
+            f"from the published ones {published.to_dict()}; download the file again"
+        )
+    return config
 
 
 def perceiver_dim_head(dim: int) -> int:
@@ -160,7 +181,10 @@ def encoder_from_checkpoint(
     with torch.device("meta"):
         encoder = build_id_encoder(config)
     encoder = encoder.to_empty(device=device)
-    encoder.load_state_dict(checkpoint.id_encoder, strict=True)
+    try:
+        encoder.load_state_dict(checkpoint.id_encoder, strict=True)
+    except RuntimeError as error:
+        raise InputError(f"not a PhotoMaker V{config.version} ID encoder: {error}") from None
     embeddings = encoder.vision_model.embeddings
     embeddings.position_ids = torch.arange(embeddings.num_positions, device=device)[None]
     # Storages may be bf16 on disk; the module runs in the dtype asked for.

@@ -37,7 +37,9 @@ def render(tiny, identity, prompts_and_seeds, **kwargs):
 
 def test_fused_positions_carry_the_identity_and_nothing_else_changes(tiny, newton):
     pipeline = tiny.pipeline
-    embeds, pooled = pipeline.encode_identity_prompt("a photo of a man img reading", {"img": newton})
+    embeds, pooled = pipeline.encode_identity_prompt(
+        "a photo of a man img reading", {"img": newton}
+    )
     # The same expanded, trigger-free ids without fusion: "man" four times.
     plain, plain_pooled = pipeline._encode_text("a photo of a man man man man reading")
     positions = [5, 6, 7, 8]  # bos a photo of a | man x (2 photos x 2 tokens)
@@ -69,7 +71,11 @@ def test_unet_sees_text_only_prompt_until_start_merge_step(tiny, newton, ratio, 
     callback_saw: list[bool] = []
     try:
         render(
-            tiny, newton, [(prompt, 1)], steps=steps, style_strength=ratio,
+            tiny,
+            newton,
+            [(prompt, 1)],
+            steps=steps,
+            style_strength=ratio,
             callback=lambda state: callback_saw.append(state.uses_identity),
         )
     finally:
@@ -89,9 +95,7 @@ def test_start_merge_step_follows_the_reference_formula_and_cap():
 
 def test_same_seed_same_pixels_other_seed_other_pixels(tiny, newton):
     prompt = "a man img walking in the garden"
-    first, second, other = (
-        render(tiny, newton, [(prompt, seed)])[0] for seed in (7, 7, 8)
-    )
+    first, second, other = (render(tiny, newton, [(prompt, seed)])[0] for seed in (7, 7, 8))
     assert np.array_equal(pixels(first), pixels(second))
     assert not np.array_equal(pixels(first), pixels(other))
 

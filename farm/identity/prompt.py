@@ -59,7 +59,8 @@ def expand_prompt(
     max_len = tokenizer.model_max_length
     trigger_ids = {tokenizer.convert_tokens_to_ids(t.lower()): t for t in tokens_per_trigger}
     # CLIP's BPE is uncased; lower-casing first lets `Img` find the (cased) added token too.
-    ids = tokenizer(prompt.lower(), add_special_tokens=True).input_ids
+    # verbose=False: an over-long prompt is handled below, not warned about.
+    ids = tokenizer(prompt.lower(), add_special_tokens=True, verbose=False).input_ids
 
     clean: list[int] = []
     class_index: dict[str, int] = {}

@@ -1,0 +1,66 @@
+"""`farm render` end to end through the real console script, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.fixtures.tiny import EXAMPLES
+
+FARM = Path(sys.executable).with_name("farm")
+
+
+def farm(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FARM_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [str(FARM), *args], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def example_render(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("cli")
+    result = farm("render", str(EXAMPLES / "story.yaml"), "--out", str(root / "out"), data_dir=root)
+    assert result.returncode == 0, result.stderr
+    return root / "out", result.stdout
+
+
+def test_example_story_renders_every_scene_and_variant(example_render):
+    out, stdout = example_render
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = sorted(p.name for p in out.glob("*.png"))
+    assert files == sorted(r["file"] for r in manifest["renders"])
+    assert len(files) == 6  # five scenes, one of them with two variants
+    assert str(out.resolve()) in stdout
+    assert manifest["character"]["identity"]["tokens"] == 6  # 3 photos x 2 (V2)
+
+
+def test_pngs_carry_their_recipe(example_render):
+    out, _ = example_render
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["renders"][0]
+    with Image.open(out / entry["file"]) as image:
+        recipe = json.loads(image.text["parameters"])
+        assert image.size == (64, 64)
+    assert recipe["seed"] == entry["seed"]
+    assert recipe["prompt"] == entry["prompt"] and " img" in recipe["prompt"]
+    assert recipe["preset"] == "tiny" and recipe["steps"] == 4
+
+
+def test_bad_story_is_one_line_and_writes_nothing(tmp_path):
+    story = tmp_path / "story.yaml"
+    shutil.copytree(EXAMPLES / "photos", tmp_path / "photos")
+    text = (EXAMPLES / "story.yaml").read_text().replace("photos/newton_1.jpg", "photos/gone.jpg")
+    story.write_text(text)
+    result = farm("render", str(story), "--out", str(tmp_path / "out"), data_dir=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "gone.jpg" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -91,7 +91,10 @@ def locate(preset: Preset, models_dir: Path, sdxl_base: str | None = None) -> Mo
     candidates = [Path(base), models_dir / base, models_dir / base.split("/")[-1]]
     sdxl_dir = next((p for p in candidates if (p / "model_index.json").is_file()), None)
     if sdxl_dir is None and "/" in base and not Path(base).is_absolute():
-        sdxl_dir = _hf_cached(base)
+        cached = _hf_cached(base)
+        # A cached snapshot may hold only the single-file checkpoint: not a diffusers folder.
+        if cached is not None and (cached / "model_index.json").is_file():
+            sdxl_dir = cached
     if sdxl_dir is None:
         raise ModelNotFoundError(
             f"preset {preset.name!r} needs the SDXL base {base!r} in diffusers format: run "

@@ -4,9 +4,7 @@ import itertools
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from farm.errors import InputError, ModelNotFoundError
@@ -19,149 +17,13 @@ from farm.identity.faces import (
     primary_face,
 )
 from farm.identity.photos import load_photo
+from tests.fixtures.insightface_pack import FACE_BOX, expected_embedding, write_fake_pack
 
 REFS = Path(__file__).resolve().parents[1] / "data" / "refs"
 PHOTOS = sorted(p for p in REFS.glob("*/*") if p.suffix in (".jpg", ".png"))
 
-# ArcFace's 5-point template in its 112 px crop: eyes, nose, mouth corners.
-ARCFACE_TEMPLATE = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ]
-)
-FACE_FRACTION = (0.30, 0.25, 0.70, 0.65)  # where the fake detector "sees" the face, x0 y0 x1 y1
-INT64_MAX = np.iinfo(np.int64).max
-
 # insightface's own alignment code calls a scikit-image API that is being deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
-
-
-# --- tiny insightface-format models -----------------------------------------------------------
-
-
-def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
-    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
-
-
-def _save(nodes, inputs, outputs, path: Path, initializers=()) -> None:
-    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-
-
-def write_scrfd(path: Path, answer_size: int | None = None) -> None:
-    """An SCRFD-format detector (9 outputs, strides 8/16/32, 2 anchors, with landmarks).
-
-    It ignores the pixels: only stride 8's first anchor (centre 0,0) fires, with distances
-    that put the box at FACE_FRACTION of the (square) input. With `answer_size` it fires only
-    when the input is that many pixels high, like a detector that needs a smaller scale.
-    """
-    x0, y0, x1, y1 = FACE_FRACTION
-    bbox = np.array([[-x0, -y0, x1, y1]], dtype=np.float32) / 8
-    kps = (np.array([x0, y0]) + ARCFACE_TEMPLATE / 112 * np.array([x1 - x0, y1 - y0])) / 8
-    nodes = [
-        helper.make_node("Shape", ["input.1"], ["shape"]),
-        _const("i2", np.array([2], dtype=np.int64)),
-        _const("i3", np.array([3], dtype=np.int64)),
-        helper.make_node("Gather", ["shape", "i3"], ["width_i"], axis=0),
-        helper.make_node("Cast", ["width_i"], ["width_f"], to=TensorProto.FLOAT),
-        _const("col", np.array([1, 1], dtype=np.int64)),
-        helper.make_node("Reshape", ["width_f", "col"], ["width"]),
-        _const("bbox_unit", bbox),
-        _const("kps_unit", kps.reshape(1, 10).astype(np.float32)),
-        helper.make_node("Mul", ["width", "bbox_unit"], ["bbox_row"]),
-        helper.make_node("Mul", ["width", "kps_unit"], ["kps_row"]),
-        _const("confident", np.array([[0.9]], dtype=np.float32)),
-    ]
-    if answer_size is None:
-        nodes.append(helper.make_node("Identity", ["confident"], ["score_row"]))
-    else:
-        nodes += [
-            helper.make_node("Gather", ["shape", "i2"], ["height_i"], axis=0),
-            _const("wanted", np.array([answer_size], dtype=np.int64)),
-            helper.make_node("Equal", ["height_i", "wanted"], ["is_wanted"]),
-            helper.make_node("Cast", ["is_wanted"], ["gate"], to=TensorProto.FLOAT),
-            helper.make_node("Reshape", ["gate", "col"], ["gate_2d"]),
-            helper.make_node("Mul", ["gate_2d", "confident"], ["score_row"]),
-        ]
-    outputs = {"score": [], "bbox": [], "kps": []}
-    for stride in (8, 16, 32):
-        s = str(stride)
-        nodes += [
-            _const(f"starts{s}", np.zeros(4, dtype=np.int64)),
-            _const(f"ends{s}", np.array([1, 1, INT64_MAX, INT64_MAX], dtype=np.int64)),
-            _const(f"axes{s}", np.arange(4, dtype=np.int64)),
-            _const(f"steps{s}", np.array([1, 1, stride, stride], dtype=np.int64)),
-            helper.make_node(
-                "Slice",
-                ["input.1", f"starts{s}", f"ends{s}", f"axes{s}", f"steps{s}"],
-                [f"grid{s}"],
-            ),
-            _const(f"flat_shape{s}", np.array([-1, 1], dtype=np.int64)),
-            helper.make_node("Reshape", [f"grid{s}", f"flat_shape{s}"], [f"cells{s}"]),
-            _const(f"zero{s}", np.zeros((1, 1), dtype=np.float32)),
-            helper.make_node("Mul", [f"cells{s}", f"zero{s}"], [f"cell_zeros{s}"]),
-            helper.make_node("Concat", [f"cell_zeros{s}"] * 2, [f"anchor_pairs{s}"], axis=1),
-            helper.make_node("Reshape", [f"anchor_pairs{s}", f"flat_shape{s}"], [f"anchors{s}"]),
-            _const(f"one{s}", np.array([1], dtype=np.int64)),
-            _const(f"end{s}", np.array([INT64_MAX], dtype=np.int64)),
-            _const(f"axis0{s}", np.array([0], dtype=np.int64)),
-            helper.make_node(
-                "Slice", [f"anchors{s}", f"one{s}", f"end{s}", f"axis0{s}"], [f"others{s}"]
-            ),
-        ]
-        for kind, width, row in (
-            ("score", 1, "score_row"),
-            ("bbox", 4, "bbox_row"),
-            ("kps", 10, "kps_row"),
-        ):
-            if stride != 8:
-                row = f"{kind}_zero_row{s}"
-                nodes.append(_const(row, np.zeros((1, width), dtype=np.float32)))
-            nodes += [
-                _const(f"{kind}_zeros{s}", np.zeros((1, width), dtype=np.float32)),
-                helper.make_node("Mul", [f"others{s}", f"{kind}_zeros{s}"], [f"{kind}_rest{s}"]),
-                helper.make_node("Concat", [row, f"{kind}_rest{s}"], [f"{kind}_{s}"], axis=0),
-            ]
-            outputs[kind].append(
-                helper.make_tensor_value_info(f"{kind}_{s}", TensorProto.FLOAT, ["n", width])
-            )
-    image = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "?", "?"])
-    _save(nodes, [image], outputs["score"] + outputs["bbox"] + outputs["kps"], path)
-
-
-def recognition_weights(seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((3 * 14 * 14, 512)).astype(np.float32)
-
-
-def write_arcface(path: Path) -> None:
-    """An ArcFace-format model: 8x8 average pool of the 112 px crop, then a fixed linear map."""
-    nodes = [
-        helper.make_node(
-            "AveragePool", ["input.1"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]
-        ),
-        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "weights"], ["embedding"]),
-    ]
-    weights = numpy_helper.from_array(recognition_weights(), "weights")
-    image = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 112, 112])
-    out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 512])
-    _save(nodes, [image], [out], path, [weights])
-
-
-def make_pack(folder: Path, detector: bool = True, recognizer: bool = True, **scrfd) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    if detector:
-        write_scrfd(folder / "det_10g.onnx", **scrfd)
-    if recognizer:
-        write_arcface(folder / "w600k_r50.onnx")
-    return folder
 
 
 def noise_photo(seed: int, side: int = 480) -> Image.Image:
@@ -170,26 +32,13 @@ def noise_photo(seed: int, side: int = 480) -> Image.Image:
     return Image.fromarray(pixels).resize((side, side), Image.Resampling.BICUBIC)
 
 
-def expected_embedding(image: Image.Image, box: tuple[float, float, float, float]) -> np.ndarray:
-    """What the fake ArcFace must return for the face the fake detector reports, in numpy."""
-    from insightface.utils.face_align import norm_crop
-
-    x0, y0, x1, y1 = box
-    landmarks = np.array([x0, y0]) + ARCFACE_TEMPLATE / 112 * np.array([x1 - x0, y1 - y0])
-    bgr = np.asarray(image)[:, :, ::-1].copy()
-    crop = norm_crop(bgr, landmarks.astype(np.float32))[:, :, ::-1].astype(np.float32)
-    normalised = (crop - 127.5) / 127.5
-    pooled = normalised.reshape(14, 8, 14, 8, 3).mean(axis=(1, 3)).transpose(2, 0, 1)
-    return pooled.reshape(-1) @ recognition_weights()
-
-
 def known_box(side: int) -> np.ndarray:
-    return np.array(FACE_FRACTION) * side
+    return np.array(FACE_BOX) * side
 
 
 @pytest.fixture(scope="module")
 def buffalo(tmp_path_factory: pytest.TempPathFactory) -> InsightFaceAnalyzer:
-    return InsightFaceAnalyzer(make_pack(tmp_path_factory.mktemp("packs") / "buffalo_l"))
+    return InsightFaceAnalyzer(write_fake_pack(tmp_path_factory.mktemp("packs") / "buffalo_l"))
 
 
 def test_insightface_pack_loads_from_its_folder(buffalo: InsightFaceAnalyzer) -> None:
@@ -219,22 +68,22 @@ def test_insightface_embeddings_differ_between_faces(buffalo: InsightFaceAnalyze
 
 
 def test_insightface_fingerprint_is_stable_and_follows_the_files(tmp_path: Path) -> None:
-    same = InsightFaceAnalyzer(make_pack(tmp_path / "a" / "buffalo_l"))
-    again = InsightFaceAnalyzer(make_pack(tmp_path / "b" / "buffalo_l"))
-    other = InsightFaceAnalyzer(make_pack(tmp_path / "c" / "buffalo_l", answer_size=384))
+    same = InsightFaceAnalyzer(write_fake_pack(tmp_path / "a" / "buffalo_l"))
+    again = InsightFaceAnalyzer(write_fake_pack(tmp_path / "b" / "buffalo_l"))
+    other = InsightFaceAnalyzer(write_fake_pack(tmp_path / "c" / "buffalo_l", answer_size=384))
     assert same.name == again.name != other.name
 
 
 @pytest.mark.parametrize("answer_size", [640, 384, 256])
 def test_insightface_retries_smaller_detection_sizes(tmp_path: Path, answer_size: int) -> None:
-    analyzer = InsightFaceAnalyzer(make_pack(tmp_path / "buffalo_l", answer_size=answer_size))
+    analyzer = InsightFaceAnalyzer(write_fake_pack(tmp_path / "buffalo_l", answer_size=answer_size))
     faces = analyzer.detect(noise_photo(3, side=500))
     assert len(faces) == 1
     np.testing.assert_allclose(faces[0].box, known_box(500), atol=3)
 
 
 def test_insightface_photo_without_face_is_refused(tmp_path: Path) -> None:
-    analyzer = InsightFaceAnalyzer(make_pack(tmp_path / "buffalo_l", answer_size=200))
+    analyzer = InsightFaceAnalyzer(write_fake_pack(tmp_path / "buffalo_l", answer_size=200))
     with pytest.raises(InputError, match=r"'beach\.jpg': no face found"):
         primary_face(analyzer, noise_photo(4), "beach.jpg")
 
@@ -253,14 +102,14 @@ def test_missing_pack_folder_says_what_to_fetch(tmp_path: Path) -> None:
 def test_pack_without_a_needed_model_is_refused(
     tmp_path: Path, present: dict, missing: str
 ) -> None:
-    folder = make_pack(tmp_path / "buffalo_l", **present)
+    folder = write_fake_pack(tmp_path / "buffalo_l", **present)
     with pytest.raises(ModelNotFoundError, match=f"no {missing} model.*buffalo_l.zip"):
         InsightFaceAnalyzer(folder)
 
 
 def test_open_face_analyzer_finds_packs_in_both_layouts(tmp_path: Path) -> None:
-    make_pack(tmp_path / "canonical" / "insightface" / "models" / "buffalo_l")
-    make_pack(tmp_path / "flat" / "antelopev2")
+    write_fake_pack(tmp_path / "canonical" / "insightface" / "models" / "buffalo_l")
+    write_fake_pack(tmp_path / "flat" / "antelopev2")
     assert open_face_analyzer("buffalo_l", tmp_path / "canonical").name.startswith(
         "insightface:buffalo_l:"
     )

@@ -1,0 +1,1 @@
+"""Migration scripts, one per revision; a package so that they are installed with the farm."""

@@ -1,0 +1,509 @@
+"""The farm's tables as typed SQLAlchemy models, and the state transitions of their rows.
+
+Every change of state goes through a method here (`shard.start(...)`, `render.finish(...)`),
+which checks the move and sets the timestamps that go with it, so that no caller can leave a
+running shard without a lease or a finished render without its finish time. The schema itself
+is made only by the migrations in `farm/db/migrations`; a test checks that the two agree.
+
+Relationships between jobs, shards and renders raise instead of loading lazily: in the hot path
+a silent load of a job's 10,000 renders is a bug to see, not to suffer. Load them explicitly
+(`selectinload`), or query the rows you need.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Enum,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from farm.db.states import JobStatus, RenderStatus, ShardStatus, TransitionError, WorkerStatus
+from farm.db.types import UTCDateTime, sql_now, utcnow
+
+# Stable constraint names, so that a later migration can name what it alters or drops.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+HASH_LENGTH = 64  # a sha256 in hex
+KEY_LENGTH = 1024  # an object-storage key
+NAME_LENGTH = 255
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {  # noqa: RUF012 - read once by SQLAlchemy, never mutated
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+    }
+
+
+class Timestamps:
+    """`created` and `updated` on the database's clock, read back (RETURNING) on every write.
+
+    Reading them back with the write means a row stays usable after its session closes,
+    instead of reloading its expired timestamps, or failing to, on first access.
+    """
+
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012 - read once by SQLAlchemy
+
+    created: Mapped[datetime] = mapped_column(server_default=sql_now())
+    updated: Mapped[datetime] = mapped_column(server_default=sql_now(), onupdate=sql_now())
+
+
+def _status_column(initial: StrEnum) -> Any:
+    """A state stored as its value in a string column, with a CHECK listing the values.
+
+    Not a native enum: adding a state is then a plain migration on both backends.
+    """
+    return mapped_column(
+        Enum(
+            type(initial),
+            name="status",
+            native_enum=False,
+            create_constraint=True,
+            length=20,
+            values_callable=lambda members: [member.value for member in members],
+            validate_strings=True,
+        ),
+        server_default=initial.value,
+    )
+
+
+def _move(row: Any, to: StrEnum, allowed: Collection[StrEnum]) -> None:
+    if row.status not in allowed:
+        raise TransitionError(
+            f"{type(row).__name__} {row.id} is {row.status}; it cannot become {to} "
+            f"(only a row that is {' or '.join(sorted(allowed))} can)"
+        )
+    row.status = to
+
+
+def new_job_id() -> str:
+    """A random UUID: job ids appear in URLs, so they must not be guessable or enumerable."""
+    return str(uuid.uuid4())
+
+
+class Character(Timestamps, Base):
+    """A person shown to PhotoMaker by reference photos; kept (soft-deleted) while jobs name it."""
+
+    __tablename__ = "characters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    class_word: Mapped[str] = mapped_column(String(30))
+    trigger: Mapped[str] = mapped_column(String(20))
+    face_crop: Mapped[bool] = mapped_column(server_default=false())
+    # sha256 over the photos' content hashes, in order: finds a character with the same photos.
+    photos_fingerprint: Mapped[str] = mapped_column(String(HASH_LENGTH), index=True)
+    deleted: Mapped[datetime | None]
+
+    # At most a few photos, needed whenever the character is: loaded with it, in one query.
+    photos: Mapped[list[CharacterPhoto]] = relationship(
+        order_by="CharacterPhoto.position",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="selectin",
+    )
+
+    def soft_delete(self, now: datetime | None = None) -> None:
+        """Hide the character; its row stays, because past jobs still refer to it."""
+        self.deleted = now or utcnow()
+
+
+class CharacterPhoto(Timestamps, Base):
+    __tablename__ = "character_photos"
+    __table_args__ = (UniqueConstraint("character_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))  # the uploaded file's, for messages
+    sha256: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    storage_key: Mapped[str] = mapped_column(String(KEY_LENGTH))
+    width: Mapped[int]
+    height: Mapped[int]
+    face_x0: Mapped[float | None]
+    face_y0: Mapped[float | None]
+    face_x1: Mapped[float | None]
+    face_y1: Mapped[float | None]
+    face_score: Mapped[float | None]
+
+
+class StoredIdentityTokens(Timestamps, Base):
+    """Where the identity tokens for (encoder weights, photos) lie in object storage.
+
+    The row is what makes "compute once, on any worker" checkable, and `seconds` says what a
+    cache hit saved.
+    """
+
+    __tablename__ = "identity_tokens"
+    __table_args__ = (UniqueConstraint("encoder_fingerprint", "photos_fingerprint"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    encoder_fingerprint: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    photos_fingerprint: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    storage_key: Mapped[str] = mapped_column(String(KEY_LENGTH))
+    num_tokens: Mapped[int]
+    seconds: Mapped[float]
+
+
+class Job(Timestamps, Base):
+    """One submitted story: its validated spec, and the state of the whole."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index(None, "status", "created"),
+        CheckConstraint("priority BETWEEN 0 AND 9", name="priority_range"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"), index=True)
+    status: Mapped[JobStatus] = _status_column(JobStatus.QUEUED)
+    preset: Mapped[str] = mapped_column(String(64))
+    # Celery's range; the middle by default, so that a submission can go either way.
+    priority: Mapped[int] = mapped_column(server_default=text("5"))
+    spec: Mapped[dict[str, Any]]
+    renders_total: Mapped[int]
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    error: Mapped[str | None] = mapped_column(Text)
+    started: Mapped[datetime | None]
+    finished: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(server_default=false())
+    # Optimistic locking: workers on SQLite cannot lock rows, so two that race to change the
+    # same job or shard are told (StaleDataError) instead of one silently undoing the other.
+    version: Mapped[int] = mapped_column(server_default=text("1"))
+    __mapper_args__ = {"eager_defaults": True, "version_id_col": version}  # noqa: RUF012
+
+    character: Mapped[Character] = relationship(lazy="raise_on_sql")
+    shards: Mapped[list[Shard]] = relationship(
+        back_populates="job",
+        order_by="Shard.index",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="raise_on_sql",
+    )
+    renders: Mapped[list[Render]] = relationship(
+        back_populates="job",
+        order_by="[Render.scene_index, Render.variant]",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="raise_on_sql",
+    )
+
+    def start(self, now: datetime | None = None) -> None:
+        """Mark the job running when its first shard starts; later shards leave it as it is."""
+        if self.status is JobStatus.RUNNING:
+            return
+        _move(self, JobStatus.RUNNING, {JobStatus.QUEUED})
+        self.started = now or utcnow()
+
+    def succeed(self, now: datetime | None = None) -> None:
+        _move(self, JobStatus.SUCCEEDED, {JobStatus.RUNNING})
+        self.finished = now or utcnow()
+
+    def fail(self, error: str, now: datetime | None = None) -> None:
+        _move(self, JobStatus.FAILED, {JobStatus.QUEUED, JobStatus.RUNNING})
+        self.error = error
+        self.finished = now or utcnow()
+
+    def request_cancel(self) -> None:
+        """Ask the workers to stop: they check the flag before each shard and between renders."""
+        if self.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            raise TransitionError(f"Job {self.id} is {self.status}; there is nothing to cancel")
+        self.cancel_requested = True
+
+    def cancel(self, now: datetime | None = None) -> None:
+        _move(self, JobStatus.CANCELLED, {JobStatus.QUEUED, JobStatus.RUNNING})
+        self.cancel_requested = True
+        self.finished = now or utcnow()
+
+    def reopen(self) -> None:
+        """A retry of an ended job: it runs again, for the shards sent again."""
+        _move(self, JobStatus.RUNNING, {JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SUCCEEDED})
+        self.cancel_requested = False
+        self.error = None
+        self.finished = None
+
+
+class Shard(Timestamps, Base):
+    """A few renders of a job, run as one Celery task under a lease.
+
+    Every start counts as an attempt, whoever started it (a first delivery, a redelivery after
+    a worker died, a requeue by the reaper), so a shard that always kills its worker ends
+    failed after `max_attempts` instead of circling forever.
+    """
+
+    __tablename__ = "shards"
+    __table_args__ = (
+        UniqueConstraint("job_id", "index"),
+        Index(None, "status", "lease_expires"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    index: Mapped[int]
+    status: Mapped[ShardStatus] = _status_column(ShardStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    max_attempts: Mapped[int] = mapped_column(server_default=text("3"))
+    lease_expires: Mapped[datetime | None]
+    # Plain text, not keys into `workers`: the history outlives the worker rows.
+    worker_id: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    task_id: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    started: Mapped[datetime | None]
+    finished: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(server_default=text("1"))  # see Job.version
+    __mapper_args__ = {"eager_defaults": True, "version_id_col": version}  # noqa: RUF012
+
+    job: Mapped[Job] = relationship(back_populates="shards", lazy="raise_on_sql")
+    renders: Mapped[list[Render]] = relationship(
+        back_populates="shard",
+        order_by="[Render.scene_index, Render.variant]",
+        passive_deletes=True,
+        lazy="raise_on_sql",
+    )
+
+    @property
+    def attempts_left(self) -> int:
+        return max(self.max_attempts - self.attempts, 0)
+
+    def start(
+        self,
+        worker_id: str,
+        lease_s: float,
+        *,
+        task_id: str | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Claim the shard for `worker_id` until `lease_s` from now.
+
+        A running shard may be started again: that is a redelivered task taking over from a
+        worker that died; the caller has checked, under a row lock, that the lease expired.
+        """
+        if not self.attempts_left:
+            raise TransitionError(
+                f"Shard {self.id} has used all {self.max_attempts} attempts; fail it instead"
+            )
+        _move(self, ShardStatus.RUNNING, {ShardStatus.QUEUED, ShardStatus.RUNNING})
+        now = now or utcnow()
+        self.attempts += 1
+        self.worker_id = worker_id
+        self.task_id = task_id
+        self.lease_expires = now + timedelta(seconds=lease_s)
+        self.started = now
+        self.finished = None
+        self.error = None
+
+    def renew(self, lease_s: float, now: datetime | None = None) -> None:
+        """Extend the lease: the worker's heartbeat while the shard renders."""
+        _move(self, ShardStatus.RUNNING, {ShardStatus.RUNNING})
+        self.lease_expires = (now or utcnow()) + timedelta(seconds=lease_s)
+
+    def requeue(self, reason: str, now: datetime | None = None) -> ShardStatus:
+        """Give the shard back (expired lease, warm shutdown); fail it when no attempt is left.
+
+        Returns the new status, so that the caller knows whether to send the task again.
+        """
+        if self.attempts_left:
+            _move(self, ShardStatus.QUEUED, {ShardStatus.RUNNING})
+            self.error = reason
+            self.worker_id = None
+            self.lease_expires = None
+        else:
+            self.fail(f"{reason} (attempt {self.attempts} of {self.max_attempts})", now)
+        return self.status
+
+    def succeed(self, now: datetime | None = None) -> None:
+        _move(self, ShardStatus.SUCCEEDED, {ShardStatus.RUNNING})
+        self._end(now)
+
+    def fail(self, error: str, now: datetime | None = None) -> None:
+        _move(self, ShardStatus.FAILED, {ShardStatus.QUEUED, ShardStatus.RUNNING})
+        self.error = error
+        self._end(now)
+
+    def cancel(self, now: datetime | None = None) -> None:
+        _move(self, ShardStatus.CANCELLED, {ShardStatus.QUEUED, ShardStatus.RUNNING})
+        self._end(now)
+
+    def reopen(self) -> None:
+        """A manual retry (`farm retry`): the shard gets a fresh set of attempts."""
+        _move(self, ShardStatus.QUEUED, {ShardStatus.FAILED, ShardStatus.CANCELLED})
+        self.attempts = 0
+        self.worker_id = None
+        self.finished = None
+
+    def _end(self, now: datetime | None) -> None:
+        self.finished = now or utcnow()
+        self.lease_expires = None
+
+
+class Render(Timestamps, Base):
+    """One image: a scene x variant of a job, with what it took to make and where it lies."""
+
+    __tablename__ = "renders"
+    __table_args__ = (
+        UniqueConstraint("job_id", "scene_index", "variant"),
+        # Progress is one GROUP BY status over a job's rows, found through this index.
+        Index(None, "job_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    shard_id: Mapped[int] = mapped_column(ForeignKey("shards.id", ondelete="CASCADE"), index=True)
+    scene_index: Mapped[int]
+    variant: Mapped[int]
+    seed: Mapped[int] = mapped_column(BigInteger)  # up to 2**32 - 1, past a signed INTEGER
+    prompt: Mapped[str] = mapped_column(Text)
+    negative: Mapped[str] = mapped_column(Text)
+    caption: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[RenderStatus] = _status_column(RenderStatus.QUEUED)
+    storage_key: Mapped[str | None] = mapped_column(String(KEY_LENGTH))
+    thumb_key: Mapped[str | None] = mapped_column(String(KEY_LENGTH))
+    worker_id: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    device: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    identity_s: Mapped[float | None]
+    denoise_s: Mapped[float | None]
+    decode_s: Mapped[float | None]
+    upload_s: Mapped[float | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    face_similarity: Mapped[float | None]
+    attempts: Mapped[int] = mapped_column(server_default=text("0"))
+    started: Mapped[datetime | None]
+    finished: Mapped[datetime | None]
+
+    job: Mapped[Job] = relationship(back_populates="renders", lazy="raise_on_sql")
+    shard: Mapped[Shard] = relationship(back_populates="renders", lazy="raise_on_sql")
+
+    def start(self, worker_id: str, device: str, now: datetime | None = None) -> None:
+        """Begin rendering; a running render was left by a dead worker, a failed one is retried."""
+        _move(
+            self,
+            RenderStatus.RUNNING,
+            {RenderStatus.QUEUED, RenderStatus.RUNNING, RenderStatus.FAILED},
+        )
+        self.attempts += 1
+        self.worker_id = worker_id
+        self.device = device
+        self.started = now or utcnow()
+        self.finished = None
+        self.error = None
+
+    def finish(
+        self,
+        storage_key: str,
+        thumb_key: str | None = None,
+        *,
+        identity_s: float | None = None,
+        denoise_s: float | None = None,
+        decode_s: float | None = None,
+        upload_s: float | None = None,
+        face_similarity: float | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        _move(self, RenderStatus.DONE, {RenderStatus.RUNNING})
+        self.storage_key = storage_key
+        self.thumb_key = thumb_key
+        self.identity_s = identity_s
+        self.denoise_s = denoise_s
+        self.decode_s = decode_s
+        self.upload_s = upload_s
+        self.face_similarity = face_similarity
+        self.finished = now or utcnow()
+
+    def fail(self, error: str, now: datetime | None = None) -> None:
+        _move(self, RenderStatus.FAILED, {RenderStatus.QUEUED, RenderStatus.RUNNING})
+        self.error = error
+        self.finished = now or utcnow()
+
+    def cancel(self, now: datetime | None = None) -> None:
+        _move(self, RenderStatus.CANCELLED, {RenderStatus.QUEUED, RenderStatus.RUNNING})
+        self.finished = now or utcnow()
+
+
+_LIVE_WORKER = {WorkerStatus.STARTING, WorkerStatus.IDLE, WorkerStatus.BUSY, WorkerStatus.DRAINING}
+
+
+class Worker(Timestamps, Base):
+    """One worker process on one GPU, as it last reported itself."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)  # "host:cuda0"
+    hostname: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    device: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    presets: Mapped[list[str]]
+    status: Mapped[WorkerStatus] = _status_column(WorkerStatus.STARTING)
+    current_shard_id: Mapped[int | None] = mapped_column(
+        ForeignKey("shards.id", ondelete="SET NULL")
+    )
+    last_heartbeat: Mapped[datetime] = mapped_column(server_default=sql_now())
+    renders_done: Mapped[int] = mapped_column(server_default=text("0"))
+    renders_failed: Mapped[int] = mapped_column(server_default=text("0"))
+    started: Mapped[datetime] = mapped_column(server_default=sql_now())
+
+    def beat(self, now: datetime | None = None) -> None:
+        """Record that the process is alive; a worker marked lost or stopped must re-register."""
+        if self.status not in _LIVE_WORKER:
+            raise TransitionError(f"Worker {self.id} is {self.status}; it must register again")
+        self.last_heartbeat = now or utcnow()
+
+    def ready(self, now: datetime | None = None) -> None:
+        """The pipeline is loaded: the worker takes work from now on."""
+        _move(self, WorkerStatus.IDLE, {WorkerStatus.STARTING})
+        self.beat(now)
+
+    def take(self, shard_id: int, now: datetime | None = None) -> None:
+        _move(self, WorkerStatus.BUSY, {WorkerStatus.IDLE})
+        self.current_shard_id = shard_id
+        self.beat(now)
+
+    def release(self, *, done: int, failed: int, now: datetime | None = None) -> None:
+        """The shard is over; a draining worker stays draining, on its way out."""
+        if self.status is not WorkerStatus.DRAINING:
+            _move(self, WorkerStatus.IDLE, {WorkerStatus.BUSY})
+        self.current_shard_id = None
+        self.renders_done += done
+        self.renders_failed += failed
+        self.beat(now)
+
+    def drain(self, now: datetime | None = None) -> None:
+        """Finish the current shard, take no new one (warm shutdown, scale-down)."""
+        _move(
+            self,
+            WorkerStatus.DRAINING,
+            {WorkerStatus.STARTING, WorkerStatus.IDLE, WorkerStatus.BUSY},
+        )
+        self.beat(now)
+
+    def stop(self) -> None:
+        _move(self, WorkerStatus.STOPPED, _LIVE_WORKER)
+        self.current_shard_id = None
+
+    def lose(self) -> None:
+        """The reaper's verdict on a worker whose heartbeats stopped; its shard is requeued."""
+        _move(self, WorkerStatus.LOST, _LIVE_WORKER)
+        self.current_shard_id = None

@@ -116,3 +116,195 @@ def models_pull(preset_name: str) -> None:
     settings = Settings.from_env()
     files = pull(get_preset(preset_name), settings.models_dir, settings.sdxl_base)
     click.echo(f"{preset_name}: SDXL in {files.sdxl_dir}, PhotoMaker in {files.checkpoint}")
+
+
+def _farm():
+    from farm.context import Farm
+
+    return Farm(Settings.from_env())
+
+
+@main.group()
+def db() -> None:
+    """The farm's SQL database."""
+
+
+@db.command("upgrade")
+@one_line_errors
+def db_upgrade() -> None:
+    """Apply the migrations (the only way the schema is made)."""
+    from farm.db.migrate import current, upgrade
+
+    url = Settings.from_env().database_url
+    upgrade(url)
+    click.echo(f"database at revision {current(url)}")
+
+
+@main.command()
+@click.argument("story_file", type=click.Path(path_type=Path))
+@click.option(
+    "--priority", type=click.IntRange(0, 9), default=5, show_default=True, help="9 is served first."
+)
+@click.option("--preset", default=None, help="Override the story's preset.")
+@one_line_errors
+def submit(story_file: Path, priority: int, preset: str | None) -> None:
+    """Plan STORY_FILE into shards and queue them; prints the job id."""
+    from farm.identity.faces import open_face_analyzer
+    from farm.jobs import submit_story
+    from farm.render.presets import PRESETS, get_preset
+    from farm.render.story_render import character_photos
+    from farm.story import load_story
+
+    farm = _farm()
+    story = load_story(story_file, presets=PRESETS)
+    if preset is not None:
+        story = story.model_copy(update={"preset": get_preset(preset).name})
+    faces = open_face_analyzer("dlib", farm.settings.models_dir)
+    submitted = submit_story(farm, story, character_photos(story), faces, priority=priority)
+    click.echo(submitted.job_id)
+
+
+@main.command()
+@click.argument("job_id")
+@one_line_errors
+def status(job_id: str) -> None:
+    """Progress of JOB_ID: a bar, counts, and each shard's state."""
+    from sqlalchemy import select
+
+    from farm.db.models import Shard
+    from farm.jobs import progress
+
+    farm = _farm()
+    with farm.sessions() as session:
+        p = progress(session, job_id)
+        shards = session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index))
+        width = 30
+        filled = round(p.fraction * width)
+        click.echo(
+            f"job {p.job_id} {p.status}  [{'#' * filled}{'.' * (width - filled)}] "
+            f"{p.done}/{p.total}"
+        )
+        click.echo("  " + "  ".join(f"{s}: {n}" for s, n in p.counts.items() if n))
+        for shard in shards:
+            where = f" on {shard.worker_id}" if shard.worker_id else ""
+            error = f"  {shard.error}" if shard.error else ""
+            click.echo(
+                f"  shard {shard.index:3d} {shard.status:9}{where} "
+                f"(attempt {shard.attempts}/{shard.max_attempts}){error}"
+            )
+
+
+@main.command()
+@click.argument("job_id")
+@one_line_errors
+def cancel(job_id: str) -> None:
+    """Cancel JOB_ID: queued shards are skipped, running ones stop at their next render."""
+    from farm.jobs import cancel_job
+
+    job = cancel_job(_farm(), job_id)
+    click.echo(f"job {job.id} {job.status}")
+
+
+@main.command()
+@click.argument("job_id")
+@one_line_errors
+def retry(job_id: str) -> None:
+    """Send the failed and cancelled shards of JOB_ID again."""
+    from farm.jobs import retry_job
+
+    click.echo(f"{retry_job(_farm(), job_id)} shard(s) sent again")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@one_line_errors
+def fetch(job_id: str, out_dir: Path) -> None:
+    """Download the finished renders of JOB_ID into OUT_DIR."""
+    from sqlalchemy import select
+
+    from farm.db.models import Render
+    from farm.db.states import RenderStatus
+    from farm.jobs import get_job
+    from farm.storage.local import LocalStorage
+
+    farm = _farm()
+    with farm.sessions() as session:
+        get_job(session, job_id)
+        keys = list(
+            session.scalars(
+                select(Render.storage_key)
+                .where(Render.job_id == job_id, Render.status == RenderStatus.DONE)
+                .order_by(Render.scene_index, Render.variant)
+            )
+        )
+    out = LocalStorage(out_dir)
+    for key in keys:
+        out.put(key.rsplit("/", 1)[-1], farm.storage.get(key), "image/png")
+    click.echo(f"{len(keys)} renders in {out_dir.resolve()}")
+
+
+@main.command()
+@one_line_errors
+def workers() -> None:
+    """Workers: device, state, current shard, heartbeat age, renders done."""
+    from sqlalchemy import select
+
+    from farm.db.models import Worker
+    from farm.db.types import utcnow
+
+    farm = _farm()
+    with farm.sessions() as session:
+        rows = list(session.scalars(select(Worker).order_by(Worker.id)))
+    if not rows:
+        click.echo("no workers have registered")
+    now = utcnow()
+    for w in rows:
+        age = (now - w.last_heartbeat).total_seconds()
+        shard = f"shard {w.current_shard_id}" if w.current_shard_id else "-"
+        click.echo(
+            f"{w.id:24} {w.device:8} {w.status:9} {shard:12} beat {age:5.0f}s ago  "
+            f"done {w.renders_done} failed {w.renders_failed}  {','.join(w.presets)}"
+        )
+
+
+@main.command()
+@click.option(
+    "--devices", default="all", show_default=True, help="GPU indices (0,1), all, cpu or cpu:N."
+)
+@click.option(
+    "--presets", default="tiny", show_default=True, help="Presets to host, comma separated."
+)
+@click.option("--beat", is_flag=True, help="Also run the reaper's schedule (one per farm).")
+@one_line_errors
+def worker(devices: str, presets: str, beat: bool) -> None:
+    """Start one worker process per device, each pinned to its GPU."""
+    from workers.supervisor import run_workers
+
+    sys.exit(run_workers(devices, [p for p in presets.split(",") if p], beat=beat))
+
+
+@main.command()
+@click.option("--devices", default="all", show_default=True)
+@click.option("--presets", default="tiny", show_default=True)
+@one_line_errors
+def up(devices: str, presets: str) -> None:
+    """Run the farm on this machine: migrate, then workers with the reaper's schedule."""
+    from farm.db.migrate import upgrade
+    from workers.supervisor import run_workers
+
+    upgrade(Settings.from_env().database_url)
+    sys.exit(run_workers(devices, [p for p in presets.split(",") if p], beat=True))
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only say what would be requeued.")
+@one_line_errors
+def reap(dry_run: bool) -> None:
+    """Requeue shards whose lease expired (what the reaper does on its schedule)."""
+    from workers.reaper import reap as reap_now
+
+    reaped = reap_now(_farm(), dry_run=dry_run)
+    click.echo(
+        f"requeued {reaped.requeued}, failed {reaped.failed}, lost workers {reaped.lost_workers}"
+    )

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from farm.errors import InputError
+
 
 def _default_data_dir(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -28,6 +30,13 @@ class Settings:
     s3_endpoint_url: str | None = None
     device: str | None = None
     sdxl_base: str | None = None
+    # Where live progress events are published; None: the broker's Redis, or no events.
+    events_url: str | None = None
+    shard_size: int = 4  # renders per shard: one batch on a GPU, one unit of retry
+    lease_s: int = 900  # a shard's claim; a live worker renews it on every render
+    max_attempts: int = 3  # a shard that fails (or kills its worker) this often ends failed
+    visibility_timeout_s: int = 4 * 3600  # must exceed the longest shard, or Redis redelivers
+    reap_interval_s: int = 60
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -43,4 +52,29 @@ class Settings:
             s3_endpoint_url=env.get("FARM_S3_ENDPOINT_URL") or None,
             device=env.get("FARM_DEVICE") or None,
             sdxl_base=env.get("FARM_SDXL_BASE") or None,
+            events_url=env.get("FARM_EVENTS_URL") or _redis_of(env.get("FARM_BROKER_URL")),
+            shard_size=_int(env, "FARM_SHARD_SIZE", 4, 1, 64),
+            lease_s=_int(env, "FARM_LEASE_SECONDS", 900, 10, 86400),
+            max_attempts=_int(env, "FARM_MAX_ATTEMPTS", 3, 1, 20),
+            visibility_timeout_s=_int(env, "FARM_VISIBILITY_TIMEOUT", 4 * 3600, 60, 7 * 86400),
+            reap_interval_s=_int(env, "FARM_REAP_INTERVAL", 60, 1, 3600),
         )
+
+
+def _redis_of(broker_url: str | None) -> str | None:
+    if broker_url and broker_url.startswith(("redis://", "rediss://")):
+        return broker_url
+    return None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InputError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise InputError(f"{name} must be between {low} and {high}, got {value}")
+    return value

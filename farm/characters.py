@@ -1,0 +1,104 @@
+"""Creating characters: photos checked at the edge, stored under their content hash, one row.
+
+The CLI, the API and the dashboard all create characters here, so every way in refuses the
+same photos with the same message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from farm.db.models import Character, CharacterPhoto
+from farm.errors import InputError
+from farm.identity.engine import Photo
+from farm.identity.faces import FaceAnalyzer, primary_face
+from farm.identity.photos import load_photo
+from farm.storage.base import Storage
+from farm.story import MAX_PHOTOS
+
+
+def photo_key(sha256: str) -> str:
+    """Photos are stored by content: the same photo uploaded twice is one object."""
+    return f"photos/{sha256[:2]}/{sha256}"
+
+
+def photos_fingerprint(photos: Sequence[Photo]) -> str:
+    return hashlib.sha256("\n".join(p.sha256 for p in photos).encode()).hexdigest()
+
+
+def create_character(
+    session: Session,
+    storage: Storage,
+    faces: FaceAnalyzer,
+    *,
+    name: str,
+    class_word: str,
+    trigger: str,
+    photos: Sequence[Photo],
+    face_crop: bool = False,
+) -> Character:
+    """The character with these photos, created if new. Every photo must show a face.
+
+    Resubmitting a story finds the character it made before (same name, words and photos)
+    instead of making a twin whose identity tokens would be computed again.
+    """
+    if not 1 <= len(photos) <= MAX_PHOTOS:
+        raise InputError(f"a character needs 1 to {MAX_PHOTOS} photos, got {len(photos)}")
+    fingerprint = photos_fingerprint(photos)
+    existing = session.scalars(
+        select(Character).where(
+            Character.photos_fingerprint == fingerprint,
+            Character.name == name,
+            Character.class_word == class_word,
+            Character.trigger == trigger,
+            Character.face_crop == face_crop,
+            Character.deleted.is_(None),
+        )
+    ).first()
+    if existing is not None:
+        return existing
+
+    # Check every photo before storing any, so a rejected upload leaves nothing behind.
+    checked = []
+    for photo in photos:
+        image = load_photo(photo.data, photo.name)
+        checked.append((photo, image, primary_face(faces, image, photo.name)))
+    character = Character(
+        name=name,
+        class_word=class_word,
+        trigger=trigger,
+        face_crop=face_crop,
+        photos_fingerprint=fingerprint,
+    )
+    for position, (photo, image, face) in enumerate(checked):
+        key = photo_key(photo.sha256)
+        if not storage.exists(key):
+            storage.put(key, photo.data, "application/octet-stream")
+        x0, y0, x1, y1 = face.box
+        character.photos.append(
+            CharacterPhoto(
+                position=position,
+                name=photo.name[:255],
+                sha256=photo.sha256,
+                storage_key=key,
+                width=image.width,
+                height=image.height,
+                face_x0=x0,
+                face_y0=y0,
+                face_x1=x1,
+                face_y1=y1,
+                face_score=face.score,
+            )
+        )
+    session.add(character)
+    session.flush()
+    return character
+
+
+def character_photos(storage: Storage, character: Character) -> list[Photo]:
+    """The character's photos as the identity engine takes them, read from object storage."""
+    return [Photo(p.name, storage.get(p.storage_key)) for p in character.photos]

@@ -1,0 +1,67 @@
+"""The Celery app, built from `Settings` (never at import time), tuned for long GPU tasks.
+
+A shard takes minutes on a GPU; the defaults of Celery are tuned for short tasks and would lose
+or duplicate work when a worker dies. Hence: acknowledge after the work (`acks_late`), take one
+task at a time (prefetch 1), give a task back when its worker process is lost
+(`reject_on_worker_lost`, with the redelivery cap counted in SQL by the task itself), and a
+visibility timeout longer than the longest shard, so Redis does not hand a running shard to a
+second worker.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from farm.settings import Settings
+
+RENDER_SHARD = "farm.render_shard"
+FINALIZE_JOB = "farm.finalize_job"
+REAP = "farm.reap"
+CONTROL_QUEUE = "farm.control"  # finalize and reaper tasks: cheap, any worker may take them
+MAX_PRIORITY = 9
+
+
+def render_queue(preset: str) -> str:
+    return f"render.{preset}"
+
+
+def make_celery(settings: Settings, presets: list[str] | None = None) -> Celery:
+    """The farm's Celery app. `presets` names the render queues this process consumes."""
+    app = Celery("farm", broker=settings.broker_url, set_as_current=False)
+    queues = [Queue(CONTROL_QUEUE, queue_arguments={"x-max-priority": MAX_PRIORITY})]
+    queues += [
+        Queue(render_queue(p), queue_arguments={"x-max-priority": MAX_PRIORITY})
+        for p in presets or []
+    ]
+    transport_options = {}
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        transport_options = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Redis emulates priorities with one list per step; 0 is served first.
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(MAX_PRIORITY + 1)),
+            "sep": ":",
+        }
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        task_ignore_result=True,
+        task_default_queue=CONTROL_QUEUE,
+        task_queues=queues,
+        task_queue_max_priority=MAX_PRIORITY,
+        task_default_priority=5,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "reap-expired-leases": {"task": REAP, "schedule": settings.reap_interval_s},
+        },
+    )
+    return app

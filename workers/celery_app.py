@@ -1,0 +1,64 @@
+"""The Celery app of a worker process: `celery -A workers.celery_app worker`, as `farm worker`
+starts it, one per GPU.
+
+The pipeline is loaded in the pool's child process (`worker_process_init`), once, and kept warm
+for every task that child runs; the parent never touches the GPU or the database, so forking it
+shares nothing that must not be shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import Task
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from farm.context import Farm
+from farm.queue.app import REAP, RENDER_SHARD, make_celery
+from farm.settings import Settings
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger("workers")
+
+PRESETS = [p for p in os.environ.get("FARM_WORKER_PRESETS", "tiny").split(",") if p]
+SLOT = os.environ.get("FARM_WORKER_SLOT", "0")
+
+app = make_celery(Settings.from_env(), PRESETS)
+_runtime: WorkerRuntime | None = None
+
+
+@worker_process_init.connect
+def _load_presets(**_: object) -> None:
+    global _runtime
+    _runtime = WorkerRuntime.start(Farm(), PRESETS, SLOT)
+
+
+@worker_process_shutdown.connect
+def _stop(**_: object) -> None:
+    if _runtime is not None:
+        _runtime.stop()
+
+
+def runtime() -> WorkerRuntime:
+    if _runtime is None:  # a solo pool runs no worker_process_init
+        _load_presets()
+    assert _runtime is not None
+    return _runtime
+
+
+@app.task(name=RENDER_SHARD, bind=True, acks_late=True, reject_on_worker_lost=True)
+def render_shard(task: Task, shard_id: int) -> str:
+    from workers.shard import run_shard
+
+    outcome = run_shard(runtime(), shard_id, task.request.id)
+    log.info("shard %s: %s", shard_id, outcome)
+    return outcome
+
+
+@app.task(name=REAP)
+def reap() -> dict[str, list]:
+    from workers.reaper import reap as reap_now
+
+    reaped = reap_now(runtime().farm)
+    return {"requeued": reaped.requeued, "failed": reaped.failed, "lost": reaped.lost_workers}

@@ -1,0 +1,122 @@
+"""What one worker process keeps for its whole life: its name and device, the preset pipelines
+loaded once at start, the identity cache, and a heartbeat thread.
+
+One process serves one GPU (`CUDA_VISIBLE_DEVICES` pinned by `farm worker`), so inside it the
+device is always `cuda:0`, or the CPU where there is no GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from farm.context import Farm
+from farm.db.models import Shard, Worker
+from farm.db.states import ShardStatus, WorkerStatus
+from farm.identity.cache import IdentityCache
+from farm.locks import key_lock
+from farm.render.loading import LoadedPreset, load_preset, pick_device
+from farm.render.presets import get_preset
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 10.0
+
+
+def worker_name(device: str, hostname: str | None = None) -> str:
+    """`host:cuda0` / `host:cpu0`: says where to look when a shard misbehaves."""
+    return f"{hostname or socket.gethostname()}:{device.replace(':', '')}"
+
+
+@dataclass
+class WorkerRuntime:
+    farm: Farm
+    name: str
+    device: str
+    preset_names: list[str]
+    presets: dict[str, LoadedPreset] = field(default_factory=dict)
+    current_shard: int | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def start(cls, farm: Farm, preset_names: list[str], slot: str = "0") -> WorkerRuntime:
+        """Register the worker, load every preset it hosts, then report ready."""
+        torch_device = pick_device(farm.settings.device)
+        label = f"{torch_device.type}{slot}"
+        runtime = cls(farm, worker_name(label), str(torch_device), preset_names)
+        runtime.register()
+        cache = IdentityCache(farm.storage, lock=key_lock(farm.engine, farm.settings.data_dir))
+        for name in preset_names:
+            runtime.presets[name] = load_preset(
+                get_preset(name),
+                farm.settings.models_dir,
+                cache=cache,
+                device=runtime.device,
+                sdxl_base=farm.settings.sdxl_base,
+            )
+        with farm.sessions.begin() as session:
+            session.get(Worker, runtime.name).ready()
+        runtime._start_heartbeat()
+        log.info("worker %s ready on %s with %s", runtime.name, runtime.device, preset_names)
+        return runtime
+
+    def register(self) -> None:
+        with self.farm.sessions.begin() as session:
+            worker = session.get(Worker, self.name)
+            if worker is not None:
+                session.delete(worker)  # a restart: the old row describes a dead process
+                session.flush()
+            session.add(
+                Worker(
+                    id=self.name,
+                    hostname=socket.gethostname(),
+                    device=self.device,
+                    presets=self.preset_names,
+                )
+            )
+
+    def _start_heartbeat(self) -> None:
+        thread = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
+        thread.start()
+
+    def _beat_forever(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self.beat()
+            except Exception:  # a missed beat is retried; it must never kill the worker
+                log.exception("heartbeat of %s failed", self.name)
+
+    def beat(self) -> None:
+        """Tell SQL the process lives, and keep the current shard's lease from expiring."""
+        with self.farm.sessions.begin() as session:
+            worker = session.get(Worker, self.name)
+            if worker is not None and worker.status not in (
+                WorkerStatus.STOPPED,
+                WorkerStatus.LOST,
+            ):
+                worker.beat()
+            if self.current_shard is not None:
+                shard = session.scalars(
+                    select(Shard).where(
+                        Shard.id == self.current_shard,
+                        Shard.status == ShardStatus.RUNNING,
+                        Shard.worker_id == self.name,
+                    )
+                ).first()
+                if shard is not None:
+                    shard.renew(self.farm.settings.lease_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self.farm.sessions.begin() as session:
+            worker = session.get(Worker, self.name)
+            if worker is not None and worker.status not in (
+                WorkerStatus.STOPPED,
+                WorkerStatus.LOST,
+            ):
+                worker.stop()
+        log.info("worker %s stopped", self.name)

@@ -1,0 +1,353 @@
+"""Running one shard: claim it in SQL, render its scenes as a batch, upload, record, finish.
+
+Everything here is idempotent, because Celery may deliver a shard twice (a worker died, the
+reaper requeued it): a finished shard is not run again, a render already done is not redone,
+and each image goes to its deterministic key, so a rerun overwrites instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from farm.characters import character_photos
+from farm.db.models import Character, Job, Render, Shard, StoredIdentityTokens, Worker
+from farm.db.states import JobStatus, RenderStatus, ShardStatus
+from farm.db.types import utcnow
+from farm.errors import InputError
+from farm.identity.cache import identity_key
+from farm.jobs import render_key, send_shards, thumb_key
+from farm.render.pipeline import RenderCancelled, SceneRender
+from farm.render.story_render import RenderSettings, png_bytes
+from farm.story import PlannedRender, Story
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+THUMB_SIZE = 256
+_ENDED = (ShardStatus.SUCCEEDED, ShardStatus.FAILED, ShardStatus.CANCELLED)
+_TODO = (RenderStatus.QUEUED, RenderStatus.RUNNING, RenderStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a claimed shard needs, read in the claiming transaction."""
+
+    job_id: str
+    preset: str
+    story: Story
+    character: Character
+    renders: list[PlannedRender]
+    render_ids: list[int]
+
+
+def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None) -> str:
+    """Render shard `shard_id`; returns what became of it, for the task's log line."""
+    claim = _claim(runtime, shard_id, task_id)
+    if isinstance(claim, str):
+        return claim
+    runtime.current_shard = shard_id
+    done = failed = 0
+    try:
+        done, failed = _render(runtime, shard_id, claim)
+        outcome = _end_shard(runtime, shard_id, claim.job_id, None)
+    except RenderCancelled:
+        outcome = _end_shard(runtime, shard_id, claim.job_id, "cancelled")
+    except Exception as error:
+        log.exception("shard %s of job %s failed", shard_id, claim.job_id)
+        outcome = _end_shard(runtime, shard_id, claim.job_id, f"{type(error).__name__}: {error}")
+    finally:
+        runtime.current_shard = None
+        _release_worker(runtime, done, failed)
+    _finish_job_if_done(runtime, claim.job_id)
+    return outcome
+
+
+def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim | str:
+    farm = runtime.farm
+    with farm.sessions.begin() as session:
+        shard = session.get(Shard, shard_id, with_for_update=True)
+        if shard is None:
+            return "unknown shard (its job was deleted)"
+        if shard.status in _ENDED:
+            return f"already {shard.status}"
+        now = utcnow()
+        if (
+            shard.status is ShardStatus.RUNNING
+            and shard.worker_id != runtime.name
+            and shard.lease_expires is not None
+            and shard.lease_expires > now
+        ):
+            return f"held by {shard.worker_id}"
+        job = session.get(Job, shard.job_id)
+        if job.cancel_requested:
+            _cancel_shard(session, shard)
+            return "cancelled before it started"
+        if not shard.attempts_left:
+            _fail_shard(
+                session,
+                shard,
+                f"gave up after {shard.attempts} attempts; the last one did not finish "
+                f"(the worker died or was killed){': ' + shard.error if shard.error else ''}",
+            )
+            return "failed: attempts exhausted"
+        shard.start(runtime.name, farm.settings.lease_s, task_id=task_id, now=now)
+        job.start(now)
+        worker = session.get(Worker, runtime.name)
+        if worker is not None:
+            worker.current_shard_id = shard.id
+            worker.beat(now)
+        rows = list(
+            session.scalars(
+                select(Render)
+                .where(Render.shard_id == shard_id, Render.status.in_(_TODO))
+                .order_by(Render.scene_index, Render.variant)
+            )
+        )
+        character = session.get(Character, job.character_id)
+        story = Story.model_validate(job.spec)
+        renders = [
+            PlannedRender(r.scene_index, r.variant, r.prompt, r.negative, r.seed, r.caption)
+            for r in rows
+        ]
+        return Claim(job.id, job.preset, story, character, renders, [r.id for r in rows])
+
+
+def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim) -> tuple[int, int]:
+    farm = runtime.farm
+    loaded = runtime.presets.get(claim.preset)
+    if loaded is None:
+        raise RuntimeError(f"worker {runtime.name} does not host preset {claim.preset!r}")
+    story, character = claim.story, claim.character
+    settings = RenderSettings.of(story)
+
+    started = time.perf_counter()
+    computed_before = loaded.identity.cache.stats.computed
+    photos = character_photos(farm.storage, character)
+    identity = loaded.identity.tokens_for(photos, crop=character.face_crop)
+    identity_s = time.perf_counter() - started
+    if loaded.identity.cache.stats.computed > computed_before:
+        _record_identity(
+            runtime,
+            identity.encoder_fingerprint,
+            identity.photos_fingerprint,
+            identity.num_tokens,
+            identity_s,
+        )
+
+    identities = {character.trigger: identity}
+    class_words = {character.trigger: character.class_word}
+    todo = list(zip(claim.render_ids, claim.renders, strict=True))
+    batch_size = loaded.preset.batch_size
+    done = failed = 0
+    while todo:
+        if _cancel_requested(runtime, claim.job_id):
+            raise RenderCancelled("job cancelled")
+        batch, rest = todo[:batch_size], todo[batch_size:]
+        _mark_running(runtime, [render_id for render_id, _ in batch])
+        try:
+            result = loaded.pipeline(
+                [SceneRender(p.prompt, p.negative, p.seed) for _, p in batch],
+                identities,
+                height=settings.height,
+                width=settings.width,
+                steps=settings.steps,
+                guidance=settings.guidance,
+                style_strength=settings.style_strength,
+                class_words=class_words,
+            )
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)  # retry the same renders in smaller batches
+            log.warning(
+                "out of GPU memory; shard %s continues with batches of %s", shard_id, batch_size
+            )
+            torch.cuda.empty_cache()
+            continue
+        except InputError as error:  # this scene can never render: fail it, keep the others
+            _fail_renders(runtime, [render_id for render_id, _ in batch], str(error))
+            failed += len(batch)
+            todo = rest
+            continue
+        per_render = {k: v / len(batch) for k, v in result.timings.items()}
+        for (render_id, planned), image in zip(batch, result.images, strict=True):
+            upload_started = time.perf_counter()
+            key = render_key(claim.job_id, planned.scene_index, planned.variant)
+            thumb = thumb_key(claim.job_id, planned.scene_index, planned.variant)
+            farm.storage.put(key, png_bytes(image, planned, settings), "image/png")
+            farm.storage.put(thumb, _thumbnail(image), "image/webp")
+            upload_s = time.perf_counter() - upload_started
+            with farm.sessions.begin() as session:
+                session.get(Render, render_id).finish(
+                    key,
+                    thumb,
+                    identity_s=identity_s / max(len(claim.renders), 1),
+                    denoise_s=per_render.get("denoise"),
+                    decode_s=per_render.get("decode"),
+                    upload_s=upload_s,
+                )
+            done += 1
+            farm.events.publish(
+                claim.job_id,
+                "render.done",
+                render=render_id,
+                scene=planned.scene_index,
+                variant=planned.variant,
+                key=key,
+                thumb=thumb,
+            )
+        todo = rest
+        runtime.beat()  # renews the lease: a long shard stays ours
+    return done, failed
+
+
+def _thumbnail(image: Image.Image) -> bytes:
+    copy = image.copy()
+    copy.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    buffer = io.BytesIO()
+    copy.save(buffer, format="WEBP", quality=85)
+    return buffer.getvalue()
+
+
+def _record_identity(
+    runtime: WorkerRuntime, encoder_fp: str, photos_fp: str, num_tokens: int, seconds: float
+) -> None:
+    with runtime.farm.sessions.begin() as session:
+        exists = session.scalar(
+            select(StoredIdentityTokens.id).where(
+                StoredIdentityTokens.encoder_fingerprint == encoder_fp,
+                StoredIdentityTokens.photos_fingerprint == photos_fp,
+            )
+        )
+        if exists is None:
+            session.add(
+                StoredIdentityTokens(
+                    encoder_fingerprint=encoder_fp,
+                    photos_fingerprint=photos_fp,
+                    storage_key=identity_key(encoder_fp, photos_fp),
+                    num_tokens=num_tokens,
+                    seconds=seconds,
+                )
+            )
+
+
+def _cancel_requested(runtime: WorkerRuntime, job_id: str) -> bool:
+    with runtime.farm.sessions() as session:
+        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def _mark_running(runtime: WorkerRuntime, render_ids: Sequence[int]) -> None:
+    with runtime.farm.sessions.begin() as session:
+        for render_id in render_ids:
+            session.get(Render, render_id).start(runtime.name, runtime.device)
+
+
+def _fail_renders(runtime: WorkerRuntime, render_ids: Sequence[int], error: str) -> None:
+    with runtime.farm.sessions.begin() as session:
+        for render_id in render_ids:
+            session.get(Render, render_id).fail(error)
+
+
+def _cancel_shard(session: Session, shard: Shard) -> None:
+    shard.cancel()
+    session.execute(
+        update(Render)
+        .where(Render.shard_id == shard.id, Render.status.in_(_TODO))
+        .values(status=RenderStatus.CANCELLED, finished=utcnow())
+    )
+
+
+def _fail_shard(session: Session, shard: Shard, error: str) -> None:
+    shard.fail(error)
+    session.execute(
+        update(Render)
+        .where(Render.shard_id == shard.id, Render.status.in_(_TODO))
+        .values(status=RenderStatus.FAILED, error=error, finished=utcnow())
+    )
+
+
+def _end_shard(runtime: WorkerRuntime, shard_id: int, job_id: str, error: str | None) -> str:
+    """Close the shard: succeeded, cancelled, or (on an error) requeued while attempts last."""
+    farm = runtime.farm
+    resend = None
+    with farm.sessions.begin() as session:
+        shard = session.get(Shard, shard_id, with_for_update=True)
+        if shard.status is not ShardStatus.RUNNING or shard.worker_id != runtime.name:
+            return f"lost the shard meanwhile (now {shard.status})"  # reaped while we ran
+        if error is None:
+            failed = session.scalar(
+                select(Render.id).where(
+                    Render.shard_id == shard_id, Render.status == RenderStatus.FAILED
+                )
+            )
+            if failed is None:
+                shard.succeed()
+            else:
+                shard.fail("some scenes could not be rendered; see their errors")
+        elif error == "cancelled":
+            _cancel_shard(session, shard)
+        elif shard.requeue(error) is ShardStatus.QUEUED:
+            job = session.get(Job, job_id)
+            resend = (job.preset, job.priority)
+        else:
+            _fail_shard(session, shard, shard.error or error)
+        outcome = str(shard.status)
+    if resend is not None:
+        send_shards(farm.celery, resend[0], [shard_id], resend[1])
+        outcome = "requeued after an error"
+    farm.events.publish(job_id, f"shard.{outcome.split()[0]}", shard=shard_id, error=error)
+    return outcome
+
+
+def _release_worker(runtime: WorkerRuntime, done: int, failed: int) -> None:
+    with runtime.farm.sessions.begin() as session:
+        worker = session.get(Worker, runtime.name)
+        if worker is not None:
+            worker.current_shard_id = None
+            worker.renders_done += done
+            worker.renders_failed += failed
+            worker.beat()
+
+
+def finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
+    """Close the job once no shard is queued or running; None while work remains.
+
+    The job row is locked, so of two workers ending the last two shards at once exactly one
+    sees the job open and closes it.
+    """
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return None
+    open_shard = session.scalar(
+        select(Shard.id).where(
+            Shard.job_id == job_id, Shard.status.in_([ShardStatus.QUEUED, ShardStatus.RUNNING])
+        )
+    )
+    if open_shard is not None:
+        return None
+    statuses = set(session.scalars(select(Shard.status).where(Shard.job_id == job_id)))
+    if job.cancel_requested:
+        job.cancel()
+    elif ShardStatus.FAILED in statuses:
+        if job.status is JobStatus.QUEUED:
+            job.start()
+        job.fail("some shards failed; `farm retry` sends them again")
+    else:
+        job.succeed()
+    return job.status
+
+
+def _finish_job_if_done(runtime: WorkerRuntime, job_id: str) -> None:
+    with runtime.farm.sessions.begin() as session:
+        status = finish_job_if_done(session, job_id)
+    if status is not None:
+        runtime.farm.events.publish(job_id, "job.finished", status=str(status))

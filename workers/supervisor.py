@@ -1,0 +1,129 @@
+"""`farm worker`: one Celery worker process per device, each pinned to its GPU.
+
+Pinning with `CUDA_VISIBLE_DEVICES` (rather than `cuda:N` inside one process) keeps a crash, a
+leak or an out-of-memory on one card from touching the others, and lets every process believe
+it owns `cuda:0`. Signals are passed on, so a SIGTERM from Kubernetes becomes Celery's warm
+shutdown in every child: the current shard finishes, nothing new is taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from farm.errors import InputError
+from farm.queue.app import CONTROL_QUEUE, render_queue
+from farm.render.presets import get_preset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceSlot:
+    """One worker process: `cuda_index` is None for a CPU worker."""
+
+    slot: int
+    cuda_index: str | None
+
+    @property
+    def label(self) -> str:
+        return f"cuda{self.cuda_index}" if self.cuda_index is not None else f"cpu{self.slot}"
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices on this machine, without initialising CUDA in the supervisor."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    listing = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return [line.strip() for line in listing.stdout.splitlines() if line.strip()]
+
+
+def parse_devices(spec: str) -> list[DeviceSlot]:
+    """`all` (every GPU, or one CPU worker without GPUs), `0,1` (GPU indices), `cpu` or `cpu:N`
+    (N CPU workers, for tests and small farms)."""
+    spec = spec.strip().lower()
+    if spec == "all":
+        gpus = visible_gpus()
+        return [DeviceSlot(i, g) for i, g in enumerate(gpus)] or [DeviceSlot(0, None)]
+    if spec == "cpu" or spec.startswith("cpu:"):
+        count = spec.partition(":")[2] or "1"
+        if not count.isdigit() or not 1 <= int(count) <= 64:
+            raise InputError(f"--devices {spec!r}: write cpu or cpu:N with N from 1 to 64")
+        return [DeviceSlot(i, None) for i in range(int(count))]
+    indices = [part.strip() for part in spec.split(",")]
+    if not all(i.isdigit() for i in indices) or len(set(indices)) != len(indices):
+        raise InputError(f"--devices {spec!r}: write all, cpu, cpu:N, or GPU indices like 0,1")
+    return [DeviceSlot(i, g) for i, g in enumerate(indices)]
+
+
+def worker_command(
+    slot: DeviceSlot, presets: Sequence[str], beat: bool, loglevel: str
+) -> list[str]:
+    queues = [render_queue(p) for p in presets] + [CONTROL_QUEUE]
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "--queues",
+        ",".join(queues),
+        "--concurrency",
+        "1",
+        "--pool",
+        "prefork",  # a child that dies takes only its task with it
+        "--hostname",
+        f"{slot.label}@%h",
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if beat:
+        command += ["--beat", "--schedule", os.path.join(os.getcwd(), ".celerybeat-schedule")]
+    return command
+
+
+def run_workers(
+    devices: str, presets: Sequence[str], *, beat: bool = False, loglevel: str = "INFO"
+) -> int:
+    for name in presets:
+        get_preset(name)
+    slots = parse_devices(devices)
+    children: list[subprocess.Popen[bytes]] = []
+    for index, slot in enumerate(slots):
+        env = {
+            **os.environ,
+            "CUDA_VISIBLE_DEVICES": slot.cuda_index if slot.cuda_index is not None else "",
+            "FARM_WORKER_PRESETS": ",".join(presets),
+            "FARM_WORKER_SLOT": str(slot.slot),
+        }
+        if slot.cuda_index is None:
+            env["FARM_DEVICE"] = "cpu"
+        command = worker_command(slot, presets, beat and index == 0, loglevel)
+        children.append(subprocess.Popen(command, env=env))
+        log.info("started worker %s (pid %s)", slot.label, children[-1].pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, forward)
+    codes = [child.wait() for child in children]
+    log.info("workers exited with %s", codes)
+    return max((abs(c) for c in codes), default=0)

@@ -8,12 +8,15 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from farm.errors import FarmError
 from farm.settings import Settings
+
+if TYPE_CHECKING:
+    from farm.context import Farm
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -118,7 +121,8 @@ def models_pull(preset_name: str) -> None:
     click.echo(f"{preset_name}: SDXL in {files.sdxl_dir}, PhotoMaker in {files.checkpoint}")
 
 
-def _farm():
+def _farm() -> Farm:
+    """The services, built from the environment (imported late: `farm --help` stays fast)."""
     from farm.context import Farm
 
     return Farm(Settings.from_env())

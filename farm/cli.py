@@ -312,3 +312,5 @@ def reap(dry_run: bool) -> None:
     click.echo(
         f"requeued {reaped.requeued}, failed {reaped.failed}, lost workers {reaped.lost_workers}"
     )
+
+from farm import cli_eval  # noqa: E402, F401  (registers `farm eval`)

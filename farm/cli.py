@@ -313,4 +313,6 @@ def reap(dry_run: bool) -> None:
         f"requeued {reaped.requeued}, failed {reaped.failed}, lost workers {reaped.lost_workers}"
     )
 
+
+from farm import cli_comic as _cli_comic  # noqa: E402, F401  (registers `farm comic`)
 from farm import cli_eval  # noqa: E402, F401  (registers `farm eval`)

@@ -120,6 +120,7 @@ class Scene(BaseModel):
         default=None, description="Replaces the story's negative_prompt for this scene."
     )
     variants: Variants | None = Field(default=None, description="Overrides the story's.")
+    wide: bool = Field(default=False, description="A double-width panel on comic pages.")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ shutdown in every child: the current shard finishes, nothing new is taken.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import shutil
@@ -22,6 +24,8 @@ from farm.queue.app import CONTROL_QUEUE, render_queue
 from farm.render.presets import get_preset
 
 log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -97,33 +101,50 @@ def worker_command(
     return command
 
 
+def _die_with_parent() -> None:
+    """Runs in each child before exec: if the supervisor is killed outright (SIGKILL, OOM),
+    the kernel sends the worker SIGTERM, its warm shutdown, instead of leaving an orphan."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def run_workers(
     devices: str, presets: Sequence[str], *, beat: bool = False, loglevel: str = "INFO"
 ) -> int:
+    children: list[subprocess.Popen[bytes]] = []
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    # Before anything slow: a SIGTERM during start-up must stop the children started so far.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, forward)
     for name in presets:
         get_preset(name)
     slots = parse_devices(devices)
-    children: list[subprocess.Popen[bytes]] = []
     for index, slot in enumerate(slots):
         env = {
             **os.environ,
             "CUDA_VISIBLE_DEVICES": slot.cuda_index if slot.cuda_index is not None else "",
             "FARM_WORKER_PRESETS": ",".join(presets),
-            "FARM_WORKER_SLOT": str(slot.slot),
+            # The worker's SQL name ends in its label: the GPU's own index, not the position in
+            # --devices, or `--devices 1` here and `--devices 0` beside it would both be cuda0.
+            "FARM_WORKER_SLOT": slot.cuda_index if slot.cuda_index is not None else str(slot.slot),
         }
         if slot.cuda_index is None:
             env["FARM_DEVICE"] = "cpu"
+            # CPU workers share the cores instead of each spawning a thread per core.
+            cpu_slots = sum(1 for s in slots if s.cuda_index is None)
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cpu_slots)))
+        if stopping:
+            break
         command = worker_command(slot, presets, beat and index == 0, loglevel)
-        children.append(subprocess.Popen(command, env=env))
+        children.append(subprocess.Popen(command, env=env, preexec_fn=_die_with_parent))
         log.info("started worker %s (pid %s)", slot.label, children[-1].pid)
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(signum, forward)
     codes = [child.wait() for child in children]
     log.info("workers exited with %s", codes)
     return max((abs(c) for c in codes), default=0)

@@ -11,7 +11,7 @@ second worker.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from farm.settings import Settings
 
@@ -26,14 +26,21 @@ def render_queue(preset: str) -> str:
     return f"render.{preset}"
 
 
+def _queue(name: str) -> Queue:
+    """A queue on its own direct exchange: a task sent to one queue lands in that one only
+    (queues left on the default exchange would share its routing key and get every task)."""
+    return Queue(
+        name,
+        Exchange(name, type="direct"),
+        routing_key=name,
+        queue_arguments={"x-max-priority": MAX_PRIORITY},
+    )
+
+
 def make_celery(settings: Settings, presets: list[str] | None = None) -> Celery:
     """The farm's Celery app. `presets` names the render queues this process consumes."""
     app = Celery("farm", broker=settings.broker_url, set_as_current=False)
-    queues = [Queue(CONTROL_QUEUE, queue_arguments={"x-max-priority": MAX_PRIORITY})]
-    queues += [
-        Queue(render_queue(p), queue_arguments={"x-max-priority": MAX_PRIORITY})
-        for p in presets or []
-    ]
+    queues = [_queue(CONTROL_QUEUE)] + [_queue(render_queue(p)) for p in presets or []]
     transport_options = {}
     if settings.broker_url.startswith(("redis://", "rediss://")):
         transport_options = {
@@ -61,7 +68,12 @@ def make_celery(settings: Settings, presets: list[str] | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         beat_schedule={
-            "reap-expired-leases": {"task": REAP, "schedule": settings.reap_interval_s},
+            "reap-expired-leases": {
+                "task": REAP,
+                "schedule": settings.reap_interval_s,
+                # With every worker scaled to zero, unclaimed reaps must not pile up.
+                "options": {"expires": settings.reap_interval_s},
+            },
         },
     )
     return app

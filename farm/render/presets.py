@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.errors import InputError, ModelNotFoundError
-from farm.render.tiny import ensure_tiny
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,8 @@ def _hf_cached(repo_id: str, filename: str | None = None) -> Path | None:
 def locate(preset: Preset, models_dir: Path, sdxl_base: str | None = None) -> ModelFiles:
     """Find a preset's files, building the tiny ones on first use."""
     if preset.tiny:
+        from farm.render.tiny import ensure_tiny  # torch and diffusers: only when needed
+
         root = ensure_tiny(models_dir)
         return ModelFiles(root / "sdxl", root / preset.checkpoint_file, models_dir)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from farm.errors import InputError
 from farm.queue.app import CONTROL_QUEUE, render_queue
 from farm.render.presets import get_preset
+from farm.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,9 @@ def worker_command(
         "--without-mingle",
     ]
     if beat:
-        command += ["--beat", "--schedule", os.path.join(os.getcwd(), ".celerybeat-schedule")]
+        schedule = Settings.from_env().data_dir / "celerybeat-schedule"
+        schedule.parent.mkdir(parents=True, exist_ok=True)
+        command += ["--beat", "--schedule", str(schedule)]
     return command
 
 

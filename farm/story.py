@@ -36,6 +36,7 @@ from farm.errors import InputError
 from farm.render import styles
 
 MAX_PHOTOS = 16
+MAX_CAST = 4  # people in one story; each costs identity tokens in every prompt
 MAX_SCENES = 10_000
 MAX_RENDERS = 10_000
 MAX_SEED = 2**32 - 1
@@ -177,6 +178,28 @@ def _trigger_problem(prompt: str, class_word: str, trigger: str) -> str | None:
     return None
 
 
+def _cast_problem(prompt: str, people: list[Character]) -> str | None:
+    """With several characters a scene names one or more of them, each trigger placed as for
+    one character; a word shaped like a trigger that belongs to nobody is named as unknown."""
+    tokens = {token.casefold() for token in _WORD_OR_PUNCTUATION.findall(prompt)}
+    present = [p for p in people if p.trigger.casefold() in tokens]
+    triggers = ", ".join(repr(p.trigger) for p in people)
+    shapes = {re.sub(r"\d+$", "", p.trigger.casefold()) for p in people}
+    known = {p.trigger.casefold() for p in people}
+    unknown = sorted(
+        t for t in tokens if t not in known and re.sub(r"\d+$", "", t) in shapes and t[-1].isdigit()
+    )
+    if unknown:
+        return f"unknown trigger word {unknown[0]!r}; this story's triggers are {triggers}"
+    if not present:
+        return f"names no character: put one of the trigger words {triggers} after its class word"
+    for person in present:
+        problem = _trigger_problem(prompt, person.class_word, person.trigger)
+        if problem is not None:
+            return problem
+    return None
+
+
 class Story(BaseModel):
     """A character and the scenes to illustrate, with the settings shared by all renders.
 
@@ -188,6 +211,12 @@ class Story(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     character: Character
+    cast: list[Character] = Field(
+        default_factory=list,
+        max_length=MAX_CAST - 1,
+        description="Other people who may share a scene with the character, each with its own "
+        "trigger word (e.g. 'a man img1 and a woman img2 at a table').",
+    )
     preset: Annotated[str, StringConstraints(min_length=1)]
     style: str = Field(default=styles.DEFAULT_STYLE, description="A style name or its slug.")
     negative_prompt: Annotated[str, StringConstraints(max_length=1000)] = (
@@ -235,6 +264,22 @@ class Story(BaseModel):
         styles.resolve_size(aspect, info.data.get("width"), info.data.get("height"))
         return styles.canonical_aspect(aspect)
 
+    @field_validator("cast")
+    @classmethod
+    def _triggers_are_distinct(cls, cast: list[Character], info: ValidationInfo) -> list[Character]:
+        lead = info.data.get("character")
+        seen = {lead.trigger.casefold()} if lead is not None else set()
+        for person in cast:
+            if person.trigger.casefold() in seen:
+                raise PydanticCustomError(
+                    "trigger_taken",
+                    "the trigger word '{trigger}' of {name} is already taken: every character "
+                    "needs its own (e.g. img1, img2)",
+                    {"trigger": person.trigger, "name": person.name},
+                )
+            seen.add(person.trigger.casefold())
+        return cast
+
     @field_validator("scenes")
     @classmethod
     def _scenes_fit_character(cls, scenes: list[Scene], info: ValidationInfo) -> list[Scene]:
@@ -242,9 +287,14 @@ class Story(BaseModel):
         # those of the other fields instead of only after they are fixed.
         problems: list[InitErrorDetails] = []
         character = info.data.get("character")
-        if character is not None:
+        if character is not None and "cast" in info.data:
+            people = [character, *info.data["cast"]]
             for index, scene in enumerate(scenes):
-                problem = _trigger_problem(scene.prompt, character.class_word, character.trigger)
+                problem = (
+                    _trigger_problem(scene.prompt, character.class_word, character.trigger)
+                    if len(people) == 1
+                    else _cast_problem(scene.prompt, people)
+                )
                 if problem is not None:
                     problems.append(_problem(problem, (index, "prompt"), scene.prompt))
         story_variants = info.data.get("variants")
@@ -268,9 +318,14 @@ class Story(BaseModel):
         """Where relative photo paths start; set from the validation context, never the body."""
         return self._source_dir
 
-    def photo_paths(self) -> list[Path]:
+    @property
+    def characters(self) -> list[Character]:
+        """The character first, then the rest of the cast."""
+        return [self.character, *self.cast]
+
+    def photo_paths(self, character: Character | None = None) -> list[Path]:
         base = self._source_dir or Path()
-        return [base / photo for photo in self.character.photos]
+        return [base / photo for photo in (character or self.character).photos]
 
     def render_size(self) -> tuple[int, int]:
         return styles.resolve_size(self.aspect, self.width, self.height)

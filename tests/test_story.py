@@ -469,3 +469,36 @@ def test_without_a_context_preset_and_photos_are_not_checked():
     data = good()
     data["preset"] = "anything"
     assert Story.model_validate(data).preset == "anything"
+
+
+CAST_STORY = {
+    "character": {"name": "N", "class_word": "man", "trigger": "img1", "photos": ["a.jpg"]},
+    "cast": [{"name": "A", "class_word": "woman", "trigger": "img2", "photos": ["b.jpg"]}],
+    "preset": "tiny",
+    "scenes": [{"prompt": "a man img1 and a woman img2 at a table"}, {"prompt": "a woman img2"}],
+}
+
+
+def test_a_cast_shares_scenes_and_each_scene_names_some_of_it():
+    story = parse_story(CAST_STORY, presets={"tiny"})
+    assert [c.name for c in story.characters] == ["N", "A"]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("a man img1 and a woman img3", "unknown trigger word 'img3'"),
+        ("a cat on a mat", "names no character"),
+        ("a woman img1", "must directly follow the class word 'man'"),
+        ("a man img1 and img2 woman", "must directly follow the class word 'woman'"),
+    ],
+)
+def test_cast_scenes_say_which_trigger_is_unknown_or_misplaced(prompt, message):
+    with pytest.raises(InputError, match=message):
+        parse_story({**CAST_STORY, "scenes": [{"prompt": prompt}]}, presets={"tiny"})
+
+
+def test_every_character_needs_its_own_trigger():
+    taken = {**CAST_STORY["cast"][0], "trigger": "IMG1"}
+    with pytest.raises(InputError, match="already taken"):
+        parse_story({**CAST_STORY, "cast": [taken]}, presets={"tiny"})

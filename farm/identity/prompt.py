@@ -147,3 +147,8 @@ def text_only_prompt(prompt: str, triggers: Sequence[str]) -> str:
     for trigger in triggers:
         prompt = re.sub(rf"\s*\b{re.escape(trigger)}\b", "", prompt, flags=re.IGNORECASE)
     return re.sub(r"\s{2,}", " ", prompt).strip()
+
+
+def present_triggers(prompt: str, triggers: Sequence[str]) -> list[str]:
+    """The triggers a prompt names: in a story with a cast, each scene shows some of them."""
+    return [t for t in triggers if re.search(rf"\b{re.escape(t)}\b", prompt, re.IGNORECASE)]

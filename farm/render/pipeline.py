@@ -23,7 +23,12 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedT
 
 from farm.errors import InputError
 from farm.identity.encoders import IDEncoder
-from farm.identity.prompt import expand_prompt, register_triggers, text_only_prompt
+from farm.identity.prompt import (
+    expand_prompt,
+    present_triggers,
+    register_triggers,
+    text_only_prompt,
+)
 from farm.identity.tokens import IdentityTokens
 
 MAX_MERGE_STEP = 30  # the reference caps the text-only phase at 30 steps
@@ -149,6 +154,7 @@ class PhotoMakerPipeline:
         expanded trigger-free ids, and every repeated position is fused with its ID token (the
         fusion works on the concatenated vector, so both encoders' slices are replaced).
         """
+        identities = self._named_in(prompt, identities)
         counts = {trigger: identity.num_tokens for trigger, identity in identities.items()}
         register_triggers(self.tokenizer, list(counts))
         register_triggers(self.tokenizer_2, list(counts))
@@ -164,6 +170,15 @@ class PhotoMakerPipeline:
             fused = self.id_encoder.fuse(embeds[positions], tokens)
             embeds[positions] = fused.to(embeds.dtype)
         return embeds, pooled
+
+    @staticmethod
+    def _named_in(
+        prompt: str, identities: Mapping[str, IdentityTokens]
+    ) -> Mapping[str, IdentityTokens]:
+        """The identities whose trigger the prompt names (all of a story's cast may be given;
+        a scene shows some of them). A prompt naming none gets the "no trigger" error."""
+        named = present_triggers(prompt, list(identities))
+        return {t: identities[t] for t in named} if named else identities
 
     def _negative(self, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, pooled = self._encode_text(negative)
@@ -261,9 +276,10 @@ class PhotoMakerPipeline:
                     f"identity for {trigger!r} has width {identity.tokens.shape[-1]}, but this "
                     f"preset's encoder fuses width {width_d}: it was made by another model"
                 )
-        counts = {trigger: identity.num_tokens for trigger, identity in identities.items()}
-        for render in {r.prompt for r in renders}:
-            self.check_prompt(render, counts, class_words)
+        for prompt in {r.prompt for r in renders}:
+            named = self._named_in(prompt, identities)
+            counts = {trigger: identity.num_tokens for trigger, identity in named.items()}
+            self.check_prompt(prompt, counts, class_words)
 
     @torch.inference_mode()
     def __call__(

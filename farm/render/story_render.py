@@ -23,7 +23,7 @@ from farm.identity.engine import Photo
 from farm.render.loading import LoadedPreset
 from farm.render.pipeline import SceneRender
 from farm.storage.local import LocalStorage
-from farm.story import PlannedRender, Story
+from farm.story import Character, PlannedRender, Story
 
 
 def render_filename(scene_index: int, variant: int) -> str:
@@ -76,8 +76,8 @@ def png_bytes(image: Image.Image, planned: PlannedRender, settings: RenderSettin
     return buffer.getvalue()
 
 
-def character_photos(story: Story) -> list[Photo]:
-    return [Photo(path.name, path.read_bytes()) for path in story.photo_paths()]
+def character_photos(story: Story, character: Character | None = None) -> list[Photo]:
+    return [Photo(path.name, path.read_bytes()) for path in story.photo_paths(character)]
 
 
 def batches(items: Sequence[PlannedRender], size: int) -> list[Sequence[PlannedRender]]:
@@ -99,12 +99,25 @@ def render_story(
     plan = story.plan()
 
     started = time.perf_counter()
-    identity = loaded.identity.tokens_for(character_photos(story), crop=character.face_crop)
-    identities = {character.trigger: identity}
-    class_words = {character.trigger: character.class_word}
+    identities = {
+        person.trigger: loaded.identity.tokens_for(
+            character_photos(story, person), crop=person.face_crop
+        )
+        for person in story.characters
+    }
+    identity = identities[character.trigger]
+    class_words = {person.trigger: person.class_word for person in story.characters}
     # Check every prompt first: a scene that cannot render must fail before any image exists.
-    for prompt in {p.prompt for p in plan}:
-        pipeline.check_prompt(prompt, {character.trigger: identity.num_tokens}, class_words)
+    pipeline.check_inputs(
+        [SceneRender(p.prompt, p.negative, p.seed) for p in plan],
+        identities,
+        settings.height,
+        settings.width,
+        settings.steps,
+        settings.guidance,
+        settings.style_strength,
+        class_words,
+    )
     identity_seconds = time.perf_counter() - started
 
     # The output folder is object storage too: whole-file writes come with it.
@@ -141,6 +154,9 @@ def render_story(
 
     manifest = {
         "software": f"render-farm {__version__}",
+        "cast": [
+            {"name": p.name, "class_word": p.class_word, "trigger": p.trigger} for p in story.cast
+        ],
         "character": {
             "name": character.name,
             "class_word": character.class_word,

@@ -1,0 +1,258 @@
+"""What the farm costs over rendering in-process, and what a second worker buys.
+
+The same story (64 renders, tiny preset, CPU) is rendered three ways in one run:
+in-process (`render_story`, the pipeline loaded once), then through the farm (Redis broker,
+PostgreSQL, moto's S3 over HTTP) with one and with two worker processes. Workers are started and
+warm (pipeline loaded) before the clock starts, as in production; the clock runs from
+`submit_story` to the job's end in SQL. Prints renders per second, the ratios, the per-render
+overhead, and the identity-token cache figures, and writes them to a JSON file.
+
+    .venv/bin/python bench/farm_overhead.py [--renders 64] [--out bench/results/farm_overhead.json]
+
+Needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (trust auth), as on CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, func, select, text  # noqa: E402
+
+from farm.context import Farm  # noqa: E402
+from farm.db.migrate import upgrade  # noqa: E402
+from farm.db.models import StoredIdentityTokens, Worker  # noqa: E402
+from farm.db.states import JobStatus, WorkerStatus  # noqa: E402
+from farm.identity.faces import open_face_analyzer  # noqa: E402
+from farm.jobs import progress, submit_story  # noqa: E402
+from farm.render.loading import load_preset  # noqa: E402
+from farm.render.presets import PRESETS, get_preset  # noqa: E402
+from farm.render.story_render import character_photos, render_story  # noqa: E402
+from farm.settings import Settings  # noqa: E402
+from farm.story import load_story  # noqa: E402
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+REDIS_DB = 14
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def moto_server():
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
+def postgres_database():
+    name = f"farm_bench_{os.getpid()}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def story_of(renders: int, workdir: Path) -> Path:
+    """The example character, `renders` scenes of one variant each, shard-sized batches."""
+    example = (ROOT / "examples" / "story.yaml").read_text()
+    head = example.split("scenes:")[0].replace("photos/", str(ROOT / "examples" / "photos") + "/")
+    scenes = "".join(
+        f'  - prompt: "a man img reading a book by the window, scene {i}"\n' for i in range(renders)
+    )
+    path = workdir / "story.yaml"
+    path.write_text(f"{head}scenes:\n{scenes}")
+    return path
+
+
+def in_process(story_path: Path, models_dir: Path, workdir: Path) -> float:
+    story = load_story(story_path, presets=PRESETS)
+    loaded = load_preset(get_preset(story.preset), models_dir, device="cpu")
+    render_story(story, workdir / "warmup", loaded, batch_size=loaded.preset.batch_size)
+    started = time.perf_counter()
+    render_story(story, workdir / "inproc", loaded)
+    return time.perf_counter() - started
+
+
+@contextmanager
+def workers(count: int, env: dict[str, str], logs: Path):
+    command = [
+        str(ROOT / ".venv" / "bin" / "farm"),
+        "worker",
+        "--devices",
+        f"cpu:{count}",
+        "--presets",
+        "tiny",
+    ]
+    log = open(logs / f"workers-{count}.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def wait_ready(farm: Farm, count: int, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with farm.sessions() as session:
+            ready = session.scalar(
+                select(func.count()).select_from(Worker).where(Worker.status == WorkerStatus.IDLE)
+            )
+        if ready >= count:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{count} workers did not become ready in {timeout_s} s")
+
+
+def run_job(farm: Farm, story, photos, faces, logs: Path) -> float:
+    """Seconds from submission to the job's end in SQL."""
+    started = time.perf_counter()
+    job = submit_story(farm, story, photos, faces)
+    while True:
+        with farm.sessions() as session:
+            state = progress(session, job.job_id)
+        if state.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            break
+        time.sleep(0.05)
+    if state.status is not JobStatus.SUCCEEDED:
+        raise RuntimeError(f"job {job.job_id} ended {state.status}; see {logs}")
+    return time.perf_counter() - started
+
+
+def through_farm(farm: Farm, story_path: Path, count: int, env: dict[str, str], logs: Path):
+    """A warm-up job first (one shard per worker), as the in-process path had its warm-up:
+    both then measure a farm in production, whose workers have rendered before."""
+    story = load_story(story_path, presets=PRESETS)
+    per_worker = farm.settings.shard_size  # one shard for each worker to warm up on
+    warmup = story.model_copy(update={"scenes": story.scenes[: count * per_worker]})
+    faces = open_face_analyzer("dlib", farm.settings.models_dir)
+    photos = character_photos(story)
+    with workers(count, env, logs):
+        wait_ready(farm, count)
+        run_job(farm, warmup, photos, faces, logs)
+        seconds = run_job(farm, story, photos, faces, logs)
+        with farm.sessions.begin() as session:
+            session.execute(Worker.__table__.delete())  # the next run counts its own workers
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--renders", type=int, default=64)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "farm_overhead.json"
+    )
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="farm-bench-"))
+    models_dir = workdir / "models"
+    story_path = story_of(args.renders, workdir)
+    with moto_server() as s3, postgres_database() as database_url:
+        env = {
+            **os.environ,
+            "FARM_DATA_DIR": str(workdir / "data"),
+            "FARM_MODELS_DIR": str(models_dir),
+            "FARM_DATABASE_URL": database_url,
+            "FARM_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+            "FARM_STORAGE_URL": "s3://bench/farm",
+            "FARM_S3_ENDPOINT_URL": s3,
+            "FARM_SHARD_SIZE": str(get_preset("tiny").batch_size),
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "HF_HUB_OFFLINE": "1",
+        }
+        os.environ.update(env)
+        import redis
+
+        redis.Redis(db=REDIS_DB).flushdb()
+        upgrade(database_url)
+        farm = Farm(Settings.from_env(env))
+        farm.storage.ensure_bucket()
+
+        inproc_s = in_process(story_path, models_dir, workdir)
+        one_s = through_farm(farm, story_path, 1, env, workdir)
+        two_s = through_farm(farm, story_path, 2, env, workdir)
+        with farm.sessions() as session:
+            computed = session.scalar(select(func.count()).select_from(StoredIdentityTokens))
+        farm.close()
+        redis.Redis(db=REDIS_DB).flushdb()
+
+    n = args.renders
+    figures = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "renders": n,
+        "preset": "tiny (64x64, 4 steps)",
+        "in_process_renders_per_s": n / inproc_s,
+        "farm_1_worker_renders_per_s": n / one_s,
+        "farm_2_workers_renders_per_s": n / two_s,
+        "ratio_farm1_over_in_process": inproc_s / one_s,
+        "ratio_farm2_over_farm1": one_s / two_s,
+        "overhead_ms_per_render_1_worker": 1000 * (one_s - inproc_s) / n,
+        "identity_tokens_computed": computed,
+        "jobs": 4,  # a warm-up and a timed job for each worker count
+    }
+    print(f"{'path':28} {'renders/s':>10}")
+    print(f"{'in-process':28} {figures['in_process_renders_per_s']:10.2f}")
+    print(f"{'farm, 1 worker':28} {figures['farm_1_worker_renders_per_s']:10.2f}")
+    print(f"{'farm, 2 workers':28} {figures['farm_2_workers_renders_per_s']:10.2f}")
+    print(
+        f"farm(1)/in-process = {figures['ratio_farm1_over_in_process']:.2f}   "
+        f"farm(2)/farm(1) = {figures['ratio_farm2_over_farm1']:.2f}   "
+        f"overhead = {figures['overhead_ms_per_render_1_worker']:.1f} ms/render   "
+        f"identity tokens computed for 4 jobs: {computed}"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figures, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.db.models import Character, CharacterPhoto
+from farm.db.models import Character, CharacterPhoto, project_or_default
 from farm.errors import InputError
 from farm.identity.engine import Photo
 from farm.identity.faces import FaceAnalyzer, primary_face
@@ -40,6 +40,7 @@ def create_character(
     trigger: str,
     photos: Sequence[Photo],
     face_crop: bool = False,
+    project_id: int | None = None,
 ) -> Character:
     """The character with these photos, created if new. Every photo must show a face.
 
@@ -56,6 +57,7 @@ def create_character(
             Character.class_word == class_word,
             Character.trigger == trigger,
             Character.face_crop == face_crop,
+            Character.project_id == project_or_default(project_id),
             Character.deleted.is_(None),
         )
     ).first()
@@ -73,6 +75,7 @@ def create_character(
         trigger=trigger,
         face_crop=face_crop,
         photos_fingerprint=fingerprint,
+        project_id=project_or_default(project_id),
     )
     for position, (photo, image, face) in enumerate(checked):
         key = photo_key(photo.sha256)

@@ -316,3 +316,4 @@ def reap(dry_run: bool) -> None:
 
 from farm import cli_comic as _cli_comic  # noqa: E402, F401  (registers `farm comic`)
 from farm import cli_eval  # noqa: E402, F401  (registers `farm eval`)
+from farm.cli_tokens import tokens as _tokens  # noqa: E402, F401  (registers `farm tokens`)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from farm.characters import create_character
 from farm.context import Farm
-from farm.db.models import Job, Render, Shard
+from farm.db.models import Job, Render, Shard, project_or_default
 from farm.db.queries import job_progress
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.errors import InputError
@@ -59,6 +59,13 @@ class Submitted:
     shards: int
 
 
+def check_submission(story: Story, priority: int) -> None:
+    """Refuse what a job cannot be, before anything (a row, a stored photo) is written."""
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise InputError(f"priority must be between 0 and {MAX_PRIORITY}, got {priority}")
+    get_preset(story.preset)
+
+
 def plan_job(
     session: Session,
     story: Story,
@@ -68,11 +75,10 @@ def plan_job(
     max_attempts: int,
     priority: int = 5,
     webhook_url: str | None = None,
+    project_id: int | None = None,
 ) -> Job:
     """The job, its shards and renders, added to `session` (the caller commits)."""
-    if not 0 <= priority <= MAX_PRIORITY:
-        raise InputError(f"priority must be between 0 and {MAX_PRIORITY}, got {priority}")
-    get_preset(story.preset)
+    check_submission(story, priority)
     plan = story.plan()
     job = Job(
         character_id=character_id,
@@ -81,6 +87,7 @@ def plan_job(
         spec=story.model_dump(mode="json"),
         renders_total=len(plan),
         webhook_url=webhook_url,
+        project_id=project_or_default(project_id),
     )
     session.add(job)
     session.flush()
@@ -112,8 +119,10 @@ def submit_story(
     *,
     priority: int = 5,
     webhook_url: str | None = None,
+    project_id: int | None = None,
 ) -> Submitted:
     settings = farm.settings
+    check_submission(story, priority)  # before create_character stores the photos
     with farm.sessions.begin() as session:
         c = story.character
         character = create_character(
@@ -125,6 +134,7 @@ def submit_story(
             trigger=c.trigger,
             photos=photos,
             face_crop=c.face_crop,
+            project_id=project_id,
         )
         job = plan_job(
             session,
@@ -134,6 +144,7 @@ def submit_story(
             max_attempts=settings.max_attempts,
             priority=priority,
             webhook_url=webhook_url,
+            project_id=project_id,
         )
         shard_ids = list(session.scalars(select(Shard.id).where(Shard.job_id == job.id)))
         submitted = Submitted(job.id, job.renders_total, len(shard_ids))

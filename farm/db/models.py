@@ -106,6 +106,12 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
+DEFAULT_PROJECT = "default"
+# Rows made without naming a project (the CLI, scripts, older callers) belong to the default
+# project, which migration 0002 creates; the dashboard and the API always name theirs.
+_IN_DEFAULT_PROJECT = text(f"(SELECT id FROM projects WHERE name = '{DEFAULT_PROJECT}')")
+
+
 class Character(Timestamps, Base):
     """A person shown to PhotoMaker by reference photos; kept (soft-deleted) while jobs name it."""
 
@@ -118,6 +124,9 @@ class Character(Timestamps, Base):
     face_crop: Mapped[bool] = mapped_column(server_default=false())
     # sha256 over the photos' content hashes, in order: finds a character with the same photos.
     photos_fingerprint: Mapped[str] = mapped_column(String(HASH_LENGTH), index=True)
+    project_id: Mapped[int] = mapped_column(
+        ForeignKey("projects.id"), index=True, default=_IN_DEFAULT_PROJECT
+    )
     deleted: Mapped[datetime | None]
 
     # At most a few photos, needed whenever the character is: loaded with it, in one query.
@@ -177,10 +186,12 @@ class Job(Timestamps, Base):
     __table_args__ = (
         Index(None, "status", "created"),
         CheckConstraint("priority BETWEEN 0 AND 9", name="priority_range"),
+        Index(None, "project_id", "created"),  # a team's jobs, newest first
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
     character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), default=_IN_DEFAULT_PROJECT)
     status: Mapped[JobStatus] = _status_column(JobStatus.QUEUED)
     preset: Mapped[str] = mapped_column(String(64))
     # Celery's range; the middle by default, so that a submission can go either way.
@@ -507,3 +518,82 @@ class Worker(Timestamps, Base):
         """The reaper's verdict on a worker whose heartbeats stopped; its shard is requeued."""
         _move(self, WorkerStatus.LOST, _LIVE_WORKER)
         self.current_shard_id = None
+
+
+class Role(StrEnum):
+    """What a token or an account may do; each role may do all that the ones before it may."""
+
+    VIEWER = "viewer"  # read characters, jobs, renders and the farm
+    ARTIST = "artist"  # also create characters, submit, cancel and retry jobs
+    ADMIN = "admin"  # also manage the project's tokens and accounts, and the workers
+
+    def allows(self, needed: Role) -> bool:
+        order = list(Role)
+        return order.index(self) >= order.index(needed)
+
+
+def _role_column() -> Any:
+    return mapped_column(
+        Enum(
+            Role,
+            name="role",
+            native_enum=False,
+            create_constraint=True,
+            length=20,
+            values_callable=lambda members: [member.value for member in members],
+            validate_strings=True,
+        )
+    )
+
+
+class Project(Timestamps, Base):
+    """A studio team: its characters and jobs are seen and touched by its own people only."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+
+
+def project_or_default(project_id: int | None) -> Any:
+    """The project a new row goes to: the one named, or else the default project (as SQL)."""
+    return _IN_DEFAULT_PROJECT if project_id is None else project_id
+
+
+class ApiToken(Timestamps, Base):
+    """A bearer token of one project and role. Only the sha256 of the secret is kept: a token is
+    random and long, so a plain hash resists guessing, and a leaked table yields no token."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(80))  # what it is for: "ci pipeline", "alice"
+    role: Mapped[Role] = _role_column()
+    prefix: Mapped[str] = mapped_column(String(16))  # the secret's start, to recognise it by
+    secret_sha256: Mapped[str] = mapped_column(String(HASH_LENGTH), unique=True)
+    last_used: Mapped[datetime | None]
+    revoked: Mapped[datetime | None]
+
+    def revoke(self, now: datetime | None = None) -> None:
+        """Refuse the token from now on; the row stays, so its history can still be read."""
+        if self.revoked is None:
+            self.revoked = now or utcnow()
+
+
+class Account(Timestamps, Base):
+    """A person who logs in to the dashboard with a password, in one project with one role."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))  # scrypt, see farm.auth
+    role: Mapped[Role] = _role_column()
+    last_login: Mapped[datetime | None]
+    disabled: Mapped[datetime | None]
+
+    def disable(self, now: datetime | None = None) -> None:
+        if self.disabled is None:
+            self.disabled = now or utcnow()

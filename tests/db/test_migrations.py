@@ -20,6 +20,9 @@ TABLES = {
     "shards",
     "renders",
     "workers",
+    "projects",
+    "api_tokens",
+    "accounts",
 }
 
 

@@ -1,0 +1,240 @@
+"""`/api/v1/jobs`: submit a story for a character, list, read, cancel and retry jobs, and list
+a job's renders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import url_for
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from dashboard.api import api, json_body, operation
+from dashboard.api.renders import render_out
+from dashboard.api.schemas import (
+    JobCreated,
+    JobDetail,
+    JobOut,
+    JobPage,
+    JobQuery,
+    PlanOut,
+    ProgressOut,
+    RenderPage,
+    RenderQuery,
+    Retried,
+    ShardOut,
+    TimingsOut,
+)
+from dashboard.context import faces, farm
+from dashboard.files import comic_keys
+from dashboard.progress import job_summary, shard_rows
+from dashboard.scope import MAX_ID, character_of, job_of
+from dashboard.security import principal
+from dashboard.studio import plan_of, story_for, submit
+from farm.db.models import Job, Render, Role
+from farm.db.states import JobStatus, RenderStatus
+from farm.errors import InputError
+from farm.jobs import cancel_job, retry_job
+
+ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def job_request(body: dict[str, Any]) -> tuple[int, dict[str, Any], int, str | None]:
+    """Split a job body into the character, the story, the priority and the webhook."""
+    story = dict(body)
+    character_id = story.pop("character_id", None)
+    priority = story.pop("priority", 5)
+    webhook_url = story.pop("webhook_url", None)
+    if "character" in story:
+        raise InputError(
+            "character: name the character by character_id (make one with POST "
+            "/api/v1/characters); its photos come from there"
+        )
+    if type(character_id) is not int or not 1 <= character_id <= MAX_ID:
+        raise InputError(
+            f"character_id: required, the id of one of your characters (got {character_id!r})"
+        )
+    if type(priority) is not int:
+        raise InputError(f"priority: a whole number from 0 to 9 (got {priority!r})")
+    if webhook_url is not None and not isinstance(webhook_url, str):
+        raise InputError(f"webhook_url: a URL or null (got {webhook_url!r})")
+    return character_id, story, priority, webhook_url
+
+
+def counts_of(session: Session, job_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Render counts per state for many jobs in one GROUP BY, for a page of the job list."""
+    counts: dict[str, dict[str, int]] = {
+        job_id: {str(state): 0 for state in RenderStatus} for job_id in job_ids
+    }
+    rows = session.execute(
+        select(Render.job_id, Render.status, func.count())
+        .where(Render.job_id.in_(job_ids))
+        .group_by(Render.job_id, Render.status)
+    )
+    for job_id, status, count in rows:
+        counts[job_id][str(status)] = count
+    return counts
+
+
+def job_out(job: Job, counts: dict[str, int]) -> JobOut:
+    done = counts.get(str(RenderStatus.DONE), 0)
+    total = job.renders_total
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        preset=job.preset,
+        priority=job.priority,
+        character_id=job.character_id,
+        renders_total=total,
+        progress=ProgressOut(
+            total=total,
+            counts=counts,
+            fraction=round(done / total, 4) if total else 1.0,
+            percent=round(100 * done / total) if total else 100,
+        ),
+        cancel_requested=job.cancel_requested,
+        webhook_url=job.webhook_url,
+        error=job.error,
+        created=job.created,
+        started=job.started,
+        finished=job.finished,
+        url=url_for("jobs.detail", job_id=job.id, _external=True),
+    )
+
+
+def job_detail(session: Session, job: Job) -> JobDetail:
+    summary = job_summary(session, job.id)
+    assert summary is not None  # the caller has just read the job
+    has_comic = job.status in ENDED and bool(comic_keys(farm().storage, job.id))
+    return JobDetail(
+        **job_out(job, summary["counts"]).model_dump(),
+        story=job.spec,
+        shards=[ShardOut(**row) for row in shard_rows(session, job.id)],
+        timings=TimingsOut(**summary["timings"]),
+        comic_url=url_for("jobs.comic", job_id=job.id, _external=True) if has_comic else None,
+        download_url=url_for("jobs.download", job_id=job.id, _external=True),
+    )
+
+
+@api.get("/jobs")
+@operation("jobs", response=JobPage, query=JobQuery)
+def list_jobs(query: JobQuery) -> JobPage:
+    """The project's jobs, newest first, by status or character."""
+    where = [Job.project_id == principal().project_id]
+    if query.status is not None:
+        where.append(Job.status == query.status)
+    if query.character_id is not None:
+        where.append(Job.character_id == query.character_id)
+    with farm().sessions() as session:
+        total = session.scalar(select(func.count()).select_from(Job).where(*where))
+        jobs = list(
+            session.scalars(
+                select(Job)
+                .where(*where)
+                .order_by(Job.created.desc(), Job.id)
+                .limit(query.limit)
+                .offset(query.offset)
+            )
+        )
+        counts = counts_of(session, [job.id for job in jobs])
+    return JobPage(
+        items=[job_out(job, counts[job.id]) for job in jobs],
+        total=total or 0,
+        limit=query.limit,
+        offset=query.offset,
+    )
+
+
+@api.post("/jobs")
+@operation(
+    "jobs",
+    role=Role.ARTIST,
+    status=201,
+    response=JobCreated,
+    body_schema="JobCreate",
+    errors=(404,),  # the character is not one of the project's
+)
+def create_job() -> JobCreated:
+    """Submit a story for one of the project's characters.
+
+    The body is a story (scenes, preset, style, size, steps, ...) as in a story file, with
+    `character_id` in place of the character section; every problem is reported at once,
+    each naming its field, and nothing is written.
+    """
+    character_id, story, priority, webhook_url = job_request(json_body())
+    submitted = submit(
+        farm(),
+        faces(),
+        principal(),
+        character_id,
+        story,
+        priority=priority,
+        webhook_url=webhook_url,
+    )
+    return JobCreated(
+        id=submitted.job_id,
+        renders=submitted.renders,
+        shards=submitted.shards,
+        url=url_for("jobs.detail", job_id=submitted.job_id, _external=True),
+    )
+
+
+@api.post("/jobs/plan")
+@operation("jobs", role=Role.ARTIST, response=PlanOut, body_schema="JobCreate", errors=(404,))
+def plan_job() -> PlanOut:
+    """How many renders and shards a story would make; nothing is written or sent."""
+    character_id, story, _, _ = job_request(json_body())
+    with farm().sessions() as session:
+        character = character_of(session, principal(), character_id)
+        plan = plan_of(farm(), story_for(character, story))
+    return PlanOut(**vars(plan))
+
+
+@api.get("/jobs/<uuid:job_id>")
+@operation("jobs", response=JobDetail)
+def get_job(job_id: Any) -> JobDetail:
+    """A job with its progress, shards (state, worker, error) and timings."""
+    with farm().sessions() as session:
+        return job_detail(session, job_of(session, principal(), str(job_id)))
+
+
+@api.post("/jobs/<uuid:job_id>/cancel")
+@operation("jobs", role=Role.ARTIST, response=JobOut)
+def cancel(job_id: Any) -> JobOut:
+    """Cancel a queued or running job: queued shards end now, a running one at its next batch."""
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+    cancel_job(farm(), job.id)
+    with farm().sessions() as session:
+        job = job_of(session, principal(), job.id)
+        return job_out(job, counts_of(session, [job.id])[job.id])
+
+
+@api.post("/jobs/<uuid:job_id>/retry")
+@operation("jobs", role=Role.ARTIST, response=Retried)
+def retry(job_id: Any) -> Retried:
+    """Send the failed and cancelled shards of an ended job again."""
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+    return Retried(shards=retry_job(farm(), job.id))
+
+
+@api.get("/jobs/<uuid:job_id>/renders")
+@operation("renders", response=RenderPage, query=RenderQuery)
+def list_renders(job_id: Any, query: RenderQuery) -> RenderPage:
+    """A job's renders in scene order, each with the URL of its image once finished."""
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+        where = [Render.job_id == job.id]
+        if query.status is not None:
+            where.append(Render.status == query.status)
+        total = session.scalar(select(func.count()).select_from(Render).where(*where))
+        renders = session.scalars(
+            select(Render)
+            .where(*where)
+            .order_by(Render.scene_index, Render.variant)
+            .limit(query.limit)
+            .offset(query.offset)
+        )
+        items = [render_out(render) for render in renders]
+    return RenderPage(items=items, total=total or 0, limit=query.limit, offset=query.offset)

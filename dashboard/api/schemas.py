@@ -1,0 +1,274 @@
+"""The API's bodies and answers as pydantic models: they validate what comes in, serialise what
+goes out, and give the OpenAPI document its schemas, one definition for all three."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from dashboard.scope import MAX_ID
+from farm.auth import MAX_PASSWORD, MIN_PASSWORD, USERNAME
+from farm.db.models import Role
+from farm.db.states import JobStatus, RenderStatus
+
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+MAX_PAGE = 200
+
+
+class Closed(BaseModel):
+    """A request model: an unknown field is a mistake to report, not to ignore."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="What was wrong, naming the field and the fix.")
+
+
+# --- query strings ---------------------------------------------------------------------------
+
+
+class PageQuery(Closed):
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
+    offset: int = Field(default=0, ge=0, le=10**9)
+
+
+class JobQuery(PageQuery):
+    status: JobStatus | None = None
+    character_id: Id | None = None
+
+
+class RenderQuery(PageQuery):
+    status: RenderStatus | None = None
+
+
+# --- characters ------------------------------------------------------------------------------
+
+
+class PhotoOut(BaseModel):
+    position: int
+    name: str
+    width: int
+    height: int
+    face_box: list[float] | None = Field(description="x0, y0, x1, y1 in the photo's pixels.")
+    face_score: float | None
+    url: str
+
+
+class CharacterOut(BaseModel):
+    id: int
+    name: str
+    class_word: str
+    trigger: str
+    face_crop: bool
+    created: datetime
+    photos: list[PhotoOut]
+
+
+class CharacterPage(BaseModel):
+    items: list[CharacterOut]
+    total: int
+    limit: int
+    offset: int
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+class ProgressOut(BaseModel):
+    total: int
+    counts: dict[str, int] = Field(description="Renders per state: queued, running, done, ...")
+    fraction: float
+    percent: int
+
+
+class ShardOut(BaseModel):
+    index: int
+    status: str
+    worker_id: str | None
+    attempts: int
+    max_attempts: int
+    error: str | None
+    started: datetime | None
+    finished: datetime | None
+    seconds: float | None
+
+
+class TimingsOut(BaseModel):
+    """Mean seconds per finished render, per step."""
+
+    identity_s: float | None
+    denoise_s: float | None
+    decode_s: float | None
+    upload_s: float | None
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    preset: str
+    priority: int
+    character_id: int
+    renders_total: int
+    progress: ProgressOut
+    cancel_requested: bool
+    webhook_url: str | None
+    error: str | None
+    created: datetime
+    started: datetime | None
+    finished: datetime | None
+    url: str = Field(description="The job's page in the dashboard.")
+
+
+class JobDetail(JobOut):
+    story: dict[str, Any] = Field(description="The validated story the job was planned from.")
+    shards: list[ShardOut]
+    timings: TimingsOut
+    comic_url: str | None = Field(description="The comic page, once the comic step made one.")
+    download_url: str
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class JobCreated(BaseModel):
+    id: str
+    renders: int
+    shards: int
+    url: str
+
+
+class PlanOut(BaseModel):
+    renders: int
+    shards: int
+    width: int
+    height: int
+    preset: str
+
+
+class Retried(BaseModel):
+    shards: int = Field(description="How many failed or cancelled shards were sent again.")
+
+
+# --- renders ---------------------------------------------------------------------------------
+
+
+class RenderOut(BaseModel):
+    id: int
+    job_id: str
+    scene_index: int
+    variant: int
+    seed: int
+    prompt: str
+    negative: str
+    caption: str | None
+    status: RenderStatus
+    worker_id: str | None
+    device: str | None
+    error: str | None
+    identity_s: float | None
+    denoise_s: float | None
+    decode_s: float | None
+    upload_s: float | None
+    started: datetime | None
+    finished: datetime | None
+    image_url: str | None = Field(description="Presigned on S3; a dashboard URL otherwise.")
+    thumb_url: str | None
+
+
+class RenderPage(BaseModel):
+    items: list[RenderOut]
+    total: int
+    limit: int
+    offset: int
+
+
+# --- the farm --------------------------------------------------------------------------------
+
+
+class WorkerOut(BaseModel):
+    id: str
+    hostname: str
+    device: str
+    presets: list[str]
+    status: str
+    current_shard_id: int | None
+    current_job_id: str | None
+    heartbeat_age_s: float
+    renders_done: int
+    renders_failed: int
+    started: datetime
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerOut]
+
+
+class QueueOut(BaseModel):
+    preset: str
+    queue: str
+    queued_shards: int
+    running_shards: int
+    broker_messages: int | None = Field(description="None when the broker could not be asked.")
+
+
+class QueueList(BaseModel):
+    items: list[QueueOut]
+
+
+# --- tokens and accounts ---------------------------------------------------------------------
+
+
+class MeOut(BaseModel):
+    project: str
+    role: Role
+    kind: str = Field(description="token or account")
+    name: str
+
+
+class TokenCreate(Closed):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
+    role: Role
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    role: Role
+    prefix: str = Field(description="The start of the secret, to recognise the token by.")
+    created: datetime
+    last_used: datetime | None
+    revoked: datetime | None
+
+
+class TokenCreated(TokenOut):
+    secret: str = Field(description="Shown this once; the farm keeps only its hash.")
+
+
+class TokenList(BaseModel):
+    items: list[TokenOut]
+
+
+class AccountCreate(Closed):
+    username: Annotated[str, StringConstraints(pattern=USERNAME.pattern)]
+    password: Annotated[str, StringConstraints(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
+    role: Role
+
+
+class AccountOut(BaseModel):
+    id: int
+    username: str
+    role: Role
+    created: datetime
+    last_login: datetime | None
+    disabled: datetime | None
+
+
+class AccountList(BaseModel):
+    items: list[AccountOut]

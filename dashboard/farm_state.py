@@ -1,0 +1,117 @@
+"""The farm as the farm page and `GET /api/v1/workers` show it: workers and queue depths.
+
+Queue depth is counted twice, because each count misses something: SQL knows the queued and
+running shards of every preset (the truth about work), the broker knows the messages waiting
+in `render.<preset>` (on Redis, the length of its lists). A queue with shards queued in SQL
+but no message in the broker has lost its tasks, which the reaper sends again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from farm.context import Farm
+from farm.db.models import Job, Shard, Worker
+from farm.db.states import ShardStatus
+from farm.db.types import utcnow
+from farm.queue.app import render_queue
+from farm.render.presets import PRESETS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    id: str
+    hostname: str
+    device: str
+    presets: list[str]
+    status: str
+    current_shard_id: int | None
+    current_job_id: str | None
+    heartbeat_age_s: float
+    renders_done: int
+    renders_failed: int
+    started: datetime
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    preset: str
+    queue: str
+    queued_shards: int
+    running_shards: int
+    broker_messages: int | None  # None: the broker could not be asked
+
+
+def workers(session: Session) -> list[WorkerRow]:
+    now = utcnow()
+    rows = session.execute(
+        select(Worker, Shard.job_id)
+        .outerjoin(Shard, Shard.id == Worker.current_shard_id)
+        .order_by(Worker.id)
+    ).all()
+    return [
+        WorkerRow(
+            id=w.id,
+            hostname=w.hostname,
+            device=w.device,
+            presets=list(w.presets),
+            status=str(w.status),
+            current_shard_id=w.current_shard_id,
+            current_job_id=job_id,
+            heartbeat_age_s=round((now - w.last_heartbeat).total_seconds(), 1),
+            renders_done=w.renders_done,
+            renders_failed=w.renders_failed,
+            started=w.started,
+        )
+        for w, job_id in rows
+    ]
+
+
+def queues(farm: Farm, session: Session) -> list[QueueRow]:
+    counts = session.execute(
+        select(Job.preset, Shard.status, func.count())
+        .join(Job, Job.id == Shard.job_id)
+        .where(Shard.status.in_([ShardStatus.QUEUED, ShardStatus.RUNNING]))
+        .group_by(Job.preset, Shard.status)
+    ).all()
+    by_preset: dict[str, dict[ShardStatus, int]] = {name: {} for name in PRESETS}
+    for preset, status, count in counts:
+        by_preset.setdefault(preset, {})[status] = count
+    messages = broker_depths(farm, list(by_preset))
+    return [
+        QueueRow(
+            preset=preset,
+            queue=render_queue(preset),
+            queued_shards=states.get(ShardStatus.QUEUED, 0),
+            running_shards=states.get(ShardStatus.RUNNING, 0),
+            broker_messages=messages.get(preset),
+        )
+        for preset, states in sorted(by_preset.items())
+    ]
+
+
+def broker_depths(farm: Farm, presets: list[str]) -> dict[str, int]:
+    """Messages waiting per preset's queue (kombu sums Redis's priority lists); {} when the
+    broker cannot be reached within a few seconds: the page must still load."""
+    depths: dict[str, int] = {}
+    try:
+        with farm.celery.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1, timeout=3)
+            channel = connection.default_channel
+            for preset in presets:
+                try:
+                    declared = channel.queue_declare(queue=render_queue(preset), passive=True)
+                    depths[preset] = declared.message_count
+                except connection.channel_errors:  # never declared, or emptied and dropped
+                    depths[preset] = 0
+    except Exception as error:  # a down broker is shown as unknown depths, not as an error page
+        log.warning("cannot read queue depths from the broker: %s", error)
+        return {}
+    return depths

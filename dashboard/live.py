@@ -1,0 +1,157 @@
+"""Live progress of a job as server-sent events, for the job page's `EventSource`.
+
+SQL is the truth and events are hints: on every wake-up (a Redis event for the job, or a tick)
+the stream reads the job's progress from SQL and sends what changed. With Redis events
+configured it wakes on the workers' events; without them it reads SQL every `SSE_POLL_S`.
+Either way a lost event costs at most a moment, and a comment line goes out while nothing
+happens so proxies keep the connection open. The stream ends with an `end` event when the job
+does, or after `SSE_MAX_S`, when the browser reconnects on its own.
+
+Events: `progress` (status, counts, timings), `render` (one finished render, with its
+thumbnail), `shards` (shards whose state changed), `end`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, stream_with_context, url_for
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dashboard.context import farm
+from dashboard.progress import job_summary, shard_rows
+from dashboard.scope import job_of
+from dashboard.security import principal
+from farm.context import Farm
+from farm.db.models import Render
+from farm.db.states import JobStatus, RenderStatus
+
+live = Blueprint("live", __name__)
+
+GONE = "gone"  # the job was deleted while watched
+ENDED = {str(JobStatus.SUCCEEDED), str(JobStatus.FAILED), str(JobStatus.CANCELLED), GONE}
+MAX_RENDERS_AT_ONCE = 500  # a reconnect to a huge job sends the newest thumbnails only
+
+
+def sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+@live.get("/jobs/<uuid:job_id>/events")
+def job_events(job_id: Any) -> Response:
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+    config = current_app.config
+    stream = JobStream(
+        farm(),
+        job.id,
+        thumb_url=lambda render_id: url_for("files.thumb", render_id=render_id),
+        page_url=lambda render_id: url_for("gallery.render", render_id=render_id),
+    )
+    events = stream.events(
+        poll_s=config["SSE_POLL_S"],
+        heartbeat_s=config["SSE_HEARTBEAT_S"],
+        max_s=config["SSE_MAX_S"],
+    )
+    return Response(
+        stream_with_context(events),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@dataclass
+class JobStream:
+    """What one watcher has been sent so far, so that each wake-up sends only what changed."""
+
+    farm: Farm
+    job_id: str
+    thumb_url: Callable[[int], str]  # a render id to its thumbnail's URL
+    page_url: Callable[[int], str]  # ... and to its page
+    _progress: dict[str, Any] | None = None
+    _shards: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _renders_since: datetime | None = None
+    _renders_sent: set[int] = field(default_factory=set)
+
+    def events(self, *, poll_s: float, heartbeat_s: float, max_s: float) -> Iterator[str]:
+        yield "retry: 3000\n\n"  # how long the browser waits before it reconnects
+        started = last_sent = time.monotonic()
+        if self.farm.events.enabled:
+            # Silence also wakes the stream now and then: SQL is read again, which covers an
+            # event published before the subscription began.
+            wakeups: Iterator[Any] = self.farm.events.listen(self.job_id, timeout_s=poll_s * 5)
+        else:
+            wakeups = _ticks(poll_s)
+        with closing(wakeups):  # unsubscribes from Redis when the browser goes away
+            while True:
+                chunk = "".join(self.changes())
+                if chunk:
+                    yield chunk
+                    last_sent = time.monotonic()
+                if self._progress is not None and self._progress["status"] in ENDED:
+                    yield sse("end", {"status": self._progress["status"]})
+                    return
+                now = time.monotonic()
+                if now - started > max_s:
+                    return
+                if now - last_sent >= heartbeat_s:
+                    yield ": keepalive\n\n"
+                    last_sent = now
+                next(wakeups)
+
+    def changes(self) -> Iterator[str]:
+        with self.farm.sessions() as session:
+            progress = job_summary(session, self.job_id)
+            if progress is None:
+                self._progress = {"status": GONE}
+                return
+            if progress != self._progress:
+                self._progress = progress
+                yield sse("progress", progress)
+                shards = {row["index"]: row for row in shard_rows(session, self.job_id)}
+                changed = [row for index, row in shards.items() if self._shards.get(index) != row]
+                self._shards = shards
+                if changed:
+                    yield sse("shards", changed)
+                yield from self._new_renders(session)
+
+    def _new_renders(self, session: Session) -> Iterator[str]:
+        query = (
+            select(Render.id, Render.scene_index, Render.variant, Render.caption, Render.updated)
+            .where(Render.job_id == self.job_id, Render.status == RenderStatus.DONE)
+            .order_by(Render.updated.desc(), Render.scene_index.desc(), Render.variant.desc())
+            .limit(MAX_RENDERS_AT_ONCE)
+        )
+        if self._renders_since is not None:  # on the database's clock, like `updated` itself
+            query = query.where(Render.updated >= self._renders_since)
+        rows = session.execute(query).all()
+        for render_id, scene, variant, caption, updated in reversed(rows):
+            if self._renders_since is None or updated > self._renders_since:
+                self._renders_since = updated
+            if render_id in self._renders_sent:
+                continue
+            self._renders_sent.add(render_id)
+            yield sse(
+                "render",
+                {
+                    "id": render_id,
+                    "scene": scene,
+                    "variant": variant,
+                    "caption": caption,
+                    "thumb": self.thumb_url(render_id),
+                    "page": self.page_url(render_id),
+                },
+            )
+
+
+def _ticks(every_s: float) -> Iterator[None]:
+    while True:
+        time.sleep(every_s)
+        yield None

@@ -1,0 +1,205 @@
+"""The job list and the job page: live progress, shards, thumbnails; cancel, retry, download
+everything as a zip, and the comic once there is one."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from sqlalchemy import func, select
+
+from dashboard.context import farm
+from dashboard.files import IMAGE_TYPES, comic_keys
+from dashboard.progress import job_summary, shard_rows
+from dashboard.scope import job_of, page_number
+from dashboard.security import principal, requires
+from farm.db.models import Character, Job, Render, Role
+from farm.db.states import JobStatus, RenderStatus
+from farm.jobs import cancel_job, retry_job
+from farm.storage.base import Storage
+
+jobs = Blueprint("jobs", __name__)
+
+OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
+THUMBS_ON_PAGE = 200
+
+
+@jobs.get("/")
+def home() -> Response:
+    return redirect(url_for("jobs.index"))
+
+
+@jobs.get("/jobs")
+def index() -> str:
+    status = request.args.get("status") or None
+    page = page_number()
+    size = current_app.config["PAGE_SIZE"]
+    where = [Job.project_id == principal().project_id]
+    if status in set(JobStatus):
+        where.append(Job.status == status)
+    with farm().sessions() as session:
+        total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+        rows = session.execute(
+            select(Job, Character.name)
+            .join(Character, Character.id == Job.character_id)
+            .where(*where)
+            .order_by(Job.created.desc(), Job.id)
+            .limit(size)
+            .offset((page - 1) * size)
+        ).all()
+        done = dict(
+            session.execute(
+                select(Render.job_id, func.count())
+                .where(
+                    Render.job_id.in_([job.id for job, _ in rows]),
+                    Render.status == RenderStatus.DONE,
+                )
+                .group_by(Render.job_id)
+            ).all()
+        )
+    return render_template(
+        "jobs/index.html",
+        rows=rows,
+        done=done,
+        status=status,
+        statuses=list(JobStatus),
+        page=page,
+        pages=max(1, -(-total // size)),
+    )
+
+
+@jobs.get("/jobs/<uuid:job_id>")
+def detail(job_id: Any) -> str:
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+        character = session.get(Character, job.character_id)
+        summary = job_summary(session, job.id)
+        shards = shard_rows(session, job.id)
+        renders = list(
+            session.scalars(
+                select(Render)
+                .where(Render.job_id == job.id, Render.status == RenderStatus.DONE)
+                .order_by(Render.scene_index, Render.variant)
+                .limit(THUMBS_ON_PAGE)
+            )
+        )
+        retryable = any(s["status"] in ("failed", "cancelled") for s in shards)
+    has_comic = job.status not in OPEN and bool(comic_keys(farm().storage, job.id))
+    return render_template(
+        "jobs/detail.html",
+        job=job,
+        character=character,
+        summary=summary,
+        shards=shards,
+        renders=renders,
+        live=job.status in OPEN,
+        retryable=retryable and job.status not in OPEN,
+        has_comic=has_comic,
+        story=job.spec,
+    )
+
+
+@jobs.post("/jobs/<uuid:job_id>/cancel")
+@requires(Role.ARTIST)
+def cancel(job_id: Any) -> Response:
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+    job = cancel_job(farm(), job.id)
+    flash(
+        "Job cancelled."
+        if job.status is JobStatus.CANCELLED
+        else "Cancel requested: the running shard stops at its next batch."
+    )
+    return redirect(url_for("jobs.detail", job_id=job.id))
+
+
+@jobs.post("/jobs/<uuid:job_id>/retry")
+@requires(Role.ARTIST)
+def retry(job_id: Any) -> Response:
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+    sent = retry_job(farm(), job.id)
+    flash(f"{sent} shard(s) sent again.")
+    return redirect(url_for("jobs.detail", job_id=job.id))
+
+
+@jobs.get("/jobs/<uuid:job_id>/download.zip")
+def download(job_id: Any) -> Response:
+    """Every finished PNG of the job, streamed: written into the zip one render at a time, so
+    neither the dashboard's memory nor the wait before the first byte grows with the job."""
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+        keys = list(
+            session.scalars(
+                select(Render.storage_key)
+                .where(Render.job_id == job.id, Render.status == RenderStatus.DONE)
+                .order_by(Render.scene_index, Render.variant)
+            )
+        )
+    response = Response(_zip_stream(farm().storage, keys), mimetype="application/zip")
+    response.headers["Content-Disposition"] = f'attachment; filename="job-{job.id}.zip"'
+    return response
+
+
+def _zip_stream(storage: Storage, keys: list[str]) -> Iterator[bytes]:
+    sink = _Chunks()
+    # PNGs are compressed already: storing them costs nothing in size and saves the CPU.
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
+        for key in keys:
+            archive.writestr(key.rsplit("/", 1)[-1], storage.get(key))
+            yield sink.take()
+    yield sink.take()
+
+
+class _Chunks:
+    """A write-only file for `zipfile` that hands over what was written since the last take.
+
+    Not seekable, so zipfile writes data descriptors after each member instead of seeking back
+    to patch headers, which is what makes the archive streamable.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._written = 0
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        self._written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._written
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        chunk, self._parts = b"".join(self._parts), []
+        return chunk
+
+
+@jobs.get("/jobs/<uuid:job_id>/comic")
+def comic(job_id: Any) -> str:
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+    keys = comic_keys(farm().storage, job.id)
+    files = [
+        {
+            "number": number,
+            "name": key.rsplit("/", 1)[-1],
+            "image": key.rsplit(".", 1)[-1].lower() in IMAGE_TYPES,
+        }
+        for number, key in enumerate(keys)
+    ]
+    return render_template("jobs/comic.html", job=job, files=files)

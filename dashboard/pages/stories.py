@@ -1,0 +1,164 @@
+"""The new-story page: pick a character, write scenes (one per line: `prompt | caption |
+variants`), choose the settings, preview how many renders and shards it makes, submit. Or
+upload a story file (YAML or JSON) and submit it for the chosen character."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import select
+from werkzeug.datastructures import MultiDict
+
+from dashboard.context import faces, farm
+from dashboard.scope import MAX_ID, character_of
+from dashboard.security import principal, requires
+from dashboard.studio import plan_of, story_for, submit
+from farm.db.models import Character, Role
+from farm.errors import InputError
+from farm.jobs import check_submission
+from farm.render.presets import PRESETS
+from farm.render.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLES
+from farm.webhooks import check_webhook_url
+
+stories = Blueprint("stories", __name__)
+
+MAX_STORY_FILE = 1024 * 1024
+# Form fields that go into the story as they are; pydantic turns "50" into 50 and names the
+# field when it cannot.
+STORY_FIELDS = ("preset", "style", "steps", "guidance", "style_strength", "seed", "variants")
+
+
+def parse_scenes(text: str) -> list[dict[str, Any]]:
+    """One scene per line, `prompt | caption | variants`, the last two optional."""
+    scenes = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = [part.strip() for part in line.split("|")]
+        if len(parts) > 3:
+            raise InputError(
+                f"scenes, line {number}: write 'prompt | caption | variants' (at most two '|')"
+            )
+        scene: dict[str, Any] = {"prompt": parts[0]}
+        if len(parts) > 1 and parts[1]:
+            scene["caption"] = parts[1]
+        if len(parts) > 2 and parts[2]:
+            scene["variants"] = parts[2]
+        scenes.append(scene)
+    return scenes
+
+
+def story_from_form(form: MultiDict[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = {key: form[key] for key in STORY_FIELDS if form.get(key, "").strip()}
+    aspect = form.get("aspect", "")
+    if aspect and aspect != "custom":
+        data["aspect"] = aspect
+    else:
+        data.update({side: form[side] for side in ("width", "height") if form.get(side)})
+    if form.get("negative_prompt", "").strip():
+        data["negative_prompt"] = form["negative_prompt"]
+    data["scenes"] = parse_scenes(form.get("scenes", ""))
+    return data
+
+
+def story_from_file(form: MultiDict[str, str]) -> dict[str, Any]:
+    upload = request.files.get("story_file")
+    if upload is None or not upload.filename:
+        raise InputError("story file: choose a YAML or JSON file to upload")
+    raw = upload.read(MAX_STORY_FILE + 1)
+    if len(raw) > MAX_STORY_FILE:
+        raise InputError(f"story file: larger than {MAX_STORY_FILE // 1024} KB")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))  # JSON is YAML too
+    except (UnicodeDecodeError, yaml.YAMLError) as error:
+        raise InputError(f"story file: not readable as YAML or JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise InputError("story file: a story is a mapping with 'scenes' (and settings) at the top")
+    data.pop("character", None)  # the character is the one picked on the page, with its photos
+    return data
+
+
+def chosen_character_id(form: MultiDict[str, str]) -> int:
+    raw = form.get("character_id", "")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+        raise InputError("character: pick one of your characters (or make one first)")
+    return int(raw)
+
+
+def priority_of(form: MultiDict[str, str]) -> int:
+    raw = form.get("priority", "5").strip() or "5"
+    if not raw.lstrip("-").isdigit():
+        raise InputError(f"priority: a whole number from 0 to 9 (got {raw!r})")
+    return int(raw)
+
+
+def _form_page(status: int = 200, error: str | None = None) -> tuple[str, int]:
+    with farm().sessions() as session:
+        characters = list(
+            session.scalars(
+                select(Character)
+                .where(Character.project_id == principal().project_id, Character.deleted.is_(None))
+                .order_by(Character.name, Character.id)
+            )
+        )
+    page = render_template(
+        "stories/new.html",
+        characters=characters,
+        presets=list(PRESETS),
+        styles=list(STYLES),
+        default_style=DEFAULT_STYLE,
+        aspects=list(ASPECT_RATIOS),
+        form=request.form if request.method == "POST" else MultiDict(request.args),
+        error=error,
+    )
+    return page, status
+
+
+@stories.get("/stories/new")
+@requires(Role.ARTIST)
+def new() -> tuple[str, int]:
+    return _form_page()
+
+
+@stories.post("/stories/new")
+@requires(Role.ARTIST)
+def create() -> Response | tuple[str, int]:
+    form = request.form
+    from_file = form.get("source") == "file"
+    try:
+        data = story_from_file(form) if from_file else story_from_form(form)
+        submitted = submit(
+            farm(),
+            faces(),
+            principal(),
+            chosen_character_id(form),
+            data,
+            priority=priority_of(form),
+            webhook_url=form.get("webhook_url", "").strip() or None,
+            source="story file" if from_file else "story",
+        )
+    except InputError as error:
+        return _form_page(400, str(error))
+    flash(f"Submitted: {submitted.renders} renders in {submitted.shards} shards.")
+    return redirect(url_for("jobs.detail", job_id=submitted.job_id))
+
+
+@stories.post("/stories/preview")
+@requires(Role.ARTIST)
+def preview() -> Response | tuple[Response, int]:
+    """What the form would make, for the page's preview line; nothing is written."""
+    form = request.form
+    try:
+        character_id = chosen_character_id(form)
+        data = story_from_form(form)
+        with farm().sessions() as session:
+            story = story_for(character_of(session, principal(), character_id), data)
+        check_submission(story, priority_of(form))
+        if form.get("webhook_url", "").strip():
+            check_webhook_url(form["webhook_url"].strip())
+        plan = plan_of(farm(), story)
+    except InputError as error:
+        return jsonify(error=str(error)), 400
+    return jsonify(vars(plan))

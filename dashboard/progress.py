@@ -1,0 +1,68 @@
+"""A job's progress, shards and timings as plain data: what the job page shows, the live stream
+sends and the API returns, read the same way for all three."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from farm.db.models import Job, Render, Shard
+from farm.db.queries import job_progress
+from farm.db.states import RenderStatus
+
+TIMED_STEPS = ("identity_s", "denoise_s", "decode_s", "upload_s")
+
+
+def job_summary(session: Session, job_id: str) -> dict[str, Any] | None:
+    """Status, counts per render state, fraction done, and mean seconds per render step."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return None
+    counts = job_progress(session, job_id)
+    done = counts[RenderStatus.DONE]
+    means = session.execute(
+        select(*(func.avg(getattr(Render, step)) for step in TIMED_STEPS)).where(
+            Render.job_id == job_id, Render.status == RenderStatus.DONE
+        )
+    ).one()
+    return {
+        "status": str(job.status),
+        "total": job.renders_total,
+        "counts": {str(state): n for state, n in counts.items()},
+        "fraction": round(done / job.renders_total, 4) if job.renders_total else 1.0,
+        "percent": round(100 * done / job.renders_total) if job.renders_total else 100,
+        "timings": {
+            step: None if mean is None else round(mean, 3)
+            for step, mean in zip(TIMED_STEPS, means, strict=True)
+        },
+        # Times rather than an elapsed count, which would change on every read: the page
+        # counts the seconds itself.
+        "started": job.started.isoformat() if job.started else None,
+        "finished": job.finished.isoformat() if job.finished else None,
+        "cancel_requested": job.cancel_requested,
+        "error": job.error,
+    }
+
+
+def shard_rows(session: Session, job_id: str) -> list[dict[str, Any]]:
+    shards = session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index))
+    return [
+        {
+            "index": shard.index,
+            "status": str(shard.status),
+            "worker_id": shard.worker_id,
+            "attempts": shard.attempts,
+            "max_attempts": shard.max_attempts,
+            "error": shard.error,
+            "started": shard.started,
+            "finished": shard.finished,
+            "seconds": (
+                round((shard.finished - shard.started).total_seconds(), 1)
+                if shard.started and shard.finished
+                else None
+            ),
+        }
+        for shard in shards
+    ]

@@ -1,0 +1,119 @@
+// The new-story form: a table editor that writes the scene lines, a hint naming the words every
+// prompt needs, and a preview of how many renders and shards the story makes, asked of the
+// server (the same validation as the submit) as the form changes.
+"use strict";
+
+(function () {
+  const form = document.querySelector("form[data-story]");
+  if (!form) return;
+  const textarea = form.querySelector("[data-scenes]");
+  const tableBox = form.querySelector("[data-scene-table]");
+  const tbody = tableBox.querySelector("tbody");
+  const preview = form.querySelector("[data-preview]");
+  const character = form.querySelector("[data-character]");
+  const hint = form.querySelector("[data-trigger-hint]");
+  const aspect = form.querySelector("[data-aspect]");
+
+  // --- scenes as lines <-> as a table ---------------------------------------------------
+  function linesToRows() {
+    tbody.replaceChildren();
+    for (const line of textarea.value.split("\n")) {
+      if (line.trim()) addRow(line.split("|").map((part) => part.trim()));
+    }
+    if (!tbody.children.length) addRow([]);
+  }
+
+  function rowsToLines() {
+    textarea.value = [...tbody.rows]
+      .map((row) => [...row.querySelectorAll("input")].map((i) => i.value.trim()))
+      .filter(([prompt]) => prompt)
+      .map(([prompt, caption, variants]) =>
+        [prompt, caption, variants].join(" | ").replace(/( \| )+$/, ""))
+      .join("\n");
+    schedulePreview();
+  }
+
+  function addRow([prompt = "", caption = "", variants = ""]) {
+    const row = tbody.insertRow();
+    for (const [value, kind] of [[prompt, "prompt"], [caption, "caption"], [variants, "variants"]]) {
+      const cell = row.insertCell();
+      cell.className = kind;
+      const field = document.createElement("input");
+      field.type = kind === "variants" ? "number" : "text";
+      field.value = value;
+      field.placeholder = kind;
+      field.addEventListener("input", rowsToLines);
+      cell.append(field);
+    }
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "secondary";
+    remove.textContent = "×";
+    remove.addEventListener("click", () => {
+      row.remove();
+      rowsToLines();
+    });
+    const cell = row.insertCell();
+    cell.className = "remove";
+    cell.append(remove);
+  }
+
+  for (const button of form.querySelectorAll("[data-mode]")) {
+    button.addEventListener("click", () => {
+      const table = button.dataset.mode === "table";
+      if (table) linesToRows();
+      tableBox.hidden = !table;
+      textarea.hidden = table;
+      for (const other of form.querySelectorAll("[data-mode]")) {
+        other.setAttribute("aria-pressed", String(other === button));
+      }
+    });
+  }
+  form.querySelector("[data-add-scene]").addEventListener("click", () => addRow([]));
+
+  // --- hints --------------------------------------------------------------------------
+  function showHint() {
+    const option = character.selectedOptions[0];
+    if (!option) return;
+    hint.textContent = `one per line: prompt | caption | variants — each prompt must say ` +
+      `“${option.dataset.classWord} ${option.dataset.trigger}”, e.g. ` +
+      `a ${option.dataset.classWord} ${option.dataset.trigger} reading in a library | Chapter 1 | 2`;
+  }
+
+  function showSize() {
+    for (const box of form.querySelectorAll("[data-custom-size]")) {
+      box.hidden = aspect.value !== "custom";
+    }
+  }
+
+  // --- preview ------------------------------------------------------------------------
+  let timer = null;
+  async function showPreview() {
+    if (!textarea.value.trim()) {
+      preview.textContent = "";
+      return;
+    }
+    const { ok, data } = await window.farmPost(form.dataset.previewUrl, new FormData(form));
+    if (ok) {
+      preview.textContent = `${data.renders} render(s) in ${data.shards} shard(s), ` +
+        `${data.width} × ${data.height}, preset ${data.preset}`;
+      preview.className = "preview ok";
+    } else {
+      preview.textContent = data.error;
+      preview.className = "preview bad";
+    }
+  }
+
+  function schedulePreview() {
+    clearTimeout(timer);
+    timer = setTimeout(showPreview, 400);
+  }
+
+  character.addEventListener("change", showHint);
+  aspect.addEventListener("change", showSize);
+  form.addEventListener("input", schedulePreview);
+  form.addEventListener("change", schedulePreview);
+  form.querySelector('[data-action="preview"]').addEventListener("click", showPreview);
+  showHint();
+  showSize();
+})();

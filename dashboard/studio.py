@@ -1,0 +1,217 @@
+"""What a studio does through the dashboard or the API: make a character, plan and submit a
+story. The pages and the API both call these, and these call the farm's own service functions
+(`create_character`, `submit_story`), so every way in checks the same things the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from pydantic import ValidationError
+from werkzeug.datastructures import FileStorage
+
+from dashboard.scope import character_of
+from farm.auth import Principal
+from farm.characters import character_photos, create_character
+from farm.context import Farm
+from farm.db.models import Character
+from farm.errors import InputError
+from farm.identity.engine import Photo
+from farm.identity.faces import Face, FaceAnalyzer, primary_face
+from farm.identity.photos import MAX_PHOTO_BYTES, load_photo
+from farm.jobs import Submitted, submit_story
+from farm.render.presets import PRESETS
+from farm.story import MAX_PHOTOS, Story, parse_story
+from farm.story import Character as CharacterSpec
+from farm.webhooks import check_webhook_url
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class PhotoCheck:
+    """One uploaded photo as the farm judged it: its face, or why it cannot be used."""
+
+    name: str
+    width: int | None = None
+    height: int | None = None
+    box: tuple[float, float, float, float] | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+class PhotosRejected(InputError):
+    """Some photos of a new character cannot be used; `checks` says which and why, for all."""
+
+    def __init__(self, checks: Sequence[PhotoCheck]) -> None:
+        self.checks = list(checks)
+        super().__init__("; ".join(c.reason for c in checks if c.reason))
+
+
+def refuse_nul(value: Any, where: str = "body") -> None:
+    """PostgreSQL cannot store a NUL character in text; refuse it at the edge with a 400."""
+    if isinstance(value, str) and "\x00" in value:
+        raise InputError(f"{where}: text must not contain NUL characters")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            refuse_nul(key, where)
+            refuse_nul(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            refuse_nul(item, f"{where}[{index}]")
+
+
+def uploaded_photos(files: Iterable[FileStorage]) -> list[Photo]:
+    """The photos of a form, named for messages only: a name never becomes an object key."""
+    photos = []
+    for number, upload in enumerate(files, start=1):
+        if len(photos) == MAX_PHOTOS:
+            raise InputError(f"a character takes at most {MAX_PHOTOS} photos; send fewer")
+        data = upload.read(MAX_PHOTO_BYTES + 1)
+        name = _CONTROL.sub("", (upload.filename or "").rsplit("/", 1)[-1].rsplit("\\", 1)[-1])
+        photos.append(Photo(name[:255] or f"photo-{number}", data))
+    return photos
+
+
+def check_photo(faces: FaceAnalyzer, photo: Photo) -> PhotoCheck:
+    try:
+        image = load_photo(photo.data, photo.name)
+        face = primary_face(faces, image, photo.name)
+    except InputError as error:
+        return PhotoCheck(photo.name, reason=str(error))
+    return PhotoCheck(photo.name, image.width, image.height, face.box)
+
+
+def check_character_fields(name: str, class_word: str, trigger: str) -> None:
+    """The story spec's rules for a character (one-word class word, trigger unlike it, ...)."""
+    refuse_nul({"name": name, "class_word": class_word, "trigger": trigger}, "character")
+    fields = {"name": name, "class_word": class_word, "trigger": trigger, "photos": ["-"]}
+    try:
+        CharacterSpec.model_validate(fields)
+    except ValidationError as error:
+        raise InputError(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        ) from None
+
+
+def add_character(
+    farm: Farm,
+    faces: FaceAnalyzer,
+    who: Principal,
+    *,
+    name: str,
+    class_word: str,
+    trigger: str,
+    face_crop: bool,
+    photos: Sequence[Photo],
+) -> Character:
+    """The character, made in `who`'s project; every photo is checked before any is stored."""
+    check_character_fields(name, class_word, trigger)
+    if not 1 <= len(photos) <= MAX_PHOTOS:
+        raise InputError(f"a character needs 1 to {MAX_PHOTOS} photos, got {len(photos)}")
+    remembered = _RememberedFaces(faces)
+    checks = [check_photo(remembered, photo) for photo in photos]
+    if not all(check.ok for check in checks):
+        raise PhotosRejected(checks)
+    with farm.sessions.begin() as session:
+        return create_character(
+            session,
+            farm.storage,
+            remembered,
+            name=name.strip(),
+            class_word=class_word,
+            trigger=trigger,
+            photos=photos,
+            face_crop=face_crop,
+            project_id=who.project_id,
+        )
+
+
+def story_for(character: Character, data: Mapping[str, Any], source: str = "story") -> Story:
+    """A story body (everything but the character) validated for this character's photos."""
+    refuse_nul(data, source)
+    if data.get("cast"):
+        # Jobs render one character's identity (workers/shard.py); only `farm render` has casts.
+        raise InputError(f"{source}: cast: jobs on the farm render one character per story")
+    spec = {
+        "name": character.name,
+        "class_word": character.class_word,
+        "trigger": character.trigger,
+        "photos": [photo.name for photo in character.photos],
+        "face_crop": character.face_crop,
+    }
+    return parse_story({**data, "character": spec}, presets=PRESETS, source=source)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a story would make: shown before submitting, nothing written."""
+
+    renders: int
+    shards: int
+    width: int
+    height: int
+    preset: str
+
+
+def plan_of(farm: Farm, story: Story) -> Plan:
+    renders = len(story.plan())
+    width, height = story.render_size()
+    shards = math.ceil(renders / farm.settings.shard_size)
+    return Plan(renders, shards, width, height, story.preset)
+
+
+def submit(
+    farm: Farm,
+    faces: FaceAnalyzer,
+    who: Principal,
+    character_id: int,
+    data: Mapping[str, Any],
+    *,
+    priority: int,
+    webhook_url: str | None,
+    source: str = "story",
+) -> Submitted:
+    """Plan and queue a story for one of the project's characters, as `farm submit` does."""
+    if webhook_url:
+        check_webhook_url(webhook_url)
+    with farm.sessions() as session:
+        character = character_of(session, who, character_id)
+        story = story_for(character, data, source)
+        photos = character_photos(farm.storage, character)
+    # submit_story finds this very character again by its photos, so its identity tokens,
+    # already cached, are not computed again.
+    return submit_story(
+        farm,
+        story,
+        photos,
+        faces,
+        priority=priority,
+        webhook_url=webhook_url or None,
+        project_id=who.project_id,
+    )
+
+
+class _RememberedFaces(FaceAnalyzer):
+    """Detects each image once: photos are checked one by one for the page's messages, then
+    `create_character` checks them again before storing them."""
+
+    def __init__(self, faces: FaceAnalyzer) -> None:
+        self.name, self.embedding_dim = faces.name, faces.embedding_dim
+        self._faces = faces
+        self._seen: dict[bytes, list[Face]] = {}
+
+    def detect(self, image: Image.Image) -> list[Face]:
+        key = hashlib.sha256(repr(image.size).encode() + image.tobytes()).digest()
+        if key not in self._seen:
+            self._seen[key] = self._faces.detect(image)
+        return self._seen[key]

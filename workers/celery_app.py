@@ -61,4 +61,9 @@ def reap() -> dict[str, list]:
     from workers.reaper import reap as reap_now
 
     reaped = reap_now(runtime().farm)
-    return {"requeued": reaped.requeued, "failed": reaped.failed, "lost": reaped.lost_workers}
+    return {
+        "requeued": reaped.requeued,
+        "failed": reaped.failed,
+        "lost": reaped.lost_workers,
+        "resent": reaped.resent,
+    }

@@ -3,22 +3,32 @@
 It requeues them, or fails them when their attempts are spent, and marks workers whose
 heartbeats stopped as lost. Requeued shards are sent again; a duplicate delivery is harmless
 because claiming is idempotent.
+
+It also sends again the queued shards whose task the broker lost: a Redis restarted without
+persistence forgets its queues, and a send that fails after its transaction committed (the
+broker was down) leaves a queued shard that no task names. Such a shard would wait forever,
+since only running shards have a lease to expire.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from celery import Celery
+from kombu.exceptions import OperationalError
+from sqlalchemy import select, update
 
 from farm.context import Farm
-from farm.db.models import Job, Worker
+from farm.db.models import Job, Render, Shard, Worker
 from farm.db.queries import expired_leases
-from farm.db.states import ShardStatus, WorkerStatus
+from farm.db.states import RenderStatus, ShardStatus, WorkerStatus
 from farm.db.types import utcnow
 from farm.jobs import send_shards
+from farm.queue.app import render_queue
+from farm.webhooks import send_job_webhook
 from workers.shard import finish_job_if_done
 
 log = logging.getLogger(__name__)
@@ -29,6 +39,7 @@ class Reaped:
     requeued: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     lost_workers: list[str] = field(default_factory=list)
+    resent: list[int] = field(default_factory=list)  # queued, but the broker held no task
 
 
 def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
@@ -53,6 +64,15 @@ def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
                 reaped.requeued.append(shard.id)
             else:
                 reaped.failed.append(shard.id)
+                # Its renders fail with it, or a failed job would show renders still waiting.
+                session.execute(
+                    update(Render)
+                    .where(
+                        Render.shard_id == shard.id,
+                        Render.status.in_([RenderStatus.QUEUED, RenderStatus.RUNNING]),
+                    )
+                    .values(status=RenderStatus.FAILED, error=shard.error, finished=now)
+                )
                 session.flush()
                 status = finish_job_if_done(session, shard.job_id)
                 if status is not None:
@@ -60,7 +80,15 @@ def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
         silent = now - timedelta(seconds=settings.lease_s)
         for worker in session.scalars(
             select(Worker).where(
-                Worker.status.in_([WorkerStatus.IDLE, WorkerStatus.BUSY, WorkerStatus.STARTING]),
+                # A draining worker renders its last shard: it can die in it as well.
+                Worker.status.in_(
+                    [
+                        WorkerStatus.STARTING,
+                        WorkerStatus.IDLE,
+                        WorkerStatus.BUSY,
+                        WorkerStatus.DRAINING,
+                    ]
+                ),
                 Worker.last_heartbeat < silent,
             )
         ):
@@ -73,11 +101,65 @@ def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
         send_shards(farm.celery, preset, [shard_id], priority)
     for job_id, status in finished_jobs.items():
         farm.events.publish(job_id, "job.finished", status=status)
-    if reaped.requeued or reaped.failed or reaped.lost_workers:
+        send_job_webhook(farm, job_id)
+    for preset, shard_id, priority in orphaned_shards(farm, now):
+        reaped.resent.append(shard_id)
+        if not dry_run:
+            send_shards(farm.celery, preset, [shard_id], priority)
+    if reaped.requeued or reaped.failed or reaped.lost_workers or reaped.resent:
         log.warning(
-            "reaper: requeued %s, failed %s, lost workers %s",
+            "reaper: requeued %s, failed %s, lost workers %s, resent lost tasks of %s",
             reaped.requeued,
             reaped.failed,
             reaped.lost_workers,
+            reaped.resent,
         )
     return reaped
+
+
+def orphaned_shards(farm: Farm, now: datetime) -> list[tuple[str, int, int]]:
+    """(preset, shard, priority) of the queued shards that no task in the broker names.
+
+    A shard counts once it has been queued for two reaper passes while the queue of its
+    preset is empty: nothing left in the queue means nothing will ever deliver it. The broker
+    keeps no index from task to shard, so a shard is not looked up in a queue that still
+    holds messages; its turn comes once the queue drains. A shard that a worker has just taken
+    but not yet claimed may be sent twice, which claiming makes harmless.
+    """
+    settled = now - timedelta(seconds=2 * farm.settings.reap_interval_s)
+    with farm.sessions() as session:
+        rows = session.execute(
+            select(Job.preset, Shard.id, Job.priority)
+            .join(Job, Job.id == Shard.job_id)
+            .where(
+                Shard.status == ShardStatus.QUEUED,
+                Shard.updated < settled,
+                Job.cancel_requested.is_(False),
+            )
+            .order_by(Shard.id)
+        ).all()
+    if not rows:
+        return []
+    empty = _empty_queues(farm.celery, sorted({preset for preset, _, _ in rows}))
+    return [(preset, shard_id, priority) for preset, shard_id, priority in rows if preset in empty]
+
+
+def _empty_queues(celery: Celery, presets: Sequence[str]) -> set[str]:
+    """The presets whose render queue holds no message; none when the broker cannot say."""
+    empty: set[str] = set()
+    with celery.connection_for_write() as connection:
+        try:
+            connection.ensure_connection(max_retries=1)
+            channel = connection.channel()
+            for preset in presets:
+                try:
+                    declared = channel.queue_declare(queue=render_queue(preset), passive=True)
+                except connection.channel_errors:  # Redis drops the list of an emptied queue
+                    empty.add(preset)
+                    continue
+                if declared.message_count == 0:
+                    empty.add(preset)
+        except (OperationalError, *connection.connection_errors) as error:
+            log.warning("reaper: cannot count queued tasks (%s); none are resent", error)
+            return set()
+    return empty

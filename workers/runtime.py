@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 10.0
 
 
+def heartbeat_interval(lease_s: float) -> float:
+    """Every `HEARTBEAT_S`, or three beats per lease when leases are short: one late beat (a
+    busy CPU, a slow database) must not let the lease of a live worker lapse."""
+    return min(HEARTBEAT_S, lease_s / 3)
+
+
 def worker_name(device: str, hostname: str | None = None) -> str:
     """`host:cuda0` / `host:cpu0`: says where to look when a shard misbehaves."""
     return f"{hostname or socket.gethostname()}:{device.replace(':', '')}"
@@ -78,13 +84,27 @@ class WorkerRuntime:
                     presets=self.preset_names,
                 )
             )
+            # A shard still running under this name was left by this worker's previous process,
+            # which died in it (a killed pool child, a restarted pod). End its lease now: the
+            # redelivered task, or the reaper's next pass, then takes it over at once instead of
+            # after a whole lease, which is minutes.
+            abandoned = session.scalars(
+                select(Shard)
+                .where(Shard.status == ShardStatus.RUNNING, Shard.worker_id == self.name)
+                .with_for_update()
+            )
+            for shard in abandoned:
+                log.warning(
+                    "shard %s was left running by a dead %s; its lease ends", shard.id, self.name
+                )
+                shard.renew(0)
 
     def _start_heartbeat(self) -> None:
         thread = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
         thread.start()
 
     def _beat_forever(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(heartbeat_interval(self.farm.settings.lease_s)):
             try:
                 self.beat()
             except Exception:  # a missed beat is retried; it must never kill the worker

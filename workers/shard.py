@@ -7,16 +7,19 @@ and each image goes to its deterministic key, so a rerun overwrites instead of d
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import torch
 from PIL import Image
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from farm.characters import character_photos
 from farm.db.models import Character, Job, Render, Shard, StoredIdentityTokens, Worker
@@ -28,13 +31,57 @@ from farm.jobs import render_key, send_shards, thumb_key
 from farm.render.pipeline import RenderCancelled, SceneRender
 from farm.render.story_render import RenderSettings, png_bytes
 from farm.story import PlannedRender, Story
+from farm.webhooks import send_job_webhook
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 THUMB_SIZE = 256
+LOST_RACE_TRIES = 5
 _ENDED = (ShardStatus.SUCCEEDED, ShardStatus.FAILED, ShardStatus.CANCELLED)
 _TODO = (RenderStatus.QUEUED, RenderStatus.RUNNING, RenderStatus.FAILED)
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _retried_on_lost_race(transaction: Callable[P, T]) -> Callable[P, T]:
+    """Run a transaction again when another worker changed its rows first.
+
+    On PostgreSQL the rows it changes are locked first, and this never fires. SQLite has no row
+    locks: the version columns of jobs and shards turn the race (two workers starting the first
+    shards of a job at once) into a StaleDataError, after which a fresh read decides again.
+    """
+
+    @functools.wraps(transaction)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        for _ in range(LOST_RACE_TRIES - 1):
+            try:
+                return transaction(*args, **kwargs)
+            except StaleDataError as error:
+                log.info("%s lost a race, trying again: %s", transaction.__name__, error)
+        return transaction(*args, **kwargs)
+
+    return run
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A shard the claim itself ended (its job was cancelled, or its attempts are spent): it
+    may have been the job's last open shard, so the job may be over too."""
+
+    outcome: str
+    job_id: str
+
+
+@dataclass
+class Tally:
+    """The shard's renders done and failed, counted as they happen: a shard cut short (a
+    cancel, an error) still credits its worker with the renders it finished."""
+
+    done: int = 0
+    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,10 +101,13 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
     claim = _claim(runtime, shard_id, task_id)
     if isinstance(claim, str):
         return claim
+    if isinstance(claim, Ended):
+        _finish_job_if_done(runtime, claim.job_id)
+        return claim.outcome
     runtime.current_shard = shard_id
-    done = failed = 0
+    tally = Tally()
     try:
-        done, failed = _render(runtime, shard_id, claim)
+        _render(runtime, shard_id, claim, tally)
         outcome = _end_shard(runtime, shard_id, claim.job_id, None)
     except RenderCancelled:
         outcome = _end_shard(runtime, shard_id, claim.job_id, "cancelled")
@@ -66,12 +116,13 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
         outcome = _end_shard(runtime, shard_id, claim.job_id, f"{type(error).__name__}: {error}")
     finally:
         runtime.current_shard = None
-        _release_worker(runtime, done, failed)
+        _release_worker(runtime, tally.done, tally.failed)
     _finish_job_if_done(runtime, claim.job_id)
     return outcome
 
 
-def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim | str:
+@_retried_on_lost_race
+def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim | Ended | str:
     farm = runtime.farm
     with farm.sessions.begin() as session:
         shard = session.get(Shard, shard_id, with_for_update=True)
@@ -87,10 +138,11 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
             and shard.lease_expires > now
         ):
             return f"held by {shard.worker_id}"
-        job = session.get(Job, shard.job_id)
+        # Locked too: the first shards of a job, claimed at once, all start the job.
+        job = session.get(Job, shard.job_id, with_for_update=True)
         if job.cancel_requested:
             _cancel_shard(session, shard)
-            return "cancelled before it started"
+            return Ended("cancelled before it started", job.id)
         if not shard.attempts_left:
             _fail_shard(
                 session,
@@ -98,7 +150,7 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
                 f"gave up after {shard.attempts} attempts; the last one did not finish "
                 f"(the worker died or was killed){': ' + shard.error if shard.error else ''}",
             )
-            return "failed: attempts exhausted"
+            return Ended("failed: attempts exhausted", job.id)
         shard.start(runtime.name, farm.settings.lease_s, task_id=task_id, now=now)
         job.start(now)
         worker = session.get(Worker, runtime.name)
@@ -121,7 +173,7 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
         return Claim(job.id, job.preset, story, character, renders, [r.id for r in rows])
 
 
-def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim) -> tuple[int, int]:
+def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -> None:
     farm = runtime.farm
     loaded = runtime.presets.get(claim.preset)
     if loaded is None:
@@ -134,7 +186,8 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim) -> tuple[int, i
     photos = character_photos(farm.storage, character)
     identity = loaded.identity.tokens_for(photos, crop=character.face_crop)
     identity_s = time.perf_counter() - started
-    if loaded.identity.cache.stats.computed > computed_before:
+    computed = loaded.identity.cache.stats.computed > computed_before
+    if computed:
         _record_identity(
             runtime,
             identity.encoder_fingerprint,
@@ -142,12 +195,21 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim) -> tuple[int, i
             identity.num_tokens,
             identity_s,
         )
+    # One line per shard, so that "a second job never runs the vision tower again" can be read
+    # from any worker's log, not only from the identity_tokens table.
+    log.info(
+        "job %s shard %s: identity tokens of character %s %s in %.2f s",
+        claim.job_id,
+        shard_id,
+        character.id,
+        "computed" if computed else "served from the cache",
+        identity_s,
+    )
 
     identities = {character.trigger: identity}
     class_words = {character.trigger: character.class_word}
     todo = list(zip(claim.render_ids, claim.renders, strict=True))
     batch_size = loaded.preset.batch_size
-    done = failed = 0
     while todo:
         if _cancel_requested(runtime, claim.job_id):
             raise RenderCancelled("job cancelled")
@@ -173,9 +235,12 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim) -> tuple[int, i
             )
             torch.cuda.empty_cache()
             continue
-        except InputError as error:  # this scene can never render: fail it, keep the others
+        except InputError as error:  # a scene that can never render
+            if len(batch) > 1:
+                batch_size = 1  # one at a time: the others render, only that one fails
+                continue
             _fail_renders(runtime, [render_id for render_id, _ in batch], str(error))
-            failed += len(batch)
+            tally.failed += len(batch)
             todo = rest
             continue
         per_render = {k: v / len(batch) for k, v in result.timings.items()}
@@ -195,7 +260,7 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim) -> tuple[int, i
                     decode_s=per_render.get("decode"),
                     upload_s=upload_s,
                 )
-            done += 1
+            tally.done += 1
             farm.events.publish(
                 claim.job_id,
                 "render.done",
@@ -207,7 +272,6 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim) -> tuple[int, i
             )
         todo = rest
         runtime.beat()  # renews the lease: a long shard stays ours
-    return done, failed
 
 
 def _thumbnail(image: Image.Image) -> bytes:
@@ -275,6 +339,7 @@ def _fail_shard(session: Session, shard: Shard, error: str) -> None:
     )
 
 
+@_retried_on_lost_race
 def _end_shard(runtime: WorkerRuntime, shard_id: int, job_id: str, error: str | None) -> str:
     """Close the shard: succeeded, cancelled, or (on an error) requeued while attempts last."""
     farm = runtime.farm
@@ -346,8 +411,10 @@ def finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
     return job.status
 
 
+@_retried_on_lost_race
 def _finish_job_if_done(runtime: WorkerRuntime, job_id: str) -> None:
     with runtime.farm.sessions.begin() as session:
         status = finish_job_if_done(session, job_id)
     if status is not None:
         runtime.farm.events.publish(job_id, "job.finished", status=str(status))
+        send_job_webhook(runtime.farm, job_id)

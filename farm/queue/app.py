@@ -20,6 +20,9 @@ FINALIZE_JOB = "farm.finalize_job"
 REAP = "farm.reap"
 CONTROL_QUEUE = "farm.control"  # finalize and reaper tasks: cheap, any worker may take them
 MAX_PRIORITY = 9
+# A pool child loads its presets before it reports up (minutes for SDXL from a network disk);
+# Celery's default of 4 s kills every such child, and the next, in a loop.
+PRESET_LOAD_TIMEOUT_S = 1800.0
 
 
 def render_queue(preset: str) -> str:
@@ -56,6 +59,7 @@ def make_celery(settings: Settings, presets: list[str] | None = None) -> Celery:
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
+        worker_proc_alive_timeout=PRESET_LOAD_TIMEOUT_S,
         task_ignore_result=True,
         task_default_queue=CONTROL_QUEUE,
         task_queues=queues,

@@ -7,13 +7,10 @@ The contract tests run every behaviour against LocalStorage and against S3Storag
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.client import HTTPConnection
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -29,6 +26,7 @@ from farm.storage import (
     open_storage,
 )
 from tests.fixtures.s3 import TEST_ACCESS_KEY, TEST_SECRET_KEY, moto_server, new_bucket_name
+from tests.fixtures.s3_faults import FaultyProxy, faulty_proxy
 
 BAD_KEYS = ["../x", "/abs", "a//b", "a/./b", "a\\b", "", "a/", "a/../../etc/passwd", "a b"]
 
@@ -248,102 +246,6 @@ def test_bad_s3_urls_are_refused_clearly(url: str, message: str) -> None:
 
 # --- Transient faults, through a proxy in front of a throwaway moto server -----------------------
 
-_S3_ERRORS = {
-    "503": (503, "ServiceUnavailable", "Service is unable to handle request."),
-    "slowdown": (503, "SlowDown", "Please reduce your request rate."),
-    "500": (500, "InternalError", "We encountered an internal error. Please try again."),
-    "403": (403, "AccessDenied", "Access Denied"),
-}
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection"}
-
-
-class FaultyProxy(ThreadingHTTPServer):
-    """Fails the next requests in a chosen way, then forwards to moto: an S3 having a bad minute.
-
-    Faults: an S3 XML error (see `_S3_ERRORS`), "drop" (close without answering) or "hang"
-    (answer nothing for longer than the client's read timeout).
-    """
-
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, upstream: str) -> None:
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.upstream = urlparse(upstream)
-        self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
-        self.lock = threading.Lock()
-        self.fault = "503"
-        self.fail_next = 0
-        self.fail_until = 0.0
-        self.requests = 0
-        self.failed = 0
-
-    def arm(self, fault: str, *, count: int = 0, seconds: float = 0.0) -> None:
-        with self.lock:
-            self.fault, self.fail_next = fault, count
-            self.fail_until = time.monotonic() + seconds
-            self.requests = self.failed = 0
-
-    def should_fail(self) -> bool:
-        with self.lock:
-            self.requests += 1
-            fail = self.fail_next > 0 or time.monotonic() < self.fail_until
-            if fail:
-                self.fail_next = max(0, self.fail_next - 1)
-                self.failed += 1
-            return fail
-
-
-class _ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as boto3 uses it
-    server: FaultyProxy
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet: pytest would show every proxied request on a failure."""
-
-    def do_GET(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if not self.server.should_fail():
-            self._forward(body)
-        elif self.server.fault == "drop":
-            self.close_connection = True
-        elif self.server.fault == "hang":
-            time.sleep(2)
-            self.close_connection = True
-        else:
-            self._answer_error(*_S3_ERRORS[self.server.fault])
-
-    do_PUT = do_HEAD = do_DELETE = do_POST = do_GET
-
-    def _answer_error(self, status: int, code: str, message: str) -> None:
-        xml = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
-        self.send_response_only(status)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(xml)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(xml)
-
-    def _forward(self, body: bytes) -> None:
-        upstream = HTTPConnection(self.server.upstream.hostname, self.server.upstream.port, 10)
-        try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
-        finally:
-            upstream.close()
-        self.send_response_only(response.status)
-        for name, value in response.getheaders():
-            if name.lower() not in _HOP_BY_HOP and (
-                name.lower() != "content-length" or self.command == "HEAD"
-            ):
-                self.send_header(name, value)
-        if self.command != "HEAD":
-            self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
 
 @pytest.fixture(scope="module")
 def fault_upstream(aws_test_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -354,12 +256,8 @@ def fault_upstream(aws_test_env: None, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture
 def proxy(fault_upstream: str) -> Iterator[FaultyProxy]:
-    server = FaultyProxy(fault_upstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with faulty_proxy(fault_upstream) as server:
+        yield server
 
 
 def _through(

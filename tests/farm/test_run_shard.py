@@ -1,0 +1,223 @@
+"""`run_shard` in this process with the tiny preset: what a worker's task does to SQL and storage.
+
+Celery may deliver a shard twice and workers die, so beyond the happy path these tests check
+that a second delivery does nothing, that a cancel or exhausted attempts end a shard without
+rendering, and that a scene which can never render fails alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from farm.context import Farm
+from farm.db.models import Job, Shard, Worker
+from farm.db.states import JobStatus, RenderStatus, ShardStatus
+from farm.db.types import utcnow
+from farm.jobs import cancel_job, render_key, thumb_key
+from farm.render.loading import LoadedPreset
+from tests.farm.conftest import job_rows, make_story, submit
+from workers.runtime import WorkerRuntime
+from workers.shard import run_shard
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NAME = "testhost:cpu0"
+DEAD = "gone:cuda0"
+# Eighty words before the class word: its identity tokens would fall past CLIP's 77.
+TOO_LONG = "very " * 80 + "old man img"
+
+
+def runtime_with(farm: Farm, loaded: LoadedPreset) -> WorkerRuntime:
+    runtime = WorkerRuntime(farm, NAME, "cpu", ["tiny"], {"tiny": loaded})
+    runtime.register()
+    return runtime
+
+
+@pytest.fixture
+def runtime(farm: Farm, tiny: LoadedPreset) -> WorkerRuntime:
+    return runtime_with(farm, tiny)
+
+
+def with_batch_size(loaded: LoadedPreset, batch_size: int, **changes: Any) -> LoadedPreset:
+    return replace(loaded, preset=replace(loaded.preset, batch_size=batch_size), **changes)
+
+
+def worker_counts(farm: Farm) -> tuple[int, int, int | None]:
+    with farm.sessions() as session:
+        worker = session.get(Worker, NAME)
+        return worker.renders_done, worker.renders_failed, worker.current_shard_id
+
+
+def test_queued_shards_render_and_the_last_one_ends_the_job(farm, faces, runtime):
+    submitted = submit(farm, faces, make_story(3))
+    job_id = submitted.job_id
+    _, shards, _ = job_rows(farm, job_id)
+
+    assert run_shard(runtime, shards[0].id, "task-1") == "succeeded"
+
+    job, shards, renders = job_rows(farm, job_id)
+    assert job.status is JobStatus.RUNNING and job.started is not None  # shard 1 is queued
+    assert shards[0].status is ShardStatus.SUCCEEDED and shards[0].task_id == "task-1"
+    assert (shards[0].attempts, shards[0].worker_id, shards[0].lease_expires) == (1, NAME, None)
+    for render in renders[:2]:
+        assert render.status is RenderStatus.DONE
+        assert render.storage_key == render_key(job_id, render.scene_index, render.variant)
+        assert render.thumb_key == thumb_key(job_id, render.scene_index, render.variant)
+        assert (render.worker_id, render.device, render.attempts) == (NAME, "cpu", 1)
+        assert None not in (render.identity_s, render.denoise_s, render.decode_s, render.upload_s)
+        assert render.finished is not None
+        with Image.open(io.BytesIO(farm.storage.get(render.storage_key))) as png:
+            assert (png.format, png.size) == ("PNG", (64, 64))
+            assert json.loads(png.text["parameters"])["seed"] == render.seed
+        with Image.open(io.BytesIO(farm.storage.get(render.thumb_key))) as thumb:
+            assert thumb.format == "WEBP"
+    assert renders[2].status is RenderStatus.QUEUED
+    assert worker_counts(farm) == (2, 0, None)
+
+    assert run_shard(runtime, shards[1].id) == "succeeded"
+    job, _, renders = job_rows(farm, job_id)
+    assert job.status is JobStatus.SUCCEEDED and job.finished is not None
+    assert {r.status for r in renders} == {RenderStatus.DONE}
+    assert sorted(farm.storage.list("jobs/")) == sorted(
+        [r.storage_key for r in renders] + [r.thumb_key for r in renders]
+    )
+
+
+def test_a_second_delivery_does_nothing(farm, faces, runtime):
+    submitted = submit(farm, faces, make_story(1))
+    _, (shard,), _ = job_rows(farm, submitted.job_id)
+    run_shard(runtime, shard.id)
+    _, shards_before, renders_before = job_rows(farm, submitted.job_id)
+    stored = {key: farm.storage.get(key) for key in farm.storage.list("jobs/")}
+
+    assert run_shard(runtime, shard.id) == "already succeeded"
+
+    _, shards, renders = job_rows(farm, submitted.job_id)
+    assert (shards[0].attempts, shards[0].version) == (
+        shards_before[0].attempts,
+        shards_before[0].version,
+    )
+    assert [(r.attempts, r.finished) for r in renders] == [
+        (r.attempts, r.finished) for r in renders_before
+    ]
+    assert {key: farm.storage.get(key) for key in farm.storage.list("jobs/")} == stored
+    assert worker_counts(farm) == (1, 0, None)
+
+
+def leave_to_a_dead_worker(farm: Farm, shard_id: int, starts: int) -> None:
+    """`starts` claims by a worker that died: the shard is running under an expired lease."""
+    long_ago = utcnow() - timedelta(hours=1)
+    with farm.sessions.begin() as session:
+        shard = session.get(Shard, shard_id)
+        for _ in range(starts):
+            shard.start(DEAD, farm.settings.lease_s, now=long_ago)
+        session.get(Job, shard.job_id).start(long_ago)
+
+
+def close_at_claim(farm: Farm, faces: Any, how: str) -> tuple[str, int]:
+    """A one-shard job whose shard a worker's claim must end without rendering it."""
+    job_id = submit(farm, faces, make_story(2)).job_id
+    _, (shard,), _ = job_rows(farm, job_id)
+    if how == "cancelled":
+        leave_to_a_dead_worker(farm, shard.id, starts=1)
+        cancel_job(farm, job_id)  # the shard is running: the job waits, flagged
+    else:  # "failed": both attempts used up by the dead worker
+        leave_to_a_dead_worker(farm, shard.id, starts=farm.settings.max_attempts)
+    return job_id, shard.id
+
+
+@pytest.mark.parametrize(
+    ("how", "outcome", "error"),
+    [
+        ("cancelled", "cancelled before it started", None),
+        (
+            "failed",
+            "failed: attempts exhausted",
+            "gave up after 2 attempts; the last one did not finish (the worker died or was killed)",
+        ),
+    ],
+)
+def test_claim_ends_a_shard_and_its_job_without_rendering(
+    farm, faces, runtime, how, outcome, error
+):
+    job_id, shard_id = close_at_claim(farm, faces, how)
+
+    assert run_shard(runtime, shard_id) == outcome
+
+    job, (shard,), renders = job_rows(farm, job_id)
+    assert shard.status == how and shard.finished is not None and shard.error == error
+    assert shard.attempts == (1 if how == "cancelled" else 2)  # the claim used no attempt
+    assert [(r.status, r.error) for r in renders] == [(how, error)] * 2
+    assert list(farm.storage.list("jobs/")) == []
+    # It was the job's last open shard: the job ends with it.
+    assert job.status == how and job.finished is not None
+
+
+class CancelAfterFirstBatch:
+    """The pipeline, with `farm cancel` typed while its first batch renders."""
+
+    def __init__(self, loaded: LoadedPreset, farm: Farm) -> None:
+        self.pipeline, self.farm = loaded.pipeline, farm
+        self.job_id: str | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.pipeline(*args, **kwargs)
+        if self.job_id is not None:
+            assert cancel_job(self.farm, self.job_id).status is JobStatus.RUNNING
+            self.job_id = None
+        return result
+
+
+def cancel_during_first_batch(farm: Farm, faces: Any, tiny: LoadedPreset) -> tuple[str, str]:
+    """Run a two-render shard, one render per batch, cancelling its job during the first."""
+    cancelling = CancelAfterFirstBatch(tiny, farm)
+    runtime = runtime_with(farm, with_batch_size(tiny, 1, pipeline=cancelling))
+    job_id = submit(farm, faces, make_story(2)).job_id
+    _, (shard,), _ = job_rows(farm, job_id)
+    cancelling.job_id = job_id
+    return job_id, run_shard(runtime, shard.id)
+
+
+def test_a_cancel_stops_a_running_shard_at_its_next_batch(farm, faces, tiny):
+    job_id, outcome = cancel_during_first_batch(farm, faces, tiny)
+
+    assert outcome == "cancelled"
+    job, (shard,), renders = job_rows(farm, job_id)
+    assert [r.status for r in renders] == [RenderStatus.DONE, RenderStatus.CANCELLED]
+    assert shard.status is ShardStatus.CANCELLED
+    assert job.status is JobStatus.CANCELLED and job.finished is not None
+
+
+def test_renders_before_a_cancel_count_for_the_worker(farm, faces, tiny):
+    cancel_during_first_batch(farm, faces, tiny)
+    assert worker_counts(farm) == (1, 0, None)
+
+
+@pytest.mark.parametrize(
+    "batch_size",
+    [
+        1,
+        8,
+    ],
+)
+def test_a_scene_that_can_never_render_fails_alone(farm, faces, tiny, batch_size):
+    runtime = runtime_with(farm, with_batch_size(tiny, batch_size))
+    story = make_story([{"prompt": TOO_LONG}, {"prompt": "a man img under an apple tree"}])
+    job_id = submit(farm, faces, story).job_id
+    _, (shard,), _ = job_rows(farm, job_id)
+
+    assert run_shard(runtime, shard.id) == "failed"
+
+    job, (shard,), (bad, good) = job_rows(farm, job_id)
+    assert bad.status is RenderStatus.FAILED and "is too long for its identity tokens" in bad.error
+    assert good.status is RenderStatus.DONE and farm.storage.exists(good.storage_key)
+    assert shard.error == "some scenes could not be rendered; see their errors"
+    assert job.status is JobStatus.FAILED and job.finished is not None
+    assert worker_counts(farm) == (1, 1, None)

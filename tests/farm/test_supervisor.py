@@ -1,0 +1,128 @@
+"""`farm worker`'s supervisor: which device each child gets, and how each child is started.
+
+Pinning is the whole point of one process per GPU, so the environment each child is started
+with is captured (no process is started) and checked."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+import pytest
+
+from farm.errors import InputError
+from workers import supervisor
+from workers.supervisor import DeviceSlot, parse_devices, run_workers, worker_command
+
+
+@pytest.mark.parametrize(
+    ("spec", "gpus", "slots"),
+    [
+        ("all", ["0", "1"], [DeviceSlot(0, "0"), DeviceSlot(1, "1")]),
+        ("all", [], [DeviceSlot(0, None)]),  # no GPU: one CPU worker
+        ("cpu", ["0"], [DeviceSlot(0, None)]),
+        (" CPU:2 ", ["0"], [DeviceSlot(0, None), DeviceSlot(1, None)]),
+        ("0,1", [], [DeviceSlot(0, "0"), DeviceSlot(1, "1")]),
+        ("3, 1", [], [DeviceSlot(0, "3"), DeviceSlot(1, "1")]),
+    ],
+)
+def test_parse_devices(monkeypatch, spec, gpus, slots):
+    monkeypatch.setattr(supervisor, "visible_gpus", lambda: gpus)
+    assert parse_devices(spec) == slots
+
+
+@pytest.mark.parametrize(
+    ("spec", "hint"),
+    [
+        ("cpu:0", "write cpu or cpu:N with N from 1 to 64"),
+        ("cpu:65", "write cpu or cpu:N with N from 1 to 64"),
+        ("cpu:two", "write cpu or cpu:N with N from 1 to 64"),
+        ("0,0", "write all, cpu, cpu:N, or GPU indices like 0,1"),
+        ("gpu0", "write all, cpu, cpu:N, or GPU indices like 0,1"),
+        ("0,,1", "write all, cpu, cpu:N, or GPU indices like 0,1"),
+        ("-1", "write all, cpu, cpu:N, or GPU indices like 0,1"),
+        ("", "write all, cpu, cpu:N, or GPU indices like 0,1"),
+    ],
+)
+def test_bad_devices_are_refused(spec, hint):
+    with pytest.raises(InputError) as refused:
+        parse_devices(spec)
+    assert str(refused.value) == f"--devices {spec.strip().lower()!r}: {hint}"
+
+
+def test_worker_command_pins_queues_concurrency_and_pool():
+    command = worker_command(DeviceSlot(1, "3"), ["tiny", "photomaker-v2"], False, "INFO")
+    assert command[:5] == [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+    options = dict(zip(command[6::2], command[7::2], strict=False))
+    assert options["--queues"] == "render.tiny,render.photomaker-v2,farm.control"
+    assert (options["--concurrency"], options["--pool"]) == ("1", "prefork")
+    assert options["--hostname"] == "cuda3@%h"
+    assert "--beat" not in command
+    assert "--beat" in worker_command(DeviceSlot(0, None), ["tiny"], True, "INFO")
+
+
+class FakeChild:
+    """A started worker process that exits with `code` when waited for."""
+
+    def __init__(self, command: list[str], env: dict[str, str], code: int) -> None:
+        self.command, self.env, self.code = command, env, code
+        self.pid = 4242
+        self.signals: list[int] = []
+
+    def poll(self) -> int | None:
+        return None
+
+    def send_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def wait(self) -> int:
+        return self.code
+
+
+@pytest.fixture
+def started(monkeypatch) -> tuple[list[FakeChild], dict[int, Any]]:
+    """Children `run_workers` starts (none for real) and the signal handlers it installs."""
+    children: list[FakeChild] = []
+    handlers: dict[int, Any] = {}
+
+    def popen(command: list[str], env: dict[str, str], **_options: Any) -> FakeChild:
+        children.append(FakeChild(command, env, code=-15 if children else 0))
+        return children[-1]
+
+    monkeypatch.setattr(supervisor.subprocess, "Popen", popen)
+    monkeypatch.setattr(supervisor.signal, "signal", handlers.__setitem__)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # the supervisor's own, overridden
+    return children, handlers
+
+
+def test_each_gpu_child_sees_only_its_gpu(started):
+    children, handlers = started
+
+    assert run_workers("2,3", ["tiny"], beat=True) == 15  # the worst exit status
+
+    assert [c.env["CUDA_VISIBLE_DEVICES"] for c in children] == ["2", "3"]
+    assert [c.env["FARM_WORKER_SLOT"] for c in children] == ["2", "3"]  # named after the GPU
+    assert all(c.env["FARM_WORKER_PRESETS"] == "tiny" for c in children)
+    assert all("FARM_DEVICE" not in c.env for c in children)
+    assert ["--beat" in c.command for c in children] == [True, False]  # one beat per farm
+    # SIGTERM from Kubernetes reaches every child: Celery's warm shutdown in each.
+    handlers[signal.SIGTERM](signal.SIGTERM, None)
+    assert [c.signals for c in children] == [[signal.SIGTERM], [signal.SIGTERM]]
+
+
+def test_cpu_children_see_no_gpu(started):
+    children, _ = started
+
+    run_workers("cpu:2", ["tiny"])
+
+    assert [c.env["CUDA_VISIBLE_DEVICES"] for c in children] == ["", ""]
+    assert [c.env["FARM_DEVICE"] for c in children] == ["cpu", "cpu"]
+    assert [c.env["FARM_WORKER_SLOT"] for c in children] == ["0", "1"]
+
+
+def test_an_unknown_preset_starts_nothing(started):
+    children, _ = started
+    with pytest.raises(InputError, match="unknown preset 'nope'"):
+        run_workers("cpu", ["nope"])
+    assert children == []

@@ -15,7 +15,7 @@ from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from farm.context import Farm
-from farm.queue.app import REAP, RENDER_SHARD, make_celery
+from farm.queue.app import FINALIZE_JOB, REAP, RENDER_SHARD, make_celery
 from farm.settings import Settings
 from workers.runtime import WorkerRuntime
 
@@ -67,3 +67,10 @@ def reap() -> dict[str, list]:
         "lost": reaped.lost_workers,
         "resent": reaped.resent,
     }
+
+
+@app.task(name=FINALIZE_JOB, acks_late=True)
+def finalize(job_id: str) -> list[str]:
+    from workers.finalize import finalize_job
+
+    return sorted(finalize_job(runtime().farm, job_id).values())

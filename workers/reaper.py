@@ -28,7 +28,7 @@ from farm.db.states import RenderStatus, ShardStatus, WorkerStatus
 from farm.db.types import utcnow
 from farm.jobs import send_shards
 from farm.queue.app import render_queue
-from farm.webhooks import send_job_webhook
+from workers.finalize import announce_job_end
 from workers.shard import finish_job_if_done
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,7 @@ def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
     for preset, shard_id, priority in resend:
         send_shards(farm.celery, preset, [shard_id], priority)
     for job_id, status in finished_jobs.items():
-        farm.events.publish(job_id, "job.finished", status=status)
-        send_job_webhook(farm, job_id)
+        announce_job_end(farm, job_id, status)
     for preset, shard_id, priority in orphaned_shards(farm, now):
         reaped.resent.append(shard_id)
         if not dry_run:

@@ -19,7 +19,7 @@ from farm.db.models import Shard, Worker
 from farm.db.states import ShardStatus, WorkerStatus
 from farm.identity.cache import IdentityCache
 from farm.locks import key_lock
-from farm.render.loading import LoadedPreset, load_preset, pick_device
+from farm.render.loading import LoadedPreset, load_preset, pick_device, warm_up
 from farm.render.presets import get_preset
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ class WorkerRuntime:
                 device=runtime.device,
                 sdxl_base=farm.settings.sdxl_base,
             )
+            seconds = warm_up(runtime.presets[name])
+            log.info("preset %s warmed up in %.1f s", name, seconds)
         with farm.sessions.begin() as session:
             session.get(Worker, runtime.name).ready()
         runtime._start_heartbeat()

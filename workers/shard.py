@@ -31,7 +31,7 @@ from farm.jobs import render_key, send_shards, thumb_key
 from farm.render.pipeline import RenderCancelled, SceneRender
 from farm.render.story_render import RenderSettings, png_bytes
 from farm.story import PlannedRender, Story
-from farm.webhooks import send_job_webhook
+from workers.finalize import announce_job_end
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -416,5 +416,4 @@ def _finish_job_if_done(runtime: WorkerRuntime, job_id: str) -> None:
     with runtime.farm.sessions.begin() as session:
         status = finish_job_if_done(session, job_id)
     if status is not None:
-        runtime.farm.events.publish(job_id, "job.finished", status=str(status))
-        send_job_webhook(runtime.farm, job_id)
+        announce_job_end(runtime.farm, job_id, str(status))

@@ -111,9 +111,11 @@ def test_nothing_listens_is_a_failure_not_an_exception():
     assert not deliver("http://127.0.0.1:9/h", {"event": "x"}, secret=None, attempts=1)
 
 
-def test_the_worker_posts_when_the_last_shard_ends(
+def test_the_webhook_posts_once_the_finished_jobs_outputs_are_built(
     studio: Studio, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ):
+    from farm.queue.app import FINALIZE_JOB
+    from workers.finalize import finalize_job
     from workers.shard import _finish_job_if_done
 
     monkeypatch.setenv("FARM_WEBHOOK_SECRET", "studio-secret")
@@ -126,7 +128,12 @@ def test_the_worker_posts_when_the_last_shard_ends(
 
         session.get(Job, job_id).reopen()
 
+    sent = []
+    monkeypatch.setattr(studio.farm.celery, "send_task", lambda *a, **k: sent.append((a, k)))
     _finish_job_if_done(SimpleNamespace(farm=studio.farm), job_id)
+    assert sent[0][0] == (FINALIZE_JOB,) and sent[0][1]["args"] == [job_id]
+    assert receiver.received == []  # the webhook waits for the job's outputs
+    finalize_job(studio.farm, job_id)  # what the control queue's finalize task runs
 
     ((headers, raw),) = receiver.received
     payload = json.loads(raw)

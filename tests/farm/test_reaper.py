@@ -12,7 +12,7 @@ from farm.context import Farm
 from farm.db.models import Job, Shard, Worker
 from farm.db.states import JobStatus, RenderStatus, ShardStatus, WorkerStatus
 from farm.db.types import utcnow
-from farm.queue.app import RENDER_SHARD
+from farm.queue.app import FINALIZE_JOB, RENDER_SHARD
 from tests.farm.conftest import SentTask, job_rows, make_story, submit
 from workers.reaper import reap
 
@@ -77,7 +77,8 @@ def test_an_expired_lease_without_attempts_left_fails_and_ends_the_job(farm, fac
     # Its renders are failed with it: a failed job shows no render still waiting.
     assert [(r.status, r.error) for r in renders] == [(RenderStatus.FAILED, shard.error)] * 2
     assert job.status is JobStatus.FAILED and job.finished is not None
-    assert farm.celery.sent == []
+    # Nothing is rendered again; only the job's finalize step (comic, exports, webhook) is sent.
+    assert [(t.name, t.args) for t in farm.celery.sent] == [(FINALIZE_JOB, [job_id])]
 
 
 def snapshot(farm: Farm) -> list[tuple]:

@@ -235,6 +235,16 @@ class Story(BaseModel):
     )
     seed: Seed = 0
     variants: Variants = 1
+    min_face_similarity: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Identity QC: a render whose face scores under this (cosine similarity to "
+        "the character's photos) is rendered again with new seeds; the best is kept.",
+    )
+    qc_retries: int = Field(
+        default=2, ge=0, le=5, description="How many new seeds a render under the bar may try."
+    )
     scenes: list[Scene] = Field(min_length=1, max_length=MAX_SCENES)
 
     _source_dir: Path | None = PrivateAttr(default=None)

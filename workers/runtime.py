@@ -19,6 +19,7 @@ from farm.db.models import Shard, Worker
 from farm.db.states import ShardStatus, WorkerStatus
 from farm.identity.cache import IdentityCache
 from farm.locks import key_lock
+from farm.quality import Reference
 from farm.render.loading import LoadedPreset, load_preset, pick_device, warm_up
 from farm.render.presets import get_preset
 
@@ -46,6 +47,8 @@ class WorkerRuntime:
     preset_names: list[str]
     presets: dict[str, LoadedPreset] = field(default_factory=dict)
     current_shard: int | None = None
+    # Each character's identity-QC reference, computed once per worker (see workers/qc.py).
+    references: dict[str, Reference] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod

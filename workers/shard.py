@@ -12,7 +12,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ParamSpec, TypeVar
 
 import torch
@@ -32,6 +32,7 @@ from farm.render.pipeline import RenderCancelled, SceneRender
 from farm.render.story_render import RenderSettings, png_bytes
 from farm.story import PlannedRender, Story
 from workers.finalize import announce_job_end
+from workers.qc import IdentityCheck
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,19 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
 
     identities = {character.trigger: identity}
     class_words = {character.trigger: character.class_word}
+    render = functools.partial(
+        loaded.pipeline,
+        identities=identities,
+        height=settings.height,
+        width=settings.width,
+        steps=settings.steps,
+        guidance=settings.guidance,
+        style_strength=settings.style_strength,
+        class_words=class_words,
+    )
+    check = IdentityCheck(
+        loaded.identity, runtime.references, photos, story.min_face_similarity, story.qc_retries
+    )
     todo = list(zip(claim.render_ids, claim.renders, strict=True))
     batch_size = loaded.preset.batch_size
     while todo:
@@ -216,16 +230,7 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
         batch, rest = todo[:batch_size], todo[batch_size:]
         _mark_running(runtime, [render_id for render_id, _ in batch])
         try:
-            result = loaded.pipeline(
-                [SceneRender(p.prompt, p.negative, p.seed) for _, p in batch],
-                identities,
-                height=settings.height,
-                width=settings.width,
-                steps=settings.steps,
-                guidance=settings.guidance,
-                style_strength=settings.style_strength,
-                class_words=class_words,
-            )
+            result = render([SceneRender(p.prompt, p.negative, p.seed) for _, p in batch])
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise
@@ -245,11 +250,17 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
             continue
         per_render = {k: v / len(batch) for k, v in result.timings.items()}
         for (render_id, planned), image in zip(batch, result.images, strict=True):
+            checked = check.check(
+                image,
+                planned,
+                lambda seed, p=planned: render([SceneRender(p.prompt, p.negative, seed)]).images[0],
+            )
+            kept = replace(planned, seed=checked.seed)
             upload_started = time.perf_counter()
             key = render_key(claim.job_id, planned.scene_index, planned.variant)
             thumb = thumb_key(claim.job_id, planned.scene_index, planned.variant)
-            farm.storage.put(key, png_bytes(image, planned, settings), "image/png")
-            farm.storage.put(thumb, _thumbnail(image), "image/webp")
+            farm.storage.put(key, png_bytes(checked.image, kept, settings), "image/png")
+            farm.storage.put(thumb, _thumbnail(checked.image), "image/webp")
             upload_s = time.perf_counter() - upload_started
             with farm.sessions.begin() as session:
                 session.get(Render, render_id).finish(
@@ -259,6 +270,9 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
                     denoise_s=per_render.get("denoise"),
                     decode_s=per_render.get("decode"),
                     upload_s=upload_s,
+                    face_similarity=checked.similarity,
+                    qc_retries=checked.retries,
+                    qc_seed=checked.seed if checked.seed != planned.seed else None,
                 )
             tally.done += 1
             farm.events.publish(

@@ -176,6 +176,12 @@ class RenderOut(BaseModel):
     denoise_s: float | None
     decode_s: float | None
     upload_s: float | None
+    face_similarity: float | None = Field(
+        description="Identity QC: cosine similarity of the render's face to the character's "
+        "photos; null when no face was found."
+    )
+    qc_retries: int = Field(description="Times the render was made again to pass the QC bar.")
+    qc_seed: int | None = Field(description="The kept image's seed, when QC replaced it.")
     started: datetime | None
     finished: datetime | None
     image_url: str | None = Field(description="Presigned on S3; a dashboard URL otherwise.")

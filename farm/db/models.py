@@ -402,6 +402,10 @@ class Render(Timestamps, Base):
     upload_s: Mapped[float | None]
     error: Mapped[str | None] = mapped_column(Text)
     face_similarity: Mapped[float | None]
+    # Identity QC: renders made again because their face was too far from the character's;
+    # qc_seed is the seed of the image kept, when it is not `seed`.
+    qc_retries: Mapped[int] = mapped_column(server_default=text("0"))
+    qc_seed: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(server_default=text("0"))
     started: Mapped[datetime | None]
     finished: Mapped[datetime | None]
@@ -433,6 +437,8 @@ class Render(Timestamps, Base):
         decode_s: float | None = None,
         upload_s: float | None = None,
         face_similarity: float | None = None,
+        qc_retries: int = 0,
+        qc_seed: int | None = None,
         now: datetime | None = None,
     ) -> None:
         _move(self, RenderStatus.DONE, {RenderStatus.RUNNING})
@@ -443,6 +449,8 @@ class Render(Timestamps, Base):
         self.decode_s = decode_s
         self.upload_s = upload_s
         self.face_similarity = face_similarity
+        self.qc_retries = qc_retries
+        self.qc_seed = qc_seed
         self.finished = now or utcnow()
 
     def fail(self, error: str, now: datetime | None = None) -> None:

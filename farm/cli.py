@@ -291,14 +291,33 @@ def worker(devices: str, presets: str, beat: bool) -> None:
 @main.command()
 @click.option("--devices", default="all", show_default=True)
 @click.option("--presets", default="tiny", show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    help="The dashboard's port on 127.0.0.1.",
+)
+@click.option("--dashboard/--no-dashboard", default=True, show_default=True)
 @one_line_errors
-def up(devices: str, presets: str) -> None:
-    """Run the farm on this machine: migrate, then workers with the reaper's schedule."""
+def up(devices: str, presets: str, port: int, dashboard: bool) -> None:
+    """Run the farm on this machine: migrate, then the dashboard and the workers (with the
+    reaper's schedule). Ctrl-C stops everything."""
     from farm.db.migrate import upgrade
-    from workers.supervisor import run_workers
+    from workers.supervisor import run_workers, start_dashboard
 
-    upgrade(Settings.from_env().database_url)
-    sys.exit(run_workers(devices, [p for p in presets.split(",") if p], beat=True))
+    settings = Settings.from_env()
+    upgrade(settings.database_url)
+    web = start_dashboard(settings, port) if dashboard else None
+    if web is not None:
+        click.echo(f"dashboard on http://127.0.0.1:{port}/ (farm tokens create to log in)")
+    try:
+        code = run_workers(devices, [p for p in presets.split(",") if p], beat=True)
+    finally:
+        if web is not None:
+            web.terminate()
+            web.wait(30)
+    sys.exit(code)
 
 
 @main.command()

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -151,3 +152,36 @@ def run_workers(
     codes = [child.wait() for child in children]
     log.info("workers exited with %s", codes)
     return max((abs(c) for c in codes), default=0)
+
+
+def local_secret_key(settings: Settings) -> str:
+    """The embedded default's dashboard key: FARM_SECRET_KEY, or one made once and kept in the
+    data folder (readable by its owner only), so sessions survive a restart of `farm up`."""
+    if os.environ.get("FARM_SECRET_KEY"):
+        return os.environ["FARM_SECRET_KEY"]
+    path = settings.data_dir / "secret_key"
+    if not path.is_file():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def start_dashboard(settings: Settings, port: int) -> subprocess.Popen[bytes]:
+    """The dashboard for `farm up`: Flask's server on loopback, which suits one machine; a
+    studio's server runs gunicorn (deploy/Dockerfile.dashboard)."""
+    env = {**os.environ, "FARM_SECRET_KEY": local_secret_key(settings)}
+    command = [
+        sys.executable,
+        "-m",
+        "flask",
+        "--app",
+        "dashboard.app:create_app",
+        "run",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)

@@ -126,3 +126,16 @@ def test_an_unknown_preset_starts_nothing(started):
     with pytest.raises(InputError, match="unknown preset 'nope'"):
         run_workers("cpu", ["nope"])
     assert children == []
+
+
+def test_the_embedded_dashboard_key_is_made_once_and_kept_private(tmp_path, monkeypatch):
+    from farm.settings import Settings
+    from workers.supervisor import local_secret_key
+
+    monkeypatch.delenv("FARM_SECRET_KEY", raising=False)
+    settings = Settings.from_env({"FARM_DATA_DIR": str(tmp_path)})
+    key = local_secret_key(settings)
+    assert len(key) >= 32 and local_secret_key(settings) == key
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("FARM_SECRET_KEY", "x" * 40)
+    assert local_secret_key(settings) == "x" * 40

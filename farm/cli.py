@@ -164,7 +164,10 @@ def submit(story_file: Path, priority: int, preset: str | None) -> None:
     if preset is not None:
         story = story.model_copy(update={"preset": get_preset(preset).name})
     faces = open_face_analyzer("dlib", farm.settings.models_dir)
-    submitted = submit_story(farm, story, character_photos(story), faces, priority=priority)
+    cast_photos = {p.trigger: character_photos(story, p) for p in story.cast}
+    submitted = submit_story(
+        farm, story, character_photos(story), faces, priority=priority, cast_photos=cast_photos
+    )
     click.echo(submitted.job_id)
 
 

@@ -7,7 +7,7 @@ about), and they carry ids, never objects: the worker re-reads the world.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from celery import Celery
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from farm.characters import create_character
 from farm.context import Farm
-from farm.db.models import Job, Render, Shard, project_or_default
+from farm.db.models import CastMember, Job, Render, Shard, project_or_default
 from farm.db.queries import job_progress
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.errors import InputError
@@ -24,6 +24,7 @@ from farm.identity.engine import Photo
 from farm.identity.faces import FaceAnalyzer
 from farm.queue.app import MAX_PRIORITY, RENDER_SHARD, render_queue
 from farm.render.presets import get_preset
+from farm.story import Character as StoryCharacter
 from farm.story import PlannedRender, Story
 
 
@@ -120,31 +121,46 @@ def submit_story(
     priority: int = 5,
     webhook_url: str | None = None,
     project_id: int | None = None,
+    cast_photos: Mapping[str, Sequence[Photo]] | None = None,
 ) -> Submitted:
+    """Plan and queue `story`. `photos` are the main character's; `cast_photos` maps the
+    trigger of each other member of the story's cast to that character's photos."""
     settings = farm.settings
     check_submission(story, priority)  # before create_character stores the photos
+    cast_photos = cast_photos or {}
+    missing = [p.trigger for p in story.cast if p.trigger not in cast_photos]
+    if missing:
+        raise InputError(f"no photos given for the cast member(s) with trigger {missing}")
     with farm.sessions.begin() as session:
-        c = story.character
-        character = create_character(
-            session,
-            farm.storage,
-            faces,
-            name=c.name,
-            class_word=c.class_word,
-            trigger=c.trigger,
-            photos=photos,
-            face_crop=c.face_crop,
-            project_id=project_id,
-        )
+
+        def character_of(person: StoryCharacter, its_photos: Sequence[Photo]) -> int:
+            return create_character(
+                session,
+                farm.storage,
+                faces,
+                name=person.name,
+                class_word=person.class_word,
+                trigger=person.trigger,
+                photos=its_photos,
+                face_crop=person.face_crop,
+                project_id=project_id,
+            ).id
+
+        main_id = character_of(story.character, photos)
+        cast_ids = [character_of(p, cast_photos[p.trigger]) for p in story.cast]
         job = plan_job(
             session,
             story,
-            character.id,
+            main_id,
             shard_size=settings.shard_size,
             max_attempts=settings.max_attempts,
             priority=priority,
             webhook_url=webhook_url,
             project_id=project_id,
+        )
+        session.add_all(
+            CastMember(job_id=job.id, character_id=cid, trigger=person.trigger, position=i)
+            for i, (person, cid) in enumerate(zip(story.cast, cast_ids, strict=True))
         )
         shard_ids = list(session.scalars(select(Shard.id).where(Shard.job_id == job.id)))
         submitted = Submitted(job.id, job.renders_total, len(shard_ids))

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from farm.characters import character_photos
-from farm.db.models import Character, Job, Render, Shard, StoredIdentityTokens, Worker
+from farm.db.models import CastMember, Character, Job, Render, Shard, StoredIdentityTokens, Worker
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.db.types import utcnow
 from farm.errors import InputError
@@ -95,6 +95,8 @@ class Claim:
     character: Character
     renders: list[PlannedRender]
     render_ids: list[int]
+    # The rest of the story's cast: (trigger in the prompts, character).
+    cast: list[tuple[str, Character]]
 
 
 def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None) -> str:
@@ -166,12 +168,16 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
             )
         )
         character = session.get(Character, job.character_id)
+        members = session.scalars(
+            select(CastMember).where(CastMember.job_id == job.id).order_by(CastMember.position)
+        )
+        cast = [(m.trigger, session.get(Character, m.character_id)) for m in members]
         story = Story.model_validate(job.spec)
         renders = [
             PlannedRender(r.scene_index, r.variant, r.prompt, r.negative, r.seed, r.caption)
             for r in rows
         ]
-        return Claim(job.id, job.preset, story, character, renders, [r.id for r in rows])
+        return Claim(job.id, job.preset, story, character, renders, [r.id for r in rows], cast)
 
 
 def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -> None:
@@ -209,6 +215,10 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
 
     identities = {character.trigger: identity}
     class_words = {character.trigger: character.class_word}
+    for trigger, member in claim.cast:  # served from the cache like the main character's
+        member_photos = character_photos(farm.storage, member)
+        identities[trigger] = loaded.identity.tokens_for(member_photos, crop=member.face_crop)
+        class_words[trigger] = member.class_word
     render = functools.partial(
         loaded.pipeline,
         identities=identities,

@@ -161,6 +161,19 @@ class CharacterPhoto(Timestamps, Base):
     face_score: Mapped[float | None]
 
 
+class CastMember(Timestamps, Base):
+    """A character besides the job's main one, and the trigger word its prompts use for it."""
+
+    __tablename__ = "job_cast"
+    __table_args__ = (UniqueConstraint("job_id", "trigger"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"))
+    trigger: Mapped[str] = mapped_column(String(20))
+    position: Mapped[int]
+
+
 class StoredIdentityTokens(Timestamps, Base):
     """Where the identity tokens for (encoder weights, photos) lie in object storage.
 

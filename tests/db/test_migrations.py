@@ -23,6 +23,7 @@ TABLES = {
     "projects",
     "api_tokens",
     "accounts",
+    "job_cast",
 }
 
 

@@ -32,6 +32,7 @@ CONTENT_TYPES = {
     "webp": "image/webp",
     "pdf": "application/pdf",
     "cbz": "application/vnd.comicbook+zip",
+    "zip": "application/zip",
 }
 IMAGE_TYPES = ("png", "jpg", "jpeg", "webp")
 
@@ -42,7 +43,9 @@ def comic_prefix(job_id: str) -> str:
 
 
 def comic_keys(storage: Storage, job_id: str) -> list[str]:
-    return [key for key in storage.list(comic_prefix(job_id)) if _extension(key) in CONTENT_TYPES]
+    """The job's finalize outputs: comic pages, PDF and CBZ, then the exports (renders zip)."""
+    keys = [*storage.list(comic_prefix(job_id)), *storage.list(f"jobs/{job_id}/exports/")]
+    return [key for key in keys if _extension(key) in CONTENT_TYPES]
 
 
 def browser_url(key: str) -> str | None:

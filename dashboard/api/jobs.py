@@ -15,8 +15,10 @@ from dashboard.api.schemas import (
     JobCreated,
     JobDetail,
     JobOut,
+    JobOutputs,
     JobPage,
     JobQuery,
+    OutputFile,
     PlanOut,
     ProgressOut,
     RenderPage,
@@ -26,7 +28,7 @@ from dashboard.api.schemas import (
     TimingsOut,
 )
 from dashboard.context import faces, farm
-from dashboard.files import comic_keys
+from dashboard.files import browser_url, comic_keys
 from dashboard.progress import job_summary, shard_rows
 from dashboard.scope import MAX_ID, character_of, job_of
 from dashboard.security import principal
@@ -238,3 +240,19 @@ def list_renders(job_id: Any, query: RenderQuery) -> RenderPage:
         )
         items = [render_out(render) for render in renders]
     return RenderPage(items=items, total=total or 0, limit=query.limit, offset=query.offset)
+
+
+@api.get("/jobs/<uuid:job_id>/outputs")
+@operation("jobs", response=JobOutputs)
+def outputs(job_id: Any) -> JobOutputs:
+    """The comic pages, PDF, CBZ and renders zip of an ended job, each with a download URL."""
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+    items = []
+    for number, key in enumerate(comic_keys(farm().storage, job.id)):
+        name = key.rsplit("/", 1)[-1]
+        url = browser_url(key) or url_for(
+            "files.comic_file", job_id=job.id, number=number, _external=True
+        )
+        items.append(OutputFile(name=name, kind=name.rsplit(".", 1)[-1], url=url))
+    return JobOutputs(items=items)

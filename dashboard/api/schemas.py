@@ -278,3 +278,15 @@ class AccountOut(BaseModel):
 
 class AccountList(BaseModel):
     items: list[AccountOut]
+
+
+class OutputFile(BaseModel):
+    name: str
+    kind: str = Field(description="png (a comic page), pdf, cbz or zip (the renders).")
+    url: str = Field(description="Presigned on S3; a dashboard URL otherwise.")
+
+
+class JobOutputs(BaseModel):
+    """What the finalize step of an ended job built; empty until then."""
+
+    items: list[OutputFile]

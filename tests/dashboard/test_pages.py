@@ -275,6 +275,20 @@ def test_the_comic_link_shows_once_a_comic_exists(studio: Studio, artist):
     assert studio.call("GET", f"/api/v1/jobs/{job_id}").json["comic_url"].endswith("/comic")
 
 
+def test_the_api_lists_a_jobs_outputs_with_download_urls(studio: Studio, artist):
+    client, _ = artist
+    _, job_id = submitted_job(studio)
+    assert studio.call("GET", f"/api/v1/jobs/{job_id}/outputs").json == {"items": []}
+    storage = studio.farm.storage
+    storage.put(f"jobs/{job_id}/comic/comic.cbz", b"PK cbz", "application/vnd.comicbook+zip")
+    storage.put(f"jobs/{job_id}/exports/renders.zip", b"PK zip", "application/zip")
+
+    items = studio.call("GET", f"/api/v1/jobs/{job_id}/outputs").json["items"]
+    assert [(i["name"], i["kind"]) for i in items] == [("comic.cbz", "cbz"), ("renders.zip", "zip")]
+    zipped = client.get(items[1]["url"].removeprefix("http://localhost"))
+    assert zipped.data == b"PK zip" and "attachment" in zipped.headers["Content-Disposition"]
+
+
 def test_the_farm_page_and_api_show_workers_and_queues(studio: Studio, artist):
     client, _ = artist
     submitted_job(studio)

@@ -35,7 +35,7 @@ from farm.db.states import JobStatus, RenderStatus
 from farm.events import Events
 from farm.settings import Settings
 from tests.fixtures.dashboard import NEWTON, SECRET_KEY, live_server
-from tests.fixtures.db import skip_or_fail
+from tests.fixtures.services import skip_or_fail
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 from dashboard.live import JobStream
 from farm.events import Events
 from tests.fixtures.dashboard import Studio, finish_renders, make_character, story_body
-from tests.fixtures.db import skip_or_fail
+from tests.fixtures.services import skip_or_fail
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

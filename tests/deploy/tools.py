@@ -7,7 +7,6 @@ skip there would report a green build for a chart that was never rendered.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -15,8 +14,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 import yaml
+
+from tests.fixtures.services import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -27,10 +27,7 @@ FULLNAME = f"{RELEASE}-render-farm"
 
 
 def missing(what: str) -> None:
-    reason = f"{what} is not installed (it comes with the test extra)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; CI=true, so this fails instead of skipping", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+    skip_or_fail(f"{what} is not installed (it comes with the test extra)", module_level=True)
 
 
 def require(module: str, package: str) -> ModuleType:

@@ -95,6 +95,11 @@ def detail(job_id: Any) -> str:
             )
         )
         retryable = any(s["status"] in ("failed", "cancelled") for s in shards)
+        qc_retried = session.scalar(
+            select(func.count())
+            .select_from(Render)
+            .where(Render.job_id == job.id, Render.qc_retries > 0)
+        )
     has_comic = job.status not in OPEN and bool(comic_keys(farm().storage, job.id))
     return render_template(
         "jobs/detail.html",
@@ -106,6 +111,7 @@ def detail(job_id: Any) -> str:
         live=job.status in OPEN,
         retryable=retryable and job.status not in OPEN,
         has_comic=has_comic,
+        qc_retried=qc_retried,
         story=job.spec,
     )
 

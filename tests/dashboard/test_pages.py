@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
-from farm.db.models import Worker
+from farm.db.models import Render, Worker
 from farm.db.states import WorkerStatus
 from tests.fixtures.dashboard import (
     Studio,
@@ -357,3 +358,17 @@ def test_a_form_without_its_csrf_token_is_refused(studio: Studio, artist):
     response = client.post(f"/jobs/{job_id}/cancel")
     assert response.status_code == 400 and "security token" in response.text
     assert studio.call("GET", f"/api/v1/jobs/{job_id}").json["status"] == "queued"
+
+
+def test_the_job_page_marks_renders_made_again_for_identity_qc(studio: Studio, artist):
+    client, _ = artist
+    _, job_id = submitted_job(studio)
+    finish_renders(studio, job_id)
+    with studio.farm.sessions.begin() as session:
+        render = session.scalars(select(Render).where(Render.job_id == job_id)).first()
+        render.qc_retries, render.face_similarity = 2, 0.71
+        render_id = render.id
+    page = client.get(f"/jobs/{job_id}").text
+    assert "1 render(s) were made again for identity QC" in page and "QC ×2" in page
+    assert "0.710" in client.get(f"/renders/{render_id}").text
+    assert studio.call("GET", f"/api/v1/renders/{render_id}").json["qc_retries"] == 2

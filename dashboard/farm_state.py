@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from dashboard.api.schemas import WorkerOut
 from farm.context import Farm
 from farm.db.models import Job, Shard, Worker
 from farm.db.states import ShardStatus
@@ -26,21 +26,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class WorkerRow:
-    id: str
-    hostname: str
-    device: str
-    presets: list[str]
-    status: str
-    current_shard_id: int | None
-    current_job_id: str | None
-    heartbeat_age_s: float
-    renders_done: int
-    renders_failed: int
-    started: datetime
-
-
-@dataclass(frozen=True)
 class QueueRow:
     preset: str
     queue: str
@@ -49,7 +34,7 @@ class QueueRow:
     broker_messages: int | None  # None: the broker could not be asked
 
 
-def workers(session: Session) -> list[WorkerRow]:
+def workers(session: Session) -> list[WorkerOut]:
     now = utcnow()
     rows = session.execute(
         select(Worker, Shard.job_id)
@@ -57,7 +42,7 @@ def workers(session: Session) -> list[WorkerRow]:
         .order_by(Worker.id)
     ).all()
     return [
-        WorkerRow(
+        WorkerOut(
             id=w.id,
             hostname=w.hostname,
             device=w.device,

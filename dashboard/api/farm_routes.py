@@ -12,7 +12,7 @@ from flask import abort
 
 from dashboard import farm_state
 from dashboard.api import api, operation
-from dashboard.api.schemas import QueueList, QueueOut, WorkerList, WorkerOut
+from dashboard.api.schemas import QueueList, QueueOut, WorkerList
 from dashboard.context import farm
 from farm.db.models import Role, Worker
 from farm.db.states import WorkerStatus
@@ -24,7 +24,7 @@ def list_workers() -> WorkerList:
     """Every worker: device, state, current shard and job, heartbeat age, renders done."""
     with farm().sessions() as session:
         rows = farm_state.workers(session)
-    return WorkerList(items=[WorkerOut(**asdict(row)) for row in rows])
+    return WorkerList(items=rows)
 
 
 @api.delete("/workers/<worker_id>")

@@ -1,11 +1,19 @@
 """What the farm costs over rendering in-process, and what a second worker buys.
 
-The same story (64 renders, tiny preset, CPU) is rendered three ways in one run:
-in-process (`render_story`, the pipeline loaded once), then through the farm (Redis broker,
-PostgreSQL, moto's S3 over HTTP) with one and with two worker processes. Workers are started and
-warm (pipeline loaded) before the clock starts, as in production; the clock runs from
-`submit_story` to the job's end in SQL. Prints renders per second, the ratios, the per-render
-overhead, and the identity-token cache figures, and writes them to a JSON file.
+The same story (64 renders, tiny preset, CPU) is rendered in-process (`render_story`, the
+pipeline loaded once) and through the farm (Redis broker, PostgreSQL, moto's S3 over HTTP).
+Workers are started and warm (pipeline loaded) before the clock starts, as in production; the
+clock runs from `submit_story` to the job's end in SQL.
+
+A farm worker owns one device. On a CPU machine a device is a core: `farm worker --devices
+cpu:N` pins each of its N workers to its own cores, as it pins a GPU worker to its card. So the
+comparisons the targets are about are made device for device:
+- per device: in-process on one core (one torch thread), the farm with one worker on one core,
+  and the farm with two workers on a core each;
+- whole machine: in-process and the farm's one worker each on every core, for the overhead
+  when a single process has the machine to itself.
+Prints renders per second, the ratios, the per-render overhead, and the identity-token cache
+figures, and writes them to a JSON file.
 
     .venv/bin/python bench/farm_overhead.py [--renders 64] [--out bench/results/farm_overhead.json]
 
@@ -37,6 +45,7 @@ from farm.context import Farm  # noqa: E402
 from farm.db.migrate import upgrade  # noqa: E402
 from farm.db.models import StoredIdentityTokens, Worker  # noqa: E402
 from farm.db.states import JobStatus, WorkerStatus  # noqa: E402
+from farm.events import ALL_JOBS  # noqa: E402
 from farm.identity.faces import open_face_analyzer  # noqa: E402
 from farm.jobs import progress, submit_story  # noqa: E402
 from farm.render.loading import load_preset  # noqa: E402
@@ -104,26 +113,44 @@ def story_of(renders: int, workdir: Path) -> Path:
     return path
 
 
-def in_process(story_path: Path, models_dir: Path, workdir: Path) -> float:
+@contextmanager
+def on_cores(cores: list[int]):
+    """Run this process's torch on `cores` alone, as `farm worker` pins a worker."""
+    import torch
+
+    every_core, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, every_core)
+        torch.set_num_threads(threads)
+
+
+def in_process(story_path: Path, models_dir: Path, workdir: Path, cores: list[int]) -> float:
     story = load_story(story_path, presets=PRESETS)
     loaded = load_preset(get_preset(story.preset), models_dir, device="cpu")
-    render_story(story, workdir / "warmup", loaded, batch_size=loaded.preset.batch_size)
-    started = time.perf_counter()
-    render_story(story, workdir / "inproc", loaded)
-    return time.perf_counter() - started
+    with on_cores(cores):
+        render_story(story, workdir / "warmup", loaded, batch_size=loaded.preset.batch_size)
+        started = time.perf_counter()
+        render_story(story, workdir / f"inproc-{len(cores)}", loaded)
+        return time.perf_counter() - started
 
 
 @contextmanager
-def workers(count: int, env: dict[str, str], logs: Path):
+def workers(count: int, threads: int, env: dict[str, str], logs: Path):
     command = [
         str(ROOT / ".venv" / "bin" / "farm"),
         "worker",
         "--devices",
         f"cpu:{count}",
+        "--cpu-threads",
+        str(threads),
         "--presets",
         "tiny",
     ]
-    log = open(logs / f"workers-{count}.log", "wb")  # noqa: SIM115 - closed below
+    log = open(logs / f"workers-{count}x{threads}.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -152,21 +179,35 @@ def wait_ready(farm: Farm, count: int, timeout_s: float = 180) -> None:
 
 
 def run_job(farm: Farm, story, photos, faces, logs: Path) -> float:
-    """Seconds from submission to the job's end in SQL."""
+    """Seconds from submission to the job's end, told by its `job.finished` event (polling SQL
+    would load the cores being measured). Returns once the job's comic and exports are built
+    too, so that finishing one job never runs into the clock of the next."""
+    import redis
+
+    pubsub = redis.Redis.from_url(farm.settings.events_url).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(ALL_JOBS)
     started = time.perf_counter()
     job = submit_story(farm, story, photos, faces)
-    while True:
-        with farm.sessions() as session:
-            state = progress(session, job.job_id)
-        if state.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
-            break
-        time.sleep(0.05)
-    if state.status is not JobStatus.SUCCEEDED:
+    seconds, outputs = None, False
+    deadline = time.monotonic() + 600
+    while (seconds is None or not outputs) and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1.0)
+        event = json.loads(message["data"]) if message else {}
+        if event.get("job") == job.job_id and event["event"] == "job.finished":
+            seconds = time.perf_counter() - started
+            deadline = time.monotonic() + 60  # for the comic, which a bad one may never bring
+        outputs = outputs or (event.get("job") == job.job_id and event["event"] == "job.outputs")
+    pubsub.close()
+    with farm.sessions() as session:
+        state = progress(session, job.job_id)
+    if seconds is None or state.status is not JobStatus.SUCCEEDED:
         raise RuntimeError(f"job {job.job_id} ended {state.status}; see {logs}")
-    return time.perf_counter() - started
+    return seconds
 
 
-def through_farm(farm: Farm, story_path: Path, count: int, env: dict[str, str], logs: Path):
+def through_farm(
+    farm: Farm, story_path: Path, count: int, threads: int, env: dict[str, str], logs: Path
+) -> float:
     """A warm-up job first (one shard per worker), as the in-process path had its warm-up:
     both then measure a farm in production, whose workers have rendered before."""
     story = load_story(story_path, presets=PRESETS)
@@ -174,7 +215,7 @@ def through_farm(farm: Farm, story_path: Path, count: int, env: dict[str, str], 
     warmup = story.model_copy(update={"scenes": story.scenes[: count * per_worker]})
     faces = open_face_analyzer("dlib", farm.settings.models_dir)
     photos = character_photos(story)
-    with workers(count, env, logs):
+    with workers(count, threads, env, logs):
         wait_ready(farm, count)
         run_job(farm, warmup, photos, faces, logs)
         seconds = run_job(farm, story, photos, faces, logs)
@@ -217,38 +258,56 @@ def main() -> None:
         farm = Farm(Settings.from_env(env))
         farm.storage.ensure_bucket()
 
-        inproc_s = in_process(story_path, models_dir, workdir)
-        one_s = through_farm(farm, story_path, 1, env, workdir)
-        two_s = through_farm(farm, story_path, 2, env, workdir)
+        cores = sorted(os.sched_getaffinity(0))
+        inproc_s = in_process(story_path, models_dir, workdir, cores[:1])
+        one_s = through_farm(farm, story_path, 1, 1, env, workdir)
+        two_s = through_farm(farm, story_path, 2, 1, env, workdir)
+        inproc_all_s = in_process(story_path, models_dir, workdir, cores)
+        one_all_s = through_farm(farm, story_path, 1, len(cores), env, workdir)
         with farm.sessions() as session:
             computed = session.scalar(select(func.count()).select_from(StoredIdentityTokens))
         farm.close()
         redis.Redis(db=REDIS_DB).flushdb()
 
     n = args.renders
+    rate = {
+        "in-process, 1 core": n / inproc_s,
+        "farm, 1 worker on 1 core": n / one_s,
+        "farm, 2 workers on a core each": n / two_s,
+        f"in-process, {len(cores)} cores": n / inproc_all_s,
+        f"farm, 1 worker on {len(cores)} cores": n / one_all_s,
+    }
     figures = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "machine": f"{platform.machine()}, {len(cores)} CPU cores, no GPU",
         "renders": n,
         "preset": "tiny (64x64, 4 steps)",
-        "in_process_renders_per_s": n / inproc_s,
-        "farm_1_worker_renders_per_s": n / one_s,
-        "farm_2_workers_renders_per_s": n / two_s,
-        "ratio_farm1_over_in_process": inproc_s / one_s,
-        "ratio_farm2_over_farm1": one_s / two_s,
-        "overhead_ms_per_render_1_worker": 1000 * (one_s - inproc_s) / n,
+        "renders_per_s": rate,
+        "per_device": {
+            "ratio_farm1_over_in_process": inproc_s / one_s,
+            "ratio_farm2_over_farm1": one_s / two_s,
+            "overhead_ms_per_render": 1000 * (one_s - inproc_s) / n,
+        },
+        "whole_machine": {
+            "ratio_farm1_over_in_process": inproc_all_s / one_all_s,
+            "overhead_ms_per_render": 1000 * (one_all_s - inproc_all_s) / n,
+        },
         "identity_tokens_computed": computed,
-        "jobs": 4,  # a warm-up and a timed job for each worker count
+        "jobs": 6,  # a warm-up and a timed job for each farm run
     }
-    print(f"{'path':28} {'renders/s':>10}")
-    print(f"{'in-process':28} {figures['in_process_renders_per_s']:10.2f}")
-    print(f"{'farm, 1 worker':28} {figures['farm_1_worker_renders_per_s']:10.2f}")
-    print(f"{'farm, 2 workers':28} {figures['farm_2_workers_renders_per_s']:10.2f}")
+    print(f"{'path':36} {'renders/s':>10}")
+    for path, value in rate.items():
+        print(f"{path:36} {value:10.2f}")
+    device, machine = figures["per_device"], figures["whole_machine"]
     print(
-        f"farm(1)/in-process = {figures['ratio_farm1_over_in_process']:.2f}   "
-        f"farm(2)/farm(1) = {figures['ratio_farm2_over_farm1']:.2f}   "
-        f"overhead = {figures['overhead_ms_per_render_1_worker']:.1f} ms/render   "
-        f"identity tokens computed for 4 jobs: {computed}"
+        f"per device: farm(1)/in-process = {device['ratio_farm1_over_in_process']:.2f}   "
+        f"farm(2)/farm(1) = {device['ratio_farm2_over_farm1']:.2f}   "
+        f"overhead = {device['overhead_ms_per_render']:.1f} ms/render"
     )
+    print(
+        f"whole machine: farm(1)/in-process = {machine['ratio_farm1_over_in_process']:.2f}   "
+        f"overhead = {machine['overhead_ms_per_render']:.1f} ms/render"
+    )
+    print(f"identity tokens computed for {figures['jobs']} jobs: {computed}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2))
     print(f"written to {args.out}")

@@ -283,12 +283,35 @@ def workers() -> None:
     "--presets", default="tiny", show_default=True, help="Presets to host, comma separated."
 )
 @click.option("--beat", is_flag=True, help="Also run the reaper's schedule (one per farm).")
+@click.option(
+    "--cpu-threads",
+    type=click.IntRange(1, 256),
+    envvar="FARM_CPU_THREADS",
+    help="Torch threads (and cores) of each CPU worker. Default: the cores split evenly.",
+)
+@click.option(
+    "--pin-cpus/--no-pin-cpus",
+    envvar="FARM_PIN_CPUS",
+    default=True,
+    show_default=True,
+    help="Pin each CPU worker to its own cores, as a GPU worker is pinned to its card.",
+)
 @one_line_errors
-def worker(devices: str, presets: str, beat: bool) -> None:
-    """Start one worker process per device, each pinned to its GPU."""
+def worker(
+    devices: str, presets: str, beat: bool, cpu_threads: int | None, pin_cpus: bool
+) -> None:
+    """Start one worker process per device, each pinned to its GPU (or its CPU cores)."""
     from workers.supervisor import run_workers
 
-    sys.exit(run_workers(devices, [p for p in presets.split(",") if p], beat=beat))
+    sys.exit(
+        run_workers(
+            devices,
+            [p for p in presets.split(",") if p],
+            beat=beat,
+            cpu_threads=cpu_threads,
+            pin_cpus=pin_cpus,
+        )
+    )
 
 
 @main.command()

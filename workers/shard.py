@@ -12,10 +12,10 @@ import io
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import ParamSpec, TypeVar
 
-import torch
 from PIL import Image
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -32,7 +32,7 @@ from farm.render.pipeline import RenderCancelled, SceneRender
 from farm.render.story_render import RenderSettings, png_bytes
 from farm.story import PlannedRender, Story
 from workers.finalize import announce_job_end
-from workers.qc import IdentityCheck
+from workers.qc import Checked, IdentityCheck
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -219,8 +219,8 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
         member_photos = character_photos(farm.storage, member)
         identities[trigger] = loaded.identity.tokens_for(member_photos, crop=member.face_crop)
         class_words[trigger] = member.class_word
-    render = functools.partial(
-        loaded.pipeline,
+    render = functools.partial(  # splits a batch, then offloads, on out-of-memory errors
+        loaded.render,
         identities=identities,
         height=settings.height,
         width=settings.width,
@@ -234,68 +234,138 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
     )
     todo = list(zip(claim.render_ids, claim.renders, strict=True))
     batch_size = loaded.preset.batch_size
-    while todo:
-        if _cancel_requested(runtime, claim.job_id):
-            raise RenderCancelled("job cancelled")
-        batch, rest = todo[:batch_size], todo[batch_size:]
-        _mark_running(runtime, [render_id for render_id, _ in batch])
-        try:
-            result = render([SceneRender(p.prompt, p.negative, p.seed) for _, p in batch])
-        except torch.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            batch_size = max(1, batch_size // 2)  # retry the same renders in smaller batches
-            log.warning(
-                "out of GPU memory; shard %s continues with batches of %s", shard_id, batch_size
-            )
-            torch.cuda.empty_cache()
-            continue
-        except InputError as error:  # a scene that can never render
-            if len(batch) > 1:
-                batch_size = 1  # one at a time: the others render, only that one fails
+    per_render_identity_s = identity_s / max(len(claim.renders), 1)
+
+    def render_again(planned: PlannedRender, seed: int) -> Image.Image:
+        return render([SceneRender(planned.prompt, planned.negative, seed)]).images[0]
+
+    with Finisher(runtime, claim.job_id, settings, tally) as finisher:
+        while todo:
+            batch, rest = todo[:batch_size], todo[batch_size:]
+            _start_batch(runtime, claim.job_id, [render_id for render_id, _ in batch])
+            try:
+                result = render([SceneRender(p.prompt, p.negative, p.seed) for _, p in batch])
+            except InputError as error:  # a scene that can never render
+                if len(batch) > 1:
+                    batch_size = 1  # one at a time: the others render, only that one fails
+                    continue
+                _fail_renders(runtime, [render_id for render_id, _ in batch], str(error))
+                tally.failed += len(batch)
+                todo = rest
                 continue
-            _fail_renders(runtime, [render_id for render_id, _ in batch], str(error))
-            tally.failed += len(batch)
+            per_render = {k: v / len(batch) for k, v in result.timings.items()}
+            rendered = []
+            for (render_id, planned), image in zip(batch, result.images, strict=True):
+                checked = check.check(image, planned, functools.partial(render_again, planned))
+                rendered.append(
+                    Rendered(
+                        render_id,
+                        planned,
+                        checked,
+                        identity_s=per_render_identity_s,
+                        denoise_s=per_render.get("denoise"),
+                        decode_s=per_render.get("decode"),
+                    )
+                )
+            finisher.submit(rendered)
             todo = rest
-            continue
-        per_render = {k: v / len(batch) for k, v in result.timings.items()}
-        for (render_id, planned), image in zip(batch, result.images, strict=True):
-            checked = check.check(
-                image,
-                planned,
-                lambda seed, p=planned: render([SceneRender(p.prompt, p.negative, seed)]).images[0],
-            )
+            runtime.beat()  # renews the lease: a long shard stays ours
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A render made and checked, waiting to be stored and recorded."""
+
+    render_id: int
+    planned: PlannedRender
+    checked: Checked
+    identity_s: float
+    denoise_s: float | None
+    decode_s: float | None
+
+
+class Finisher:
+    """Stores and records a batch's renders in a thread while the next batch renders.
+
+    Encoding, the uploads and the SQL of a batch wait mostly on the network and the database;
+    done in line they leave the device idle, which is most of what the farm costs over
+    rendering in-process. One batch is in flight at most, so memory stays bounded and an
+    error (S3 down past its retries) stops the shard one batch later at the latest. Leaving
+    the block waits for the last batch: a shard is never ended with renders unrecorded.
+    """
+
+    def __init__(
+        self, runtime: WorkerRuntime, job_id: str, settings: RenderSettings, tally: Tally
+    ) -> None:
+        self.runtime = runtime
+        self.job_id = job_id
+        self.settings = settings
+        self.tally = tally
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finisher")
+        self._pending: Future[None] | None = None
+
+    def __enter__(self) -> Finisher:
+        return self
+
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            if error_type is None:
+                self.wait()
+            else:  # the shard ends with its own error; what the finisher finished still counts
+                try:
+                    self.wait()
+                except Exception:
+                    log.exception("job %s: storing the last batch failed too", self.job_id)
+        finally:
+            self._pool.shutdown()
+
+    def submit(self, rendered: list[Rendered]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(self._finish, rendered)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # the thread's error, raised in the shard
+
+    def _finish(self, rendered: list[Rendered]) -> None:
+        farm = self.runtime.farm
+        stored = []
+        for item in rendered:
+            started = time.perf_counter()
+            planned, checked = item.planned, item.checked
             kept = replace(planned, seed=checked.seed)
-            upload_started = time.perf_counter()
-            key = render_key(claim.job_id, planned.scene_index, planned.variant)
-            thumb = thumb_key(claim.job_id, planned.scene_index, planned.variant)
-            farm.storage.put(key, png_bytes(checked.image, kept, settings), "image/png")
+            key = render_key(self.job_id, planned.scene_index, planned.variant)
+            thumb = thumb_key(self.job_id, planned.scene_index, planned.variant)
+            farm.storage.put(key, png_bytes(checked.image, kept, self.settings), "image/png")
             farm.storage.put(thumb, _thumbnail(checked.image), "image/webp")
-            upload_s = time.perf_counter() - upload_started
-            with farm.sessions.begin() as session:
-                session.get(Render, render_id).finish(
+            stored.append((item, key, thumb, time.perf_counter() - started))
+        with farm.sessions.begin() as session:
+            rows = _rows(session, [item.render_id for item in rendered])
+            for item, key, thumb, upload_s in stored:
+                checked = item.checked
+                rows[item.render_id].finish(
                     key,
                     thumb,
-                    identity_s=identity_s / max(len(claim.renders), 1),
-                    denoise_s=per_render.get("denoise"),
-                    decode_s=per_render.get("decode"),
+                    identity_s=item.identity_s,
+                    denoise_s=item.denoise_s,
+                    decode_s=item.decode_s,
                     upload_s=upload_s,
                     face_similarity=checked.similarity,
                     qc_retries=checked.retries,
-                    qc_seed=checked.seed if checked.seed != planned.seed else None,
+                    qc_seed=checked.seed if checked.seed != item.planned.seed else None,
                 )
-            tally.done += 1
+        self.tally.done += len(stored)
+        for item, key, thumb, _ in stored:
             farm.events.publish(
-                claim.job_id,
+                self.job_id,
                 "render.done",
-                render=render_id,
-                scene=planned.scene_index,
-                variant=planned.variant,
+                render=item.render_id,
+                scene=item.planned.scene_index,
+                variant=item.planned.variant,
                 key=key,
                 thumb=thumb,
             )
-        todo = rest
-        runtime.beat()  # renews the lease: a long shard stays ours
 
 
 def _thumbnail(image: Image.Image) -> bytes:
@@ -328,21 +398,25 @@ def _record_identity(
             )
 
 
-def _cancel_requested(runtime: WorkerRuntime, job_id: str) -> bool:
-    with runtime.farm.sessions() as session:
-        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+def _rows(session: Session, render_ids: Sequence[int]) -> dict[int, Render]:
+    """The renders `render_ids`, read in one statement."""
+    return {r.id: r for r in session.scalars(select(Render).where(Render.id.in_(render_ids)))}
 
 
-def _mark_running(runtime: WorkerRuntime, render_ids: Sequence[int]) -> None:
+def _start_batch(runtime: WorkerRuntime, job_id: str, render_ids: Sequence[int]) -> None:
+    """Mark a batch's renders running, in one transaction with the check that its job was not
+    cancelled meanwhile (then RenderCancelled: the shard stops between batches)."""
     with runtime.farm.sessions.begin() as session:
-        for render_id in render_ids:
-            session.get(Render, render_id).start(runtime.name, runtime.device)
+        if session.scalar(select(Job.cancel_requested).where(Job.id == job_id)):
+            raise RenderCancelled("job cancelled")
+        for row in _rows(session, render_ids).values():
+            row.start(runtime.name, runtime.device)
 
 
 def _fail_renders(runtime: WorkerRuntime, render_ids: Sequence[int], error: str) -> None:
     with runtime.farm.sessions.begin() as session:
-        for render_id in render_ids:
-            session.get(Render, render_id).fail(error)
+        for row in _rows(session, render_ids).values():
+            row.fail(error)
 
 
 def _cancel_shard(session: Session, shard: Shard) -> None:

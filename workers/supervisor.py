@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import secrets
@@ -105,15 +106,42 @@ def worker_command(
     return command
 
 
-def _die_with_parent() -> None:
+def cpu_shares(count: int, threads: int | None, cores: Sequence[int]) -> list[list[int]]:
+    """The cores of each of `count` CPU workers: `threads` each (by default an even split of
+    `cores`), disjoint while the cores last, then taken round again.
+
+    A CPU worker is pinned to its cores as a GPU worker is to its card: two workers whose
+    threads migrate over the same cores thrash each other's caches and run slower together than
+    one alone, and one pinned worker leaves the other cores to the database, the broker and the
+    uploads instead of competing with them.
+    """
+    if count == 0:
+        return []
+    per_worker = threads or max(1, len(cores) // count)
+    return [
+        [cores[(index * per_worker + k) % len(cores)] for k in range(per_worker)]
+        for index in range(count)
+    ]
+
+
+def _start_child(cores: Sequence[int] | None) -> None:
     """Runs in each child before exec: if the supervisor is killed outright (SIGKILL, OOM),
-    the kernel sends the worker SIGTERM, its warm shutdown, instead of leaving an orphan."""
+    the kernel sends the worker SIGTERM, its warm shutdown, instead of leaving an orphan; a
+    CPU worker is pinned to its cores (its pool child inherits the mask)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
 
 
 def run_workers(
-    devices: str, presets: Sequence[str], *, beat: bool = False, loglevel: str = "INFO"
+    devices: str,
+    presets: Sequence[str],
+    *,
+    beat: bool = False,
+    loglevel: str = "INFO",
+    cpu_threads: int | None = None,
+    pin_cpus: bool = True,
 ) -> int:
     children: list[subprocess.Popen[bytes]] = []
     stopping: list[int] = []
@@ -130,6 +158,14 @@ def run_workers(
     for name in presets:
         get_preset(name)
     slots = parse_devices(devices)
+    cpu_slots = [s for s in slots if s.cuda_index is None]
+    shares = dict(
+        zip(
+            (s.slot for s in cpu_slots),
+            cpu_shares(len(cpu_slots), cpu_threads, sorted(os.sched_getaffinity(0))),
+            strict=True,
+        )
+    )
     for index, slot in enumerate(slots):
         env = {
             **os.environ,
@@ -139,16 +175,23 @@ def run_workers(
             # --devices, or `--devices 1` here and `--devices 0` beside it would both be cuda0.
             "FARM_WORKER_SLOT": slot.cuda_index if slot.cuda_index is not None else str(slot.slot),
         }
-        if slot.cuda_index is None:
+        cores = shares.get(slot.slot) if slot.cuda_index is None else None
+        if cores is not None:
             env["FARM_DEVICE"] = "cpu"
-            # CPU workers share the cores instead of each spawning a thread per core.
-            cpu_slots = sum(1 for s in slots if s.cuda_index is None)
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cpu_slots)))
+            env["OMP_NUM_THREADS"] = str(len(cores))  # one torch thread per core it owns
         if stopping:
             break
         command = worker_command(slot, presets, beat and index == 0, loglevel)
-        children.append(subprocess.Popen(command, env=env, preexec_fn=_die_with_parent))
-        log.info("started worker %s (pid %s)", slot.label, children[-1].pid)
+        pinned = cores if pin_cpus else None
+        children.append(
+            subprocess.Popen(command, env=env, preexec_fn=functools.partial(_start_child, pinned))
+        )
+        log.info(
+            "started worker %s (pid %s)%s",
+            slot.label,
+            children[-1].pid,
+            f" on cores {pinned}" if pinned is not None else "",
+        )
     codes = [child.wait() for child in children]
     log.info("workers exited with %s", codes)
     return max((abs(c) for c in codes), default=0)
@@ -184,4 +227,4 @@ def start_dashboard(settings: Settings, port: int) -> subprocess.Popen[bytes]:
         "--port",
         str(port),
     ]
-    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+    return subprocess.Popen(command, env=env, preexec_fn=functools.partial(_start_child, None))

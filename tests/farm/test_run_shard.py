@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -221,3 +222,72 @@ def test_a_scene_that_can_never_render_fails_alone(farm, faces, tiny, batch_size
     assert shard.error == "some scenes could not be rendered; see their errors"
     assert job.status is JobStatus.FAILED and job.finished is not None
     assert worker_counts(farm) == (1, 1, None)
+
+
+class StorageWrapper:
+    """The farm's storage, with `put` going through `before_put(key)` first."""
+
+    def __init__(self, storage: Any, before_put: Any) -> None:
+        self.storage, self.before_put = storage, before_put
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.before_put(key)
+        self.storage.put(key, data, content_type)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.storage, name)
+
+
+class CountCalls:
+    """The pipeline, setting `second_batch` when its second batch starts rendering."""
+
+    def __init__(self, loaded: LoadedPreset) -> None:
+        self.pipeline, self.calls = loaded.pipeline, 0
+        self.second_batch = threading.Event()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            self.second_batch.set()
+        return self.pipeline(*args, **kwargs)
+
+
+def test_the_next_batch_renders_while_the_last_one_is_stored(farm, faces, tiny):
+    counting = CountCalls(tiny)
+    runtime = runtime_with(farm, with_batch_size(tiny, 1, pipeline=counting))
+    overlapped = []
+
+    def first_upload_waits_for_the_second_batch(key: str) -> None:
+        if not overlapped:
+            overlapped.append(counting.second_batch.wait(timeout=30))
+
+    job_id = submit(farm, faces, make_story(2)).job_id
+    _, (shard,), _ = job_rows(farm, job_id)
+    farm.__dict__["storage"] = StorageWrapper(farm.storage, first_upload_waits_for_the_second_batch)
+
+    assert run_shard(runtime, shard.id) == "succeeded"
+    assert overlapped == [True]
+    assert [r.status for r in job_rows(farm, job_id)[2]] == [RenderStatus.DONE] * 2
+
+
+def test_a_batch_that_cannot_be_stored_sends_the_shard_again_without_it(farm, faces, tiny):
+    runtime = runtime_with(farm, with_batch_size(tiny, 1))
+    job_id = submit(farm, faces, make_story(2)).job_id
+    _, (shard,), _ = job_rows(farm, job_id)
+    second = render_key(job_id, 1, 0)
+
+    def refuse_the_second_render(key: str) -> None:
+        if key == second:
+            raise OSError("S3 is down")
+
+    farm.__dict__["storage"] = StorageWrapper(farm.storage, refuse_the_second_render)
+
+    assert run_shard(runtime, shard.id) == "requeued after an error"
+
+    _, (shard,), renders = job_rows(farm, job_id)
+    assert shard.status is ShardStatus.QUEUED and "S3 is down" in shard.error
+    assert renders[0].status is RenderStatus.DONE
+    # Not recorded as done: the shard's next attempt renders and stores it again.
+    assert renders[1].status is not RenderStatus.DONE and renders[1].storage_key is None
+    assert not farm.storage.exists(second)
+    assert worker_counts(farm)[0] == 1

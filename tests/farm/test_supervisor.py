@@ -5,6 +5,7 @@ with is captured (no process is started) and checked."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -13,7 +14,13 @@ import pytest
 
 from farm.errors import InputError
 from workers import supervisor
-from workers.supervisor import DeviceSlot, parse_devices, run_workers, worker_command
+from workers.supervisor import (
+    DeviceSlot,
+    cpu_shares,
+    parse_devices,
+    run_workers,
+    worker_command,
+)
 
 
 @pytest.mark.parametrize(
@@ -119,6 +126,31 @@ def test_cpu_children_see_no_gpu(started):
     assert [c.env["CUDA_VISIBLE_DEVICES"] for c in children] == ["", ""]
     assert [c.env["FARM_DEVICE"] for c in children] == ["cpu", "cpu"]
     assert [c.env["FARM_WORKER_SLOT"] for c in children] == ["0", "1"]
+
+
+def test_cpu_workers_split_the_cores_and_run_a_thread_per_core(started):
+    children, _ = started
+    cores = len(os.sched_getaffinity(0))
+
+    run_workers("cpu:1", ["tiny"])
+    run_workers("cpu:1", ["tiny"], cpu_threads=1)
+
+    assert [c.env["OMP_NUM_THREADS"] for c in children] == [str(cores), "1"]
+
+
+@pytest.mark.parametrize(
+    ("count", "threads", "cores", "shares"),
+    [
+        (1, None, [0, 1], [[0, 1]]),  # one worker: every core
+        (2, None, [0, 1], [[0], [1]]),  # one device each, as GPUs are
+        (2, None, [4, 5, 6, 7], [[4, 5], [6, 7]]),  # the cores this process may use
+        (3, 1, [0, 1], [[0], [1], [0]]),  # more workers than cores: round again
+        (1, 1, [0, 1, 2], [[0]]),
+        (0, None, [0, 1], []),
+    ],
+)
+def test_cpu_shares(count, threads, cores, shares):
+    assert cpu_shares(count, threads, cores) == shares
 
 
 def test_an_unknown_preset_starts_nothing(started):

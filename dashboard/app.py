@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask
 
-from dashboard import errors, formatting, security
+from dashboard import errors, formatting, metrics, security
 from dashboard.api import api
 from dashboard.context import SharedFaces
 from dashboard.files import files
@@ -65,6 +65,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["farm"] = farm
     app.extensions["faces"] = SharedFaces(farm.settings.models_dir)
 
+    metrics.init_app(app)  # first: its clock starts before the login checks may answer
     security.init_app(app)
     errors.init_app(app)
     formatting.init_app(app)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from farm.errors import FarmError
+from farm.logs import configure_logging
 from farm.settings import Settings
 
 if TYPE_CHECKING:
@@ -33,11 +34,11 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log what the farm does.")
+@one_line_errors
 def main(verbose: bool) -> None:
     """Render farm for identity-consistent story illustration (PhotoMaker on SDXL)."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    configure_logging(
+        logging.INFO if verbose else logging.WARNING, Settings.from_env().log_format
     )
 
 

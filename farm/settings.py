@@ -14,6 +14,9 @@ from pathlib import Path
 
 from farm.errors import InputError
 
+VRAM_MODES = ("auto", "full", "model-offload", "sequential-offload")
+COMPILE_SETTINGS = ("off", "on", "force")
+
 
 def _default_data_dir(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -37,6 +40,13 @@ class Settings:
     max_attempts: int = 3  # a shard that fails (or kills its worker) this often ends failed
     visibility_timeout_s: int = 4 * 3600  # must exceed the longest shard, or Redis redelivers
     reap_interval_s: int = 60
+    log_format: str = "text"  # "json": one object per line, for log shippers (farm/logs.py)
+    # Worker slot k serves Prometheus metrics on this port + k; None: no metrics server.
+    metrics_port: int | None = None
+    # The render path (farm/render/memory.py, acceleration.py): how much of the model stays on
+    # the GPU ("auto": from free memory), and whether the UNet is compiled (on: CUDA only).
+    vram_mode: str = "auto"
+    compile_unet: str = "off"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +68,10 @@ class Settings:
             max_attempts=_int(env, "FARM_MAX_ATTEMPTS", 3, 1, 20),
             visibility_timeout_s=_int(env, "FARM_VISIBILITY_TIMEOUT", 4 * 3600, 60, 7 * 86400),
             reap_interval_s=_int(env, "FARM_REAP_INTERVAL", 60, 1, 3600),
+            log_format=_choice(env, "FARM_LOG_FORMAT", ("text", "json")),
+            metrics_port=_int(env, "FARM_METRICS_PORT", 0, 0, 65535) or None,
+            vram_mode=_choice(env, "FARM_VRAM_MODE", VRAM_MODES),
+            compile_unet=_choice(env, "FARM_COMPILE", COMPILE_SETTINGS),
         )
 
 
@@ -65,6 +79,14 @@ def _redis_of(broker_url: str | None) -> str | None:
     if broker_url and broker_url.startswith(("redis://", "rediss://")):
         return broker_url
     return None
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (case-insensitive); the first when unset."""
+    raw = (env.get(name) or choices[0]).strip().lower()
+    if raw not in choices:
+        raise InputError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

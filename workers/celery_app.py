@@ -3,18 +3,28 @@ starts it, one per GPU.
 
 The pipeline is loaded in the pool's child process (`worker_process_init`), once, and kept warm
 for every task that child runs; the parent never touches the GPU or the database, so forking it
-shares nothing that must not be shared.
+shares nothing that must not be shared. The child also serves the worker's Prometheus metrics
+(FARM_METRICS_PORT + the slot), since the metrics live where the renders happen. Celery's own
+loggers write through the farm's handler (farm/logs.py): one format, ids and redaction included.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 
 from celery import Task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from farm.context import Farm
+from farm.logs import configure_logging, log_context
+from farm.metrics import metrics_port, start_metrics_server
 from farm.queue.app import FINALIZE_JOB, REAP, RENDER_SHARD, make_celery
 from farm.settings import Settings
 from workers.runtime import WorkerRuntime
@@ -26,12 +36,30 @@ SLOT = os.environ.get("FARM_WORKER_SLOT", "0")
 
 app = make_celery(Settings.from_env(), PRESETS)
 _runtime: WorkerRuntime | None = None
+# Set in the main process once its consumer takes tasks; the pool children, forked from it,
+# share it and report their worker ready only then (workers.runtime).
+CONSUMING = multiprocessing.Event()
+
+
+@worker_ready.connect
+def _consuming(**_: object) -> None:
+    CONSUMING.set()
+
+
+@setup_logging.connect
+def _configure_logging(loglevel: int | None = None, **_: object) -> None:
+    """Connected, so Celery installs no handler of its own, in the worker and in beat."""
+    configure_logging(loglevel or logging.INFO, Settings.from_env().log_format)
 
 
 @worker_process_init.connect
 def _load_presets(**_: object) -> None:
     global _runtime
-    _runtime = WorkerRuntime.start(Farm(), PRESETS, SLOT)
+    farm = Farm()
+    port = metrics_port(farm.settings.metrics_port, SLOT)
+    if port is not None:  # before the models load: a scrape shows a worker that is starting
+        start_metrics_server(port)
+    _runtime = WorkerRuntime.start(farm, PRESETS, SLOT, consuming=CONSUMING)
 
 
 @worker_process_shutdown.connect
@@ -51,8 +79,9 @@ def runtime() -> WorkerRuntime:
 def render_shard(task: Task, shard_id: int) -> str:
     from workers.shard import run_shard
 
-    outcome = run_shard(runtime(), shard_id, task.request.id)
-    log.info("shard %s: %s", shard_id, outcome)
+    with log_context(shard=shard_id):
+        outcome = run_shard(runtime(), shard_id, task.request.id)
+        log.info("shard %s: %s", shard_id, outcome)
     return outcome
 
 

@@ -3,6 +3,10 @@ loaded once at start, the identity cache, and a heartbeat thread.
 
 One process serves one GPU (`CUDA_VISIBLE_DEVICES` pinned by `farm worker`), so inside it the
 device is always `cuda:0`, or the CPU where there is no GPU.
+
+The row turns from starting to idle (what `workers.probe --startup` waits for) once the presets
+are loaded *and* the Celery main process consumes the queues: a worker whose broker is out of
+reach has loaded its models but takes no work, and must not pass for ready.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -19,9 +24,14 @@ from farm.db.models import Shard, Worker
 from farm.db.states import ShardStatus, WorkerStatus
 from farm.identity.cache import IdentityCache
 from farm.locks import key_lock
+from farm.logs import set_process_context
+from farm.metrics import record_model_load, watch_worker
 from farm.quality import Reference
 from farm.render.loading import LoadedPreset, load_preset, pick_device, warm_up
 from farm.render.presets import get_preset
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event as ProcessEvent
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +60,27 @@ class WorkerRuntime:
     # Each character's identity-QC reference, computed once per worker (see workers/qc.py).
     references: dict[str, Reference] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    # Set by the Celery main process once its consumer takes tasks (workers.celery_app); None
+    # where no consumer is waited for.
+    consuming: ProcessEvent | None = None
 
     @classmethod
-    def start(cls, farm: Farm, preset_names: list[str], slot: str = "0") -> WorkerRuntime:
-        """Register the worker, load every preset it hosts, then report ready."""
+    def start(
+        cls,
+        farm: Farm,
+        preset_names: list[str],
+        slot: str = "0",
+        consuming: ProcessEvent | None = None,
+    ) -> WorkerRuntime:
+        """Register the worker, load every preset it hosts, then beat: ready at the first beat
+        that finds the Celery consumer taking tasks."""
         torch_device = pick_device(farm.settings.device)
         label = f"{torch_device.type}{slot}"
-        runtime = cls(farm, worker_name(label), str(torch_device), preset_names)
+        runtime = cls(
+            farm, worker_name(label), str(torch_device), preset_names, consuming=consuming
+        )
+        set_process_context(worker=runtime.name)
+        watch_worker(runtime.name, runtime.device, preset_names, lambda: runtime.current_shard)
         runtime.register()
         cache = IdentityCache(farm.storage, lock=key_lock(farm.engine, farm.settings.data_dir))
         for name in preset_names:
@@ -67,12 +91,11 @@ class WorkerRuntime:
                 device=runtime.device,
                 sdxl_base=farm.settings.sdxl_base,
             )
+            record_model_load(name, runtime.presets[name].load_seconds)
             seconds = warm_up(runtime.presets[name])
             log.info("preset %s warmed up in %.1f s", name, seconds)
-        with farm.sessions.begin() as session:
-            session.get(Worker, runtime.name).ready()
+        runtime.beat()
         runtime._start_heartbeat()
-        log.info("worker %s ready on %s with %s", runtime.name, runtime.device, preset_names)
         return runtime
 
     def register(self) -> None:
@@ -104,6 +127,9 @@ class WorkerRuntime:
                 )
                 shard.renew(0)
 
+    def _consumer_started(self) -> bool:
+        return self.consuming is None or self.consuming.is_set()
+
     def _start_heartbeat(self) -> None:
         thread = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
         thread.start()
@@ -124,6 +150,11 @@ class WorkerRuntime:
                 WorkerStatus.LOST,
             ):
                 worker.beat()
+                if worker.status is WorkerStatus.STARTING and self._consumer_started():
+                    worker.ready()
+                    log.info(
+                        "worker %s ready on %s with %s", self.name, self.device, self.preset_names
+                    )
             if self.current_shard is not None:
                 shard = session.scalars(
                     select(Shard).where(

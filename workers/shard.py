@@ -7,6 +7,7 @@ and each image goes to its deterministic key, so a rerun overwrites instead of d
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import io
 import logging
@@ -28,6 +29,8 @@ from farm.db.types import utcnow
 from farm.errors import InputError
 from farm.identity.cache import identity_key
 from farm.jobs import render_key, send_shards, thumb_key
+from farm.logs import log_context
+from farm.metrics import record_render
 from farm.render.pipeline import RenderCancelled, SceneRender
 from farm.render.story_render import RenderSettings, png_bytes
 from farm.story import PlannedRender, Story
@@ -107,21 +110,23 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
     if isinstance(claim, Ended):
         _finish_job_if_done(runtime, claim.job_id)
         return claim.outcome
-    runtime.current_shard = shard_id
-    tally = Tally()
-    try:
-        _render(runtime, shard_id, claim, tally)
-        outcome = _end_shard(runtime, shard_id, claim.job_id, None)
-    except RenderCancelled:
-        outcome = _end_shard(runtime, shard_id, claim.job_id, "cancelled")
-    except Exception as error:
-        log.exception("shard %s of job %s failed", shard_id, claim.job_id)
-        outcome = _end_shard(runtime, shard_id, claim.job_id, f"{type(error).__name__}: {error}")
-    finally:
-        runtime.current_shard = None
-        _release_worker(runtime, tally.done, tally.failed)
-    _finish_job_if_done(runtime, claim.job_id)
-    return outcome
+    with log_context(job=claim.job_id, shard=shard_id):
+        runtime.current_shard = shard_id
+        tally = Tally()
+        try:
+            _render(runtime, shard_id, claim, tally)
+            outcome = _end_shard(runtime, shard_id, claim.job_id, None)
+        except RenderCancelled:
+            outcome = _end_shard(runtime, shard_id, claim.job_id, "cancelled")
+        except Exception as error:
+            log.exception("shard %s of job %s failed", shard_id, claim.job_id)
+            error_text = f"{type(error).__name__}: {error}"
+            outcome = _end_shard(runtime, shard_id, claim.job_id, error_text)
+        finally:
+            runtime.current_shard = None
+            _release_worker(runtime, tally.done, tally.failed)
+        _finish_job_if_done(runtime, claim.job_id)
+        return outcome
 
 
 @_retried_on_lost_race
@@ -239,7 +244,7 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
     def render_again(planned: PlannedRender, seed: int) -> Image.Image:
         return render([SceneRender(planned.prompt, planned.negative, seed)]).images[0]
 
-    with Finisher(runtime, claim.job_id, settings, tally) as finisher:
+    with Finisher(runtime, claim.job_id, claim.preset, settings, tally) as finisher:
         while todo:
             batch, rest = todo[:batch_size], todo[batch_size:]
             _start_batch(runtime, claim.job_id, [render_id for render_id, _ in batch])
@@ -251,12 +256,15 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
                     continue
                 _fail_renders(runtime, [render_id for render_id, _ in batch], str(error))
                 tally.failed += len(batch)
+                for _ in batch:
+                    record_render(claim.preset, done=False, phases={})
                 todo = rest
                 continue
             per_render = {k: v / len(batch) for k, v in result.timings.items()}
             rendered = []
             for (render_id, planned), image in zip(batch, result.images, strict=True):
-                checked = check.check(image, planned, functools.partial(render_again, planned))
+                with log_context(render=render_id):
+                    checked = check.check(image, planned, functools.partial(render_again, planned))
                 rendered.append(
                     Rendered(
                         render_id,
@@ -295,10 +303,16 @@ class Finisher:
     """
 
     def __init__(
-        self, runtime: WorkerRuntime, job_id: str, settings: RenderSettings, tally: Tally
+        self,
+        runtime: WorkerRuntime,
+        job_id: str,
+        preset: str,
+        settings: RenderSettings,
+        tally: Tally,
     ) -> None:
         self.runtime = runtime
         self.job_id = job_id
+        self.preset = preset
         self.settings = settings
         self.tally = tally
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finisher")
@@ -321,7 +335,8 @@ class Finisher:
 
     def submit(self, rendered: list[Rendered]) -> None:
         self.wait()
-        self._pending = self._pool.submit(self._finish, rendered)
+        # In this thread's log context: the finisher's lines carry the job and shard ids too.
+        self._pending = self._pool.submit(contextvars.copy_context().run, self._finish, rendered)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -337,8 +352,9 @@ class Finisher:
             kept = replace(planned, seed=checked.seed)
             key = render_key(self.job_id, planned.scene_index, planned.variant)
             thumb = thumb_key(self.job_id, planned.scene_index, planned.variant)
-            farm.storage.put(key, png_bytes(checked.image, kept, self.settings), "image/png")
-            farm.storage.put(thumb, _thumbnail(checked.image), "image/webp")
+            with log_context(render=item.render_id):
+                farm.storage.put(key, png_bytes(checked.image, kept, self.settings), "image/png")
+                farm.storage.put(thumb, _thumbnail(checked.image), "image/webp")
             stored.append((item, key, thumb, time.perf_counter() - started))
         with farm.sessions.begin() as session:
             rows = _rows(session, [item.render_id for item in rendered])
@@ -356,6 +372,17 @@ class Finisher:
                     qc_seed=checked.seed if checked.seed != item.planned.seed else None,
                 )
         self.tally.done += len(stored)
+        for item, _, _, upload_s in stored:
+            record_render(
+                self.preset,
+                done=True,
+                phases={
+                    "identity": item.identity_s,
+                    "denoise": item.denoise_s,
+                    "decode": item.decode_s,
+                    "upload": upload_s,
+                },
+            )
         for item, key, thumb, _ in stored:
             farm.events.publish(
                 self.job_id,

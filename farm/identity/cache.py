@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from farm.identity.tokens import IdentityTokens
+from farm.metrics import record_identity_lookup
 from farm.storage.base import Storage
 
 KeyLock = Callable[[str], AbstractContextManager[None]]
@@ -91,16 +92,19 @@ class IdentityCache:
         tokens = self._from_memory(key)
         if tokens is not None:
             self.stats.memory_hits += 1
+            record_identity_lookup("memory")
             return tokens
         with self.lock(key):
             # Whoever held the lock before us may have stored them meanwhile.
             tokens = self._from_memory(key) or self._from_storage(key)
             if tokens is not None:
                 self.stats.storage_hits += 1
+                record_identity_lookup("storage")
                 return tokens
             tokens = compute()
             if self.storage is not None:
                 self.storage.put(key, tokens.to_bytes())
             self._remember(key, tokens)
             self.stats.computed += 1
+            record_identity_lookup("computed")
             return tokens

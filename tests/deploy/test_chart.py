@@ -18,7 +18,7 @@ from sqlalchemy import insert, text
 from farm.db.migrate import upgrade
 from farm.db.models import Character, Job, Shard
 from farm.db.session import make_engine, session_factory
-from tests.deploy import keda
+from tests.deploy import keda, prometheus_operator
 from tests.deploy.tools import (
     CHART,
     FULLNAME,
@@ -37,6 +37,7 @@ kubernetes_validate = require("kubernetes_validate", "kubernetes-validate")
 # The oldest Kubernetes the chart states (Chart.yaml kubeVersion) and the newest known.
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
 WORKER = f"{FULLNAME}-worker"
+MONITORED = {"metrics": {"serviceMonitor": {"enabled": True}}, "flower": {"enabled": True}}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,13 @@ def production() -> Release:
     return render(load_yaml(PRODUCTION_VALUES))
 
 
-@pytest.fixture(params=["default", "production"])
+@pytest.fixture(scope="module")
+def monitored() -> Release:
+    """The quick start with every optional monitoring piece on: ServiceMonitors, Flower."""
+    return render(MONITORED)
+
+
+@pytest.fixture(params=["default", "production", "monitored"])
 def release(request: pytest.FixtureRequest) -> Release:
     return request.getfixturevalue(request.param)
 
@@ -90,6 +97,9 @@ def test_every_manifest_validates_strictly(release: Release):
     oldest and newest version the chart supports; KEDA's kinds against their own."""
     assert release.objects
     for manifest in release.objects:
+        if manifest["apiVersion"] == prometheus_operator.API_VERSION:
+            prometheus_operator.validate(manifest, release.objects)
+            continue
         if manifest["apiVersion"] == keda.API_VERSION:
             keda.validate(manifest, release.objects)
             if manifest["kind"] == "ScaledObject":
@@ -102,7 +112,8 @@ def test_every_manifest_validates_strictly(release: Release):
 
 def test_the_validator_command_passes(production: Release, tmp_path: Path):
     """`kubernetes-validate --strict`, as CI would run it on the rendered chart; it knows no
-    custom resources and only warns about KEDA's, which keda.py checks instead."""
+    custom resources and only warns about KEDA's and the Prometheus Operator's, which keda.py
+    and prometheus_operator.py check instead."""
     bundle = tmp_path / "production.yaml"
     bundle.write_text(
         "\n---\n".join(
@@ -120,9 +131,9 @@ def test_the_validator_command_passes(production: Release, tmp_path: Path):
     lines = done.stdout.splitlines()
     assert not [line for line in lines if line.startswith(("ERROR", "FATAL"))]
     warned = [line for line in lines if line.startswith("WARN")]
-    assert warned and all(
-        "ScaledObject" in line or "TriggerAuthentication" in line for line in warned
-    ), warned
+    custom = ("ScaledObject", "TriggerAuthentication", "ServiceMonitor")
+    assert warned and all(any(kind in line for kind in custom) for line in warned), warned
+    assert any("ServiceMonitor" in line for line in warned)
     assert sum(line.startswith("INFO") for line in lines) == len(production.objects) - len(warned)
 
 
@@ -538,6 +549,76 @@ def test_ingress_is_optional(default: Release, production: Release):
     assert ingress["spec"]["tls"][0]["hosts"] == ["farm.studio.example.com"]
 
 
+# --- metrics, logs and Flower -----------------------------------------------------------------
+
+
+def scrape_annotations(workload: dict[str, Any]) -> dict[str, str]:
+    annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+    return {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")}
+
+
+def test_workers_and_the_dashboard_are_scraped(release: Release):
+    port = merged(release)["metrics"]["workerPort"]
+    worker = container(worker_pod(release), "worker")
+    assert worker["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    # The pod's one worker process is slot 0: it listens on the base port itself.
+    assert {"name": "FARM_METRICS_PORT", "value": str(port)} in worker["env"]
+    assert scrape_annotations(release.get("Deployment", WORKER)) == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": "/metrics",
+    }
+    dashboard = release.get("Deployment", f"{FULLNAME}-dashboard")
+    assert scrape_annotations(dashboard)["prometheus.io/port"] == "8000"
+    settings = release.get("ConfigMap", f"{FULLNAME}-settings")["data"]
+    assert settings["FARM_LOG_FORMAT"] == merged(release)["settings"]["logFormat"] == "json"
+
+
+def test_metrics_can_be_switched_off():
+    release = render({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}})
+    worker = container(worker_pod(release), "worker")
+    assert "ports" not in worker
+    assert not [e for e in worker["env"] if e["name"] == "FARM_METRICS_PORT"]
+    for workload in release.of_kind("Deployment"):
+        assert scrape_annotations(workload) == {}, workload["metadata"]["name"]
+    assert not release.of_kind("ServiceMonitor")
+    assert release.find("Service", f"{FULLNAME}-worker-metrics") is None
+
+
+def test_service_monitors_are_optional_and_carry_the_operators_label(
+    default: Release, production: Release
+):
+    assert not default.of_kind("ServiceMonitor")
+    assert default.find("Service", f"{FULLNAME}-worker-metrics") is None
+    monitors = {m["metadata"]["name"]: m for m in production.of_kind("ServiceMonitor")}
+    assert set(monitors) == {WORKER, f"{FULLNAME}-dashboard"}
+    for monitor in monitors.values():
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["path"] == "/metrics"
+    assert monitors[WORKER]["spec"]["endpoints"][0]["port"] == "metrics"
+    # Headless: Prometheus reaches each worker pod, never one picked by a load balancer.
+    assert production.get("Service", f"{FULLNAME}-worker-metrics")["spec"]["clusterIP"] == "None"
+
+
+def test_flower_is_optional_and_reads_the_farms_broker(default: Release, monitored: Release):
+    assert default.find("Deployment", f"{FULLNAME}-flower") is None
+    pod = monitored.get("Deployment", f"{FULLNAME}-flower")["spec"]["template"]["spec"]
+    flower = container(pod, "flower")
+    assert flower["command"][:2] == ["celery", "flower"]
+    assert not any("redis" in part for part in flower["command"]), "a password in argv"
+    (broker,) = [e for e in flower["env"] if e["name"] == "CELERY_BROKER_URL"]
+    (farm_broker,) = [
+        e for e in container(worker_pod(monitored), "worker")["env"]
+        if e["name"] == "FARM_BROKER_URL"
+    ]
+    assert broker["valueFrom"] == farm_broker["valueFrom"]
+    assert flower["readinessProbe"]["httpGet"]["path"] == "/healthcheck"
+    service = monitored.get("Service", f"{FULLNAME}-flower")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert not monitored.find("Ingress", f"{FULLNAME}-flower")
+
+
 # --- values.schema.json -----------------------------------------------------------------------
 
 BAD_VALUES = {
@@ -558,6 +639,10 @@ BAD_VALUES = {
     "secret in the ConfigMap": {"settings": {"extraEnv": {"API_TOKEN": "x"}}},
     "storage that is not S3": {"storage": {"url": "file:///data"}},
     "latest image": {"bundled": {"redis": {"image": "redis:latest"}}},
+    "log format nobody reads": {"settings": {"logFormat": "xml"}},
+    "a privileged metrics port": {"metrics": {"workerPort": 80}},
+    "scrape interval without a unit": {"metrics": {"serviceMonitor": {"interval": "30"}}},
+    "latest flower": {"flower": {"image": "mher/flower:latest"}},
 }
 
 

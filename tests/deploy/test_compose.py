@@ -242,3 +242,29 @@ def test_third_party_images_are_pinned(services):
             continue  # built from deploy/
         tag = image.rpartition(":")[2]
         assert tag and tag != "latest" and re.search(r"\d", tag), (name, image)
+
+
+def test_workers_serve_metrics_on_this_machine_only(services):
+    published = []
+    for name in ("worker-gpu0", "worker-gpu1"):
+        worker = services[name]
+        port = worker["environment"]["FARM_METRICS_PORT"]
+        assert port in worker["expose"], name  # for a Prometheus in the stack's network
+        (mapping,) = worker["ports"]
+        host, _, container = mapping.rpartition(":")
+        assert host.startswith("127.0.0.1:") and container == port, name
+        published.append(interpolate(host, env_example()[0]))
+    assert len(set(published)) == len(published), "two workers on one host port"
+    # The dashboard's metrics are at /metrics on its own published port.
+    assert services["dashboard"]["ports"] == ["${DASHBOARD_PORT:-8000}:8000"]
+
+
+def test_flower_follows_the_farms_broker_on_this_machine_only(services):
+    flower = services["flower"]
+    assert flower["profiles"] == ["flower"], "opt-in: Flower can revoke tasks"
+    assert flower["command"][:2] == ["celery", "flower"]
+    env = farm_env(flower)
+    assert env["CELERY_BROKER_URL"] == farm_env(services["dashboard"])["FARM_BROKER_URL"]
+    assert not any("redis://" in part for part in flower["command"]), "a password in argv"
+    assert [p.startswith("127.0.0.1:") for p in flower["ports"]] == [True]
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"

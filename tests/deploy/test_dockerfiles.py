@@ -184,7 +184,11 @@ def test_worker_runs_farm_worker_and_reads_models_from_a_volume():
 def test_dashboard_image_serves_the_app_factory_with_gunicorn():
     final = stages(DASHBOARD)[-1]
     (command,) = [i.args for i in final if i.name == "CMD"]
-    assert command == '["gunicorn", "--bind", "0.0.0.0:8000", "dashboard.app:create_app()"]'
+    assert command == (
+        '["gunicorn", "--config", "python:dashboard.gunicorn_conf", "--bind", "0.0.0.0:8000", '
+        '"dashboard.app:create_app()"]'
+    )
+    assert (ROOT / "dashboard" / "gunicorn_conf.py").is_file()
     assert [i.args for i in final if i.name == "EXPOSE"] == ["8000"]
     (healthcheck,) = [i.args for i in final if i.name == "HEALTHCHECK"]
     assert "http://127.0.0.1:8000/healthz" in healthcheck

@@ -249,3 +249,14 @@ checksum/secrets: {{ include (print $.Template.BasePath "/secrets.yaml") . | sha
     - name: tmp
       mountPath: /tmp
 {{- end }}
+
+{{/*
+Annotations for a Prometheus that finds its targets by them; pass (dict "ctx" $ "port" N).
+*/}}
+{{- define "render-farm.scrapeAnnotations" -}}
+{{- if and .ctx.Values.metrics.enabled .ctx.Values.metrics.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end }}

@@ -2,13 +2,14 @@
 
 Queue depth is counted twice, because each count misses something: SQL knows the queued and
 running shards of every preset (the truth about work), the broker knows the messages waiting
-in `render.<preset>` (on Redis, the length of its lists). A queue with shards queued in SQL
-but no message in the broker has lost its tasks, which the reaper sends again.
+in `render.<preset>`, per priority on Redis (`farm.queue.depths`). A queue with shards queued
+in SQL but no message in the broker has lost its tasks, which the reaper sends again.
+`farm workers` and `farm queues` print the same rows.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -20,9 +21,8 @@ from farm.db.models import Job, Shard, Worker
 from farm.db.states import ShardStatus
 from farm.db.types import utcnow
 from farm.queue.app import render_queue
+from farm.queue.depths import queue_depths
 from farm.render.presets import PRESETS
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class QueueRow:
     queued_shards: int
     running_shards: int
     broker_messages: int | None  # None: the broker could not be asked
+    # The farm's priority (9 first) -> messages, where the broker keeps priorities (Redis).
+    broker_by_priority: Mapping[int, int] | None = None
 
 
 def workers(session: Session) -> list[WorkerOut]:
@@ -69,34 +71,18 @@ def queues(farm: Farm, session: Session) -> list[QueueRow]:
     by_preset: dict[str, dict[ShardStatus, int]] = {name: {} for name in PRESETS}
     for preset, status, count in counts:
         by_preset.setdefault(preset, {})[status] = count
-    messages = broker_depths(farm, list(by_preset))
-    return [
-        QueueRow(
-            preset=preset,
-            queue=render_queue(preset),
-            queued_shards=states.get(ShardStatus.QUEUED, 0),
-            running_shards=states.get(ShardStatus.RUNNING, 0),
-            broker_messages=messages.get(preset),
+    depths = queue_depths(farm.celery, [render_queue(preset) for preset in by_preset])
+    rows = []
+    for preset, states in sorted(by_preset.items()):
+        depth = depths[render_queue(preset)]
+        rows.append(
+            QueueRow(
+                preset=preset,
+                queue=render_queue(preset),
+                queued_shards=states.get(ShardStatus.QUEUED, 0),
+                running_shards=states.get(ShardStatus.RUNNING, 0),
+                broker_messages=depth.messages,
+                broker_by_priority=depth.by_priority,
+            )
         )
-        for preset, states in sorted(by_preset.items())
-    ]
-
-
-def broker_depths(farm: Farm, presets: list[str]) -> dict[str, int]:
-    """Messages waiting per preset's queue (kombu sums Redis's priority lists); {} when the
-    broker cannot be reached within a few seconds: the page must still load."""
-    depths: dict[str, int] = {}
-    try:
-        with farm.celery.connection_for_read() as connection:
-            connection.ensure_connection(max_retries=1, timeout=3)
-            channel = connection.default_channel
-            for preset in presets:
-                try:
-                    declared = channel.queue_declare(queue=render_queue(preset), passive=True)
-                    depths[preset] = declared.message_count
-                except connection.channel_errors:  # never declared, or emptied and dropped
-                    depths[preset] = 0
-    except Exception as error:  # a down broker is shown as unknown depths, not as an error page
-        log.warning("cannot read queue depths from the broker: %s", error)
-        return {}
-    return depths
+    return rows

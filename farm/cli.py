@@ -253,30 +253,6 @@ def fetch(job_id: str, out_dir: Path) -> None:
 
 
 @main.command()
-@one_line_errors
-def workers() -> None:
-    """Workers: device, state, current shard, heartbeat age, renders done."""
-    from sqlalchemy import select
-
-    from farm.db.models import Worker
-    from farm.db.types import utcnow
-
-    farm = _farm()
-    with farm.sessions() as session:
-        rows = list(session.scalars(select(Worker).order_by(Worker.id)))
-    if not rows:
-        click.echo("no workers have registered")
-    now = utcnow()
-    for w in rows:
-        age = (now - w.last_heartbeat).total_seconds()
-        shard = f"shard {w.current_shard_id}" if w.current_shard_id else "-"
-        click.echo(
-            f"{w.id:24} {w.device:8} {w.status:9} {shard:12} beat {age:5.0f}s ago  "
-            f"done {w.renders_done} failed {w.renders_failed}  {','.join(w.presets)}"
-        )
-
-
-@main.command()
 @click.option(
     "--devices", default="all", show_default=True, help="GPU indices (0,1), all, cpu or cpu:N."
 )
@@ -347,19 +323,7 @@ def up(devices: str, presets: str, port: int, dashboard: bool) -> None:
     sys.exit(code)
 
 
-@main.command()
-@click.option("--dry-run", is_flag=True, help="Only say what would be requeued.")
-@one_line_errors
-def reap(dry_run: bool) -> None:
-    """Requeue shards whose lease expired (what the reaper does on its schedule)."""
-    from workers.reaper import reap as reap_now
-
-    reaped = reap_now(_farm(), dry_run=dry_run)
-    click.echo(
-        f"requeued {reaped.requeued}, failed {reaped.failed}, lost workers {reaped.lost_workers}"
-    )
-
-
+from farm import cli_admin as _cli_admin  # noqa: E402, F401  (workers, queues, drain, requeue, gc)
 from farm import cli_comic as _cli_comic  # noqa: E402, F401  (registers `farm comic`)
 from farm import cli_eval  # noqa: E402, F401  (registers `farm eval`)
 from farm.cli_tokens import tokens as _tokens  # noqa: E402, F401  (registers `farm tokens`)

@@ -42,7 +42,9 @@ def shard_plan(plan: Sequence[PlannedRender], size: int) -> list[Sequence[Planne
     return [plan[i : i + size] for i in range(0, len(plan), size)]
 
 
-def send_shards(celery: Celery, preset: str, shard_ids: Sequence[int], priority: int) -> None:
+def send_shards(
+    celery: Celery, preset: str, shard_ids: Sequence[int], priority: int, *, job_id: str
+) -> None:
     for shard_id in shard_ids:
         celery.send_task(
             RENDER_SHARD,
@@ -50,7 +52,13 @@ def send_shards(celery: Celery, preset: str, shard_ids: Sequence[int], priority:
             queue=render_queue(preset),
             # Celery on Redis serves priority 0 first; the farm's 9 is the most urgent.
             priority=MAX_PRIORITY - priority,
+            # What Flower, `celery events` and the worker's log show instead of "[12]".
+            argsrepr=shard_task_repr(shard_id, job_id, preset, priority),
         )
+
+
+def shard_task_repr(shard_id: int, job_id: str, preset: str, priority: int) -> str:
+    return f"shard {shard_id} of job {job_id} ({preset}, priority {priority})"
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,7 @@ def submit_story(
         )
         shard_ids = list(session.scalars(select(Shard.id).where(Shard.job_id == job.id)))
         submitted = Submitted(job.id, job.renders_total, len(shard_ids))
-    send_shards(farm.celery, story.preset, shard_ids, priority)
+    send_shards(farm.celery, story.preset, shard_ids, priority, job_id=submitted.job_id)
     farm.events.publish(submitted.job_id, "job.submitted", renders=submitted.renders)
     return submitted
 
@@ -234,7 +242,7 @@ def retry_job(farm: Farm, job_id: str) -> int:
         )
         job.reopen()
         ids, preset, priority = [s.id for s in shards], job.preset, job.priority
-    send_shards(farm.celery, preset, ids, priority)
+    send_shards(farm.celery, preset, ids, priority, job_id=job_id)
     farm.events.publish(job_id, "job.retried", shards=len(ids))
     return len(ids)
 

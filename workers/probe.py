@@ -7,14 +7,16 @@ loads the same models again. The worker's heartbeat thread writes `last_heartbea
 seconds whatever the render loop is doing, so SQL says whether the process lives without
 disturbing it.
 
-- `--startup`: this host's worker process(es) registered and loaded their presets (status
-  idle, busy or draining) and beat recently. Until then Kubernetes waits, for as long as the
-  startup probe allows: loading SDXL takes minutes.
+- `--startup`: this host's worker process(es) registered, loaded their presets and consume
+  their queues (status idle, busy or draining: a row turns idle only once its Celery consumer
+  has started, see `workers.runtime`) and beat recently. Until then Kubernetes waits, for as
+  long as the startup probe allows: loading SDXL takes minutes.
 - `--liveness`: every worker row of this host beat within `--max-age` seconds (a row still
   loading its presets is given `--start-timeout` instead). A row the reaper marked lost, or one
   that stopped, fails: that process can no longer take work until it registers again, which a
   restart does. A database that cannot be reached passes: restarting a GPU worker does not
-  mend a database, and would cost the shard in flight.
+  mend a database, and would cost the shard in flight. For the same reason a worker that has
+  loaded its presets but waits for its broker stays alive: it beats while it waits.
 - `--migrated`: the database schema is at this code's head; init containers wait on it, so
   pods never start against a schema that a migration job has yet to bring up to date.
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from celery import Celery
-from kombu.exceptions import OperationalError
 from sqlalchemy import select, update
 
 from farm.context import Farm
@@ -28,6 +27,7 @@ from farm.db.states import RenderStatus, ShardStatus, WorkerStatus
 from farm.db.types import utcnow
 from farm.jobs import send_shards
 from farm.queue.app import render_queue
+from farm.queue.depths import queue_depths
 from workers.finalize import announce_job_end
 from workers.shard import finish_job_if_done
 
@@ -46,7 +46,7 @@ def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
     """Requeue or fail every shard whose lease expired; `dry_run` only reports."""
     settings = farm.settings
     reaped = Reaped()
-    resend: list[tuple[str, int, int]] = []
+    resend: list[tuple[str, str, int, int]] = []
     finished_jobs: dict[str, str] = {}
     now = utcnow()
     with farm.sessions.begin() as session:
@@ -60,7 +60,7 @@ def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
                 continue
             if shard.requeue(reason, now) is ShardStatus.QUEUED:
                 job = session.get(Job, shard.job_id)
-                resend.append((job.preset, shard.id, job.priority))
+                resend.append((job.id, job.preset, shard.id, job.priority))
                 reaped.requeued.append(shard.id)
             else:
                 reaped.failed.append(shard.id)
@@ -97,14 +97,14 @@ def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
                 worker.lose()
         if dry_run:
             session.rollback()
-    for preset, shard_id, priority in resend:
-        send_shards(farm.celery, preset, [shard_id], priority)
+    for job_id, preset, shard_id, priority in resend:
+        send_shards(farm.celery, preset, [shard_id], priority, job_id=job_id)
     for job_id, status in finished_jobs.items():
         announce_job_end(farm, job_id, status)
-    for preset, shard_id, priority in orphaned_shards(farm, now):
+    for job_id, preset, shard_id, priority in orphaned_shards(farm, now):
         reaped.resent.append(shard_id)
         if not dry_run:
-            send_shards(farm.celery, preset, [shard_id], priority)
+            send_shards(farm.celery, preset, [shard_id], priority, job_id=job_id)
     if reaped.requeued or reaped.failed or reaped.lost_workers or reaped.resent:
         log.warning(
             "reaper: requeued %s, failed %s, lost workers %s, resent lost tasks of %s",
@@ -116,8 +116,8 @@ def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
     return reaped
 
 
-def orphaned_shards(farm: Farm, now: datetime) -> list[tuple[str, int, int]]:
-    """(preset, shard, priority) of the queued shards that no task in the broker names.
+def orphaned_shards(farm: Farm, now: datetime) -> list[tuple[str, str, int, int]]:
+    """(job, preset, shard, priority) of the queued shards that no task in the broker names.
 
     A shard counts once it has been queued for two reaper passes while the queue of its
     preset is empty: nothing left in the queue means nothing will ever deliver it. The broker
@@ -128,7 +128,7 @@ def orphaned_shards(farm: Farm, now: datetime) -> list[tuple[str, int, int]]:
     settled = now - timedelta(seconds=2 * farm.settings.reap_interval_s)
     with farm.sessions() as session:
         rows = session.execute(
-            select(Job.preset, Shard.id, Job.priority)
+            select(Job.id, Job.preset, Shard.id, Job.priority)
             .join(Job, Job.id == Shard.job_id)
             .where(
                 Shard.status == ShardStatus.QUEUED,
@@ -139,26 +139,11 @@ def orphaned_shards(farm: Farm, now: datetime) -> list[tuple[str, int, int]]:
         ).all()
     if not rows:
         return []
-    empty = _empty_queues(farm.celery, sorted({preset for preset, _, _ in rows}))
-    return [(preset, shard_id, priority) for preset, shard_id, priority in rows if preset in empty]
+    empty = _empty_queues(farm.celery, sorted({preset for _, preset, _, _ in rows}))
+    return [(job, preset, shard, prio) for job, preset, shard, prio in rows if preset in empty]
 
 
 def _empty_queues(celery: Celery, presets: Sequence[str]) -> set[str]:
     """The presets whose render queue holds no message; none when the broker cannot say."""
-    empty: set[str] = set()
-    with celery.connection_for_write() as connection:
-        try:
-            connection.ensure_connection(max_retries=1)
-            channel = connection.channel()
-            for preset in presets:
-                try:
-                    declared = channel.queue_declare(queue=render_queue(preset), passive=True)
-                except connection.channel_errors:  # Redis drops the list of an emptied queue
-                    empty.add(preset)
-                    continue
-                if declared.message_count == 0:
-                    empty.add(preset)
-        except (OperationalError, *connection.connection_errors) as error:
-            log.warning("reaper: cannot count queued tasks (%s); none are resent", error)
-            return set()
-    return empty
+    depths = queue_depths(celery, [render_queue(preset) for preset in presets])
+    return {preset for preset in presets if depths[render_queue(preset)].messages == 0}

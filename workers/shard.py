@@ -492,7 +492,7 @@ def _end_shard(runtime: WorkerRuntime, shard_id: int, job_id: str, error: str | 
             _fail_shard(session, shard, shard.error or error)
         outcome = str(shard.status)
     if resend is not None:
-        send_shards(farm.celery, resend[0], [shard_id], resend[1])
+        send_shards(farm.celery, resend[0], [shard_id], resend[1], job_id=job_id)
         outcome = "requeued after an error"
     farm.events.publish(job_id, f"shard.{outcome.split()[0]}", shard=shard_id, error=error)
     return outcome

@@ -20,6 +20,7 @@ FINALIZE_JOB = "farm.finalize_job"
 REAP = "farm.reap"
 CONTROL_QUEUE = "farm.control"  # finalize and reaper tasks: cheap, any worker may take them
 MAX_PRIORITY = 9
+PRIORITY_SEP = ":"  # Redis keeps priority step N of queue Q in the list "Q:N" (step 0 in "Q")
 # A pool child loads its presets before it reports up (minutes for SDXL from a network disk);
 # Celery's default of 4 s kills every such child, and the next, in a loop.
 PRESET_LOAD_TIMEOUT_S = 1800.0
@@ -27,6 +28,17 @@ PRESET_LOAD_TIMEOUT_S = 1800.0
 
 def render_queue(preset: str) -> str:
     return f"render.{preset}"
+
+
+def celery_node(worker_id: str) -> str:
+    """The Celery node name of the worker whose SQL row is `worker_id`.
+
+    A worker has two names: its row, `host:cpu0` (`workers.runtime.worker_name`), and the node
+    that `farm worker` starts with `--hostname cpu0@host` (`workers.supervisor`). Remote control
+    (`farm drain`) addresses the node.
+    """
+    hostname, _, label = worker_id.rpartition(":")
+    return f"{label}@{hostname}"
 
 
 def _queue(name: str) -> Queue:
@@ -45,13 +57,14 @@ def make_celery(settings: Settings, presets: list[str] | None = None) -> Celery:
     app = Celery("farm", broker=settings.broker_url, set_as_current=False)
     queues = [_queue(CONTROL_QUEUE)] + [_queue(render_queue(p)) for p in presets or []]
     transport_options = {}
-    if settings.broker_url.startswith(("redis://", "rediss://")):
+    on_redis = settings.broker_url.startswith(("redis://", "rediss://"))
+    if on_redis:
         transport_options = {
             "visibility_timeout": settings.visibility_timeout_s,
             # Redis emulates priorities with one list per step; 0 is served first.
             "queue_order_strategy": "priority",
             "priority_steps": list(range(MAX_PRIORITY + 1)),
-            "sep": ":",
+            "sep": PRIORITY_SEP,
         }
     app.conf.update(
         task_acks_late=True,
@@ -71,6 +84,11 @@ def make_celery(settings: Settings, presets: list[str] | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
+        # Events let Flower (and `celery events`) follow each task from the moment it is sent,
+        # with the readable arguments that `farm.jobs.send_shards` gives it. They need a
+        # broker that fans out; on the embedded SQL broker nobody could read them.
+        worker_send_task_events=on_redis,
+        task_send_sent_event=on_redis,
         beat_schedule={
             "reap-expired-leases": {
                 "task": REAP,

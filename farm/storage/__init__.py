@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from farm.errors import InputError
-from farm.storage.base import Storage, check_key
+from farm.storage.base import Storage, StoredObject, check_key
 from farm.storage.local import LocalStorage
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "StorageUnavailableError",
+    "StoredObject",
     "check_key",
     "open_storage",
 ]

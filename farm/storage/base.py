@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 
 from farm.errors import InputError
 
@@ -26,6 +28,15 @@ def check_key(key: str) -> str:
                 "(use letters, digits, '.', '_', '-', '=', '+'; no '..' or empty parts)"
             )
     return key
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a listing shows it: what `farm gc` needs to judge and report it."""
+
+    key: str
+    size: int  # bytes
+    modified: datetime  # timezone-aware; a grace period is measured from it
 
 
 class Storage(ABC):
@@ -48,9 +59,14 @@ class Storage(ABC):
     def delete(self, key: str) -> None:
         """Remove `key`; removing a missing key is not an error (deletes are idempotent)."""
 
-    @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
         """Yield every key that starts with `prefix`, in lexicographic order."""
+        for stored in self.objects(prefix):
+            yield stored.key
+
+    @abstractmethod
+    def objects(self, prefix: str = "") -> Iterator[StoredObject]:
+        """Like `list`, with each object's size and modification time (one listing, no HEADs)."""
 
     @abstractmethod
     def url_for(self, key: str, expires_s: int = 3600) -> str:

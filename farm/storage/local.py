@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
-from farm.storage.base import Storage, check_key
+from farm.storage.base import Storage, StoredObject, check_key
 
 
 class LocalStorage(Storage):
@@ -43,15 +44,21 @@ class LocalStorage(Storage):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def objects(self, prefix: str = "") -> Iterator[StoredObject]:
+        """Hidden files are the half-written `.name.part` of a put in progress: not objects."""
         if not self.root.is_dir():
             return
-        keys = (
-            p.relative_to(self.root).as_posix()
+        paths = {
+            p.relative_to(self.root).as_posix(): p
             for p in self.root.rglob("*")
             if p.is_file() and not p.name.startswith(".")
-        )
-        yield from sorted(k for k in keys if k.startswith(prefix))
+        }
+        for key in sorted(k for k in paths if k.startswith(prefix)):
+            try:
+                stat = paths[key].stat()
+            except FileNotFoundError:  # deleted since the walk
+                continue
+            yield StoredObject(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
 
     def url_for(self, key: str, expires_s: int = 3600) -> str:
         return self._path(key).as_uri()

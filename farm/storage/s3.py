@@ -32,7 +32,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from farm.errors import FarmError, InputError
-from farm.storage.base import Storage, check_key
+from farm.storage.base import Storage, StoredObject, check_key
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ class S3Storage(Storage):
             f"DELETE {key!r}", lambda: self._client.delete_object(Bucket=self.bucket, Key=name)
         )
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def objects(self, prefix: str = "") -> Iterator[StoredObject]:
         """Page through the listing as it is consumed, so that a huge prefix costs no memory.
 
         S3 returns general-purpose bucket listings in UTF-8 byte order, which for these keys is
@@ -346,7 +346,8 @@ class S3Storage(Storage):
         while True:
             page = self._call(f"LIST {prefix!r}", lambda: self._client.list_objects_v2(**params))
             for item in page.get("Contents", ()):
-                yield item["Key"][len(self.prefix) :]
+                key = item["Key"][len(self.prefix) :]
+                yield StoredObject(key, int(item["Size"]), item["LastModified"])
             if not page.get("IsTruncated"):
                 return
             params["ContinuationToken"] = page["NextContinuationToken"]

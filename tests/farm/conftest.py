@@ -7,7 +7,7 @@ a test sees exactly which tasks the farm sent, in which order, and what SQL held
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class SentTask:
     args: list[Any]
     queue: str
     priority: int
+    argsrepr: str | None = field(default=None, compare=False)  # what Flower shows
 
 
 class TaskRecorder:
@@ -45,8 +46,15 @@ class TaskRecorder:
         self.sent: list[SentTask] = []
         self.on_send: Callable[[SentTask], None] | None = None
 
-    def send_task(self, name: str, args: list[Any], queue: str, priority: int) -> None:
-        task = SentTask(name, list(args), queue, priority)
+    def send_task(
+        self,
+        name: str,
+        args: list[Any],
+        queue: str,
+        priority: int,
+        argsrepr: str | None = None,
+    ) -> None:
+        task = SentTask(name, list(args), queue, priority, argsrepr)
         if self.on_send is not None:
             self.on_send(task)
         self.sent.append(task)

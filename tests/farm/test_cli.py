@@ -83,8 +83,13 @@ def test_submit_status_fetch_cancel(env, tiny, tmp_path):
         f"  shard   0 succeeded on {WORKER} (attempt 1/3)",
         f"  shard   1 succeeded on {WORKER} (attempt 1/3)",
     ]
-    (line,) = farm_cli(env, "workers").stdout.splitlines()
-    assert line.startswith(WORKER) and "done 6 failed 0  tiny" in line
+    header, line = farm_cli(env, "workers").stdout.splitlines()
+    assert header.split() == [
+        *("WORKER", "STATE", "DEVICE", "PRESETS", "SHARD", "JOB", "BEAT", "DONE", "FAILED")
+    ]
+    cells = line.split()
+    assert cells[:6] == [WORKER, "idle", "cpu", "tiny", "-", "-"]
+    assert cells[-3:] == ["ago", "6", "0"]
 
     out = tmp_path / "out"
     assert farm_cli(env, "fetch", job_id, "--out", str(out)).stdout == (

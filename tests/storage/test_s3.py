@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -97,6 +98,21 @@ def test_list_filters_by_prefix_in_lexicographic_order(storage: Storage) -> None
 
 def test_list_of_an_empty_store_is_empty(storage: Storage) -> None:
     assert list(storage.list()) == []
+
+
+def test_objects_give_each_key_its_size_and_modification_time(storage: Storage) -> None:
+    """What `farm gc` judges and reports by: one listing, with no request per object."""
+    before = datetime.now(UTC) - timedelta(seconds=2)  # S3 keeps whole seconds
+    storage.put("jobs/j1/renders/0000-v0.png", b"x" * 1000)
+    storage.put("jobs/j1/thumbs/0000-v0.webp", b"")
+    storage.put("photos/ab/abc", b"photo")
+    listed = list(storage.objects("jobs/"))
+    assert [(o.key, o.size) for o in listed] == [
+        ("jobs/j1/renders/0000-v0.png", 1000),
+        ("jobs/j1/thumbs/0000-v0.webp", 0),
+    ]
+    for stored in listed:
+        assert before <= stored.modified <= datetime.now(UTC) + timedelta(seconds=2)
 
 
 @pytest.mark.parametrize("key", BAD_KEYS)

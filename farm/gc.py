@@ -1,0 +1,107 @@
+"""`farm gc`: the objects in storage that no row needs any more, found and (on request) deleted.
+
+Storage is written by the farm under three prefixes, and each has its own rule for "needed":
+
+- `jobs/<job>/...` (renders, thumbnails, comic pages, exports): needed while the job's row
+  exists. Workers write them only after the job's row has committed.
+- `photos/<xx>/<sha256>` (a character's reference photos, stored once per content and shared
+  by every character made from the same photo): needed while a photo row names it and its
+  character is either not deleted or still named by a job, as the main character or in the
+  cast, since retrying that job reads the photos again. Deleting a character only marks its row.
+- `identity/<encoder>/<photos>.safetensors` (the identity-token cache): needed while its
+  `identity_tokens` row exists. A cache object without a row is left by a worker that died
+  between computing the tokens and recording them; the next job computes them again.
+
+Anything else is not the farm's and is never touched. Photos and identity tokens are written
+before the rows that name them commit (a submission stores the photos inside its transaction),
+so only objects older than a grace period are judged at all. Objects are judged and deleted a
+page at a time, which keeps the moment between "no row needs it" and the delete short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from itertools import islice
+
+from sqlalchemy import exists, or_, select
+from sqlalchemy.orm import Session
+
+from farm.context import Farm
+from farm.db.models import CastMember, Character, CharacterPhoto, Job, StoredIdentityTokens
+from farm.db.types import utcnow
+from farm.storage.base import StoredObject
+
+GRACE = timedelta(hours=1)
+PAGE = 500  # keys per SQL query: well under every database's limit on bound parameters
+
+# Of the owners given (job ids, or the keys themselves), those still needed.
+Needed = Callable[[Session, list[str]], set[str]]
+
+
+def _job_of(key: str) -> str | None:
+    parts = key.split("/")
+    return parts[1] if len(parts) > 2 else None
+
+
+def _jobs_needed(session: Session, job_ids: list[str]) -> set[str]:
+    return set(session.scalars(select(Job.id).where(Job.id.in_(job_ids))))
+
+
+def _photos_needed(session: Session, keys: list[str]) -> set[str]:
+    in_use = or_(
+        Character.deleted.is_(None),
+        exists().where(Job.character_id == Character.id),
+        exists().where(CastMember.character_id == Character.id),
+    )
+    return set(
+        session.scalars(
+            select(CharacterPhoto.storage_key)
+            .join(Character, Character.id == CharacterPhoto.character_id)
+            .where(CharacterPhoto.storage_key.in_(keys), in_use)
+        )
+    )
+
+
+def _identity_needed(session: Session, keys: list[str]) -> set[str]:
+    return set(
+        session.scalars(
+            select(StoredIdentityTokens.storage_key).where(
+                StoredIdentityTokens.storage_key.in_(keys)
+            )
+        )
+    )
+
+
+def _whole_key(key: str) -> str:
+    return key
+
+
+# A prefix, how to read the owner of a key under it (None: not a key the farm writes, kept),
+# and which owners are still needed.
+RULES: list[tuple[str, Callable[[str], str | None], Needed]] = [
+    ("jobs/", _job_of, _jobs_needed),
+    ("photos/", _whole_key, _photos_needed),
+    ("identity/", _whole_key, _identity_needed),
+]
+
+
+def _pages(objects: Iterator[StoredObject]) -> Iterator[list[StoredObject]]:
+    while page := list(islice(objects, PAGE)):
+        yield page
+
+
+def find_garbage(
+    farm: Farm, *, grace: timedelta = GRACE, now: datetime | None = None
+) -> Iterator[StoredObject]:
+    """Every object of the farm's prefixes that no row needs, older than `grace`, in key order
+    within each prefix. Lazy: a caller that deletes as it goes deletes each page right after
+    judging it."""
+    cutoff = (now or utcnow()) - grace
+    for prefix, owner_of, needed in RULES:
+        old = (o for o in farm.storage.objects(prefix) if o.modified <= cutoff)
+        for page in _pages(old):
+            owners = {o.key: owner_of(o.key) for o in page}
+            with farm.sessions() as session:
+                alive = needed(session, sorted({owner for owner in owners.values() if owner}))
+            yield from (o for o in page if owners[o.key] is not None and owners[o.key] not in alive)

@@ -79,8 +79,9 @@ def create_character(
     )
     for position, (photo, image, face) in enumerate(checked):
         key = photo_key(photo.sha256)
-        if not storage.exists(key):
-            storage.put(key, photo.data, "application/octet-stream")
+        # Stored again even when the object exists: the write makes it new, so `farm gc`, which
+        # only takes objects older than its grace period, cannot delete it under this row.
+        storage.put(key, photo.data, "application/octet-stream")
         x0, y0, x1, y1 = face.box
         character.photos.append(
             CharacterPhoto(

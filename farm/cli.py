@@ -80,6 +80,8 @@ def render(
         settings.models_dir,
         device=device or settings.device,
         sdxl_base=settings.sdxl_base,
+        vram_mode=settings.vram_mode,
+        compile_unet=settings.compile_unet,
     )
     total = len(story.plan())
     with tqdm(total=total, unit="render", desc=f"{story.character.name} [{story.preset}]") as bar:
@@ -107,7 +109,7 @@ def models_list() -> None:
             where = f"ready ({files.checkpoint.parent})"
         except ModelNotFoundError as missing:
             where = f"missing: {missing}"
-        click.echo(f"{preset.name:15} v{preset.version}  {where}")
+        click.echo(f"{preset.name:24} v{preset.version}  {where}")
 
 
 @models.command("pull")

@@ -90,6 +90,8 @@ class WorkerRuntime:
                 cache=cache,
                 device=runtime.device,
                 sdxl_base=farm.settings.sdxl_base,
+                vram_mode=farm.settings.vram_mode,
+                compile_unet=farm.settings.compile_unet,
             )
             record_model_load(name, runtime.presets[name].load_seconds)
             seconds = warm_up(runtime.presets[name])

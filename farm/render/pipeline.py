@@ -6,18 +6,23 @@ What differs from diffusers' SDXL pipeline, and why:
   fuse step runs here, once per distinct prompt;
 - batching: every render brings its own prompt and seed, and its latents come from its own CPU
   generator, so a render's pixels do not depend on what it was batched with or on the device;
-- style strength: the UNet sees the text-only prompt up to `start_merge_step`, then the ID prompt.
+- style strength: the UNet sees the text-only prompt up to `start_merge_step`, then the ID prompt;
+- placement: models may live off the GPU between uses (`farm.render.memory`), so the device the
+  pipeline computes on is its own attribute, not read off a model's weights.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
@@ -30,6 +35,11 @@ from farm.identity.prompt import (
     text_only_prompt,
 )
 from farm.identity.tokens import IdentityTokens
+
+if TYPE_CHECKING:
+    from farm.render.memory import LayerOffload, ModelOffload
+
+log = logging.getLogger(__name__)
 
 MAX_MERGE_STEP = 30  # the reference caps the text-only phase at 30 steps
 
@@ -90,9 +100,10 @@ class PhotoMakerPipeline:
         text_encoder_2: CLIPTextModelWithProjection,
         unet: UNet2DConditionModel,
         vae: AutoencoderKL,
-        scheduler: EulerDiscreteScheduler,
+        scheduler: SchedulerMixin,
         id_encoder: IDEncoder,
         force_zeros_for_empty_prompt: bool = True,
+        device: torch.device | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.tokenizer_2 = tokenizer_2
@@ -104,10 +115,14 @@ class PhotoMakerPipeline:
         self.id_encoder = id_encoder
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self._device = device if device is not None else unet.device
+        # Where offloaded weights wait: set by `farm.render.memory.apply_vram_mode`.
+        self.offload: ModelOffload | LayerOffload | None = None
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        """Where the pipeline computes, wherever its models wait between uses."""
+        return self._device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -214,32 +229,50 @@ class PhotoMakerPipeline:
 
     # ------------------------------------------------------------------ latents and images
 
-    def prepare_latents(self, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
-        """One CPU generator per render: same seed, same noise, whatever the batch or device."""
+    def prepare_latents(
+        self, seeds: Sequence[int], height: int, width: int
+    ) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """One CPU generator per render: same seed, same noise, whatever the batch or device.
+
+        The generators are returned to the scheduler, whose stochastic steps (LCM, TCD) draw
+        each render's noise from its own stream too.
+        """
         shape = (
             self.unet.config.in_channels,
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
-        noise = [
-            torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)) for seed in seeds
-        ]
-        return torch.stack(noise).to(device=self.device, dtype=self.dtype)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        noise = [torch.randn(shape, generator=generator) for generator in generators]
+        return torch.stack(noise).to(device=self.device, dtype=self.dtype), generators
 
     def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
-        vae = self.vae
-        # SDXL's VAE overflows in fp16; decode in fp32 where its config asks for it.
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-        if upcast:
-            vae.to(torch.float32)
-        try:
-            latents = latents.to(vae.dtype) / vae.config.scaling_factor
-            pixels = vae.decode(latents).sample
-        finally:
-            if upcast:
-                vae.to(torch.float16)
+        """Pixels of `latents`; never a black or NaN picture.
+
+        SDXL's VAE overflows in fp16: where its config says `force_upcast` it decodes in fp32
+        (the loader already loads it so). A half-precision VAE that overflows anyway (a bf16
+        one, or an "fp16-fix" VAE on an unlucky latent) is upcast for good and decodes again.
+        """
+        if not torch.isfinite(latents).all():
+            raise RuntimeError(
+                f"the UNet's latents are not finite in {self.dtype}: this render cannot be "
+                "decoded (a half-precision overflow in the UNet; try fp32 or another seed)"
+            )
+        if self.vae.dtype == torch.float16 and self.vae.config.force_upcast:
+            self.vae.to(torch.float32)
+        pixels = self._decode(latents)
+        if not torch.isfinite(pixels).all() and self.vae.dtype != torch.float32:
+            log.warning("the VAE overflowed in %s: decoding in fp32 from now on", self.vae.dtype)
+            self.vae.to(torch.float32)
+            pixels = self._decode(latents)
+        if not torch.isfinite(pixels).all():
+            raise RuntimeError("the VAE decoded non-finite pixels even in fp32")
         pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
         return [Image.fromarray((p * 255).round().astype(np.uint8)) for p in pixels]
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.vae
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
 
     # ------------------------------------------------------------------ the render
 
@@ -298,7 +331,7 @@ class PhotoMakerPipeline:
     ) -> RenderResult:
         """Render every scene of `renders` as one batch; `identities` maps trigger -> tokens."""
         # 0. Defaults: a fresh scheduler per call, since schedulers carry step state.
-        scheduler = EulerDiscreteScheduler.from_config(self.scheduler.config)
+        scheduler = type(self.scheduler).from_config(self.scheduler.config)
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
@@ -321,7 +354,7 @@ class PhotoMakerPipeline:
         timesteps = scheduler.timesteps
 
         # 5. Latents, each from its render's own seed.
-        latents = self.prepare_latents([r.seed for r in renders], height, width)
+        latents, generators = self.prepare_latents([r.seed for r in renders], height, width)
         latents = latents * scheduler.init_noise_sigma
 
         # 6. SDXL's micro-conditioning: original size, crop (0, 0), target size.
@@ -354,7 +387,7 @@ class PhotoMakerPipeline:
             if do_cfg:
                 uncond, text = noise.chunk(2)
                 noise = uncond + guidance * (text - uncond)
-            latents = scheduler.step(noise, t, latents, return_dict=False)[0]
+            latents = scheduler.step(noise, t, latents, generator=generators, return_dict=False)[0]
             if callback is not None:
                 callback(StepState(i, float(t), uses_identity, latents))
         timings["denoise"] = time.perf_counter() - denoise_started

@@ -5,14 +5,40 @@ Real presets read official weights from `FARM_MODELS_DIR` (a folder per model) o
 Hugging Face cache, never from the network at render time: a missing file is a
 `ModelNotFoundError` that names what to fetch. `farm models pull` fetches them where internet
 exists.
+
+Fast presets stack a few-step LoRA (LCM-LoRA, Hyper-SD, SDXL-Lightning) on PhotoMaker's and
+render with the scheduler, step count and guidance it was distilled for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from farm.errors import InputError, ModelNotFoundError
+
+
+class SchedulerKind(StrEnum):
+    """The sampler a few-step LoRA was distilled for."""
+
+    LCM = "lcm"  # LCM-LoRA: LCMScheduler
+    TCD = "tcd"  # TCD-LoRA, Hyper-SD's unified LoRA: TCDScheduler
+    EULER_TRAILING = "euler-trailing"  # Lightning, Hyper-SD N-step: Euler from timestep 999
+
+
+@dataclass(frozen=True)
+class FastLora:
+    """A few-step LoRA fused on top of PhotoMaker's, with the sampling it needs: its scheduler,
+    step count and guidance replace the story's (a 4-step LoRA run for 50 steps, or with the
+    wrong timesteps, makes worse pictures, not better ones)."""
+
+    repo: str  # Hugging Face repo id ("" for the tiny build's own file)
+    file: str
+    scheduler: SchedulerKind
+    steps: int
+    guidance: float
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -28,13 +54,37 @@ class Preset:
     size: tuple[int, int] = (1024, 1024)
     batch_size: int = 2  # renders per UNet call on one GPU
     tiny: bool = False
+    fast: FastLora | None = None
 
     @property
     def queue(self) -> str:
         return f"render.{self.name}"
 
+    def sampling(self, steps: int, guidance: float) -> tuple[int, float]:
+        """The steps and guidance a render uses: the story's, unless a fast LoRA fixes them."""
+        if self.fast is None:
+            return steps, guidance
+        return self.fast.steps, self.fast.guidance
+
 
 _REALVIS = "SG161222/RealVisXL_V4.0"  # the reference demo's base model
+TINY_FAST_LORA = "tiny-fast-lora.safetensors"  # written by farm.render.tiny in kohya's layout
+
+
+def _fast_v2(name: str, fast: FastLora) -> Preset:
+    """photomaker-v2 with a few-step LoRA on top."""
+    return Preset(
+        name,
+        2,
+        _REALVIS,
+        "TencentARC/PhotoMaker-V2",
+        "photomaker-v2.bin",
+        "buffalo_l",
+        fast.steps,
+        fast.guidance,
+        fast=fast,
+    )
+
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -49,6 +99,52 @@ PRESETS: dict[str, Preset] = {
             "TencentARC/PhotoMaker-V2",
             "photomaker-v2.bin",
             "buffalo_l",
+        ),
+        Preset(
+            "tiny-fast",
+            2,
+            "",
+            "",
+            "photomaker-v2.bin",
+            "dlib",
+            2,
+            1.0,
+            (64, 64),
+            8,
+            tiny=True,
+            fast=FastLora("", TINY_FAST_LORA, SchedulerKind.LCM, steps=2, guidance=1.0),
+        ),
+        # Each LoRA with its authors' recommended sampling. Hyper-SD's CFG-preserving LoRA keeps
+        # the negative prompt working (guidance 5); its DDIM-trailing recipe is Euler-trailing.
+        _fast_v2(
+            "photomaker-v2-lightning",
+            FastLora(
+                "ByteDance/SDXL-Lightning",
+                "sdxl_lightning_4step_lora.safetensors",
+                SchedulerKind.EULER_TRAILING,
+                steps=4,
+                guidance=0.0,
+            ),
+        ),
+        _fast_v2(
+            "photomaker-v2-hyper",
+            FastLora(
+                "ByteDance/Hyper-SD",
+                "Hyper-SDXL-8steps-CFG-lora.safetensors",
+                SchedulerKind.EULER_TRAILING,
+                steps=8,
+                guidance=5.0,
+            ),
+        ),
+        _fast_v2(
+            "photomaker-v2-lcm",
+            FastLora(
+                "latent-consistency/lcm-lora-sdxl",
+                "pytorch_lora_weights.safetensors",
+                SchedulerKind.LCM,
+                steps=6,
+                guidance=1.0,
+            ),
         ),
     )
 }
@@ -66,6 +162,7 @@ class ModelFiles:
     sdxl_dir: Path
     checkpoint: Path
     models_dir: Path  # where the face model packs are looked up
+    fast_lora: Path | None = None
 
 
 def _hf_cached(repo_id: str, filename: str | None = None) -> Path | None:
@@ -86,7 +183,8 @@ def locate(preset: Preset, models_dir: Path, sdxl_base: str | None = None) -> Mo
         from farm.render.tiny import ensure_tiny  # torch and diffusers: only when needed
 
         root = ensure_tiny(models_dir)
-        return ModelFiles(root / "sdxl", root / preset.checkpoint_file, models_dir)
+        fast_lora = root / preset.fast.file if preset.fast else None
+        return ModelFiles(root / "sdxl", root / preset.checkpoint_file, models_dir, fast_lora)
 
     base = sdxl_base or preset.base_model
     candidates = [Path(base), models_dir / base, models_dir / base.split("/")[-1]]
@@ -119,7 +217,27 @@ def locate(preset: Preset, models_dir: Path, sdxl_base: str | None = None) -> Mo
             f"run `farm models pull {preset.name}`, or put the file at "
             f"{models_dir / preset.checkpoint_file}"
         )
-    return ModelFiles(sdxl_dir, checkpoint, models_dir)
+    return ModelFiles(sdxl_dir, checkpoint, models_dir, _locate_fast_lora(preset, models_dir))
+
+
+def _locate_fast_lora(preset: Preset, models_dir: Path) -> Path | None:
+    fast = preset.fast
+    if fast is None:
+        return None
+    # Several repos name their file pytorch_lora_weights.safetensors: a folder per repo.
+    home = _lora_dir(models_dir, fast) / fast.file
+    candidates = (home, models_dir / "loras" / fast.file)
+    found = next((p for p in candidates if p.is_file()), None) or _hf_cached(fast.repo, fast.file)
+    if found is None:
+        raise ModelNotFoundError(
+            f"preset {preset.name!r} needs the LoRA {fast.file} from {fast.repo}: run "
+            f"`farm models pull {preset.name}`, or put the file at {home}"
+        )
+    return found
+
+
+def _lora_dir(models_dir: Path, fast: FastLora) -> Path:
+    return models_dir / "loras" / fast.repo.split("/")[-1]
 
 
 def pull(preset: Preset, models_dir: Path, sdxl_base: str | None = None) -> ModelFiles:
@@ -135,6 +253,9 @@ def pull(preset: Preset, models_dir: Path, sdxl_base: str | None = None) -> Mode
             allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"],
         )
         hf_hub_download(preset.checkpoint_repo, preset.checkpoint_file, local_dir=models_dir)
+        if preset.fast is not None:
+            fast = preset.fast
+            hf_hub_download(fast.repo, fast.file, local_dir=_lora_dir(models_dir, fast))
         if preset.face_model != "dlib":
             raise_face_pack_hint(preset, models_dir)
     return locate(preset, models_dir, sdxl_base)

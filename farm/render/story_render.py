@@ -22,6 +22,7 @@ from farm import __version__
 from farm.identity.engine import Photo
 from farm.render.loading import LoadedPreset
 from farm.render.pipeline import SceneRender
+from farm.render.presets import PRESETS
 from farm.storage.local import LocalStorage
 from farm.story import Character, PlannedRender, Story
 
@@ -45,13 +46,19 @@ class RenderSettings:
 
     @classmethod
     def of(cls, story: Story) -> RenderSettings:
+        """The story's settings, except where its preset fixes them (a fast preset's steps
+        and guidance): these are what the renders use and what their PNGs record."""
         width, height = story.render_size()
+        steps, guidance = story.steps, story.guidance
+        preset = PRESETS.get(story.preset)
+        if preset is not None:
+            steps, guidance = preset.sampling(steps, guidance)
         return cls(
             story.preset,
             width,
             height,
-            story.steps,
-            story.guidance,
+            steps,
+            guidance,
             story.style,
             story.style_strength,
         )
@@ -124,9 +131,9 @@ def render_story(
     out = LocalStorage(out_dir)
     entries = []
     for batch in batches(plan, batch_size or loaded.preset.batch_size):
-        result = pipeline(
+        result = loaded.render(
             [SceneRender(p.prompt, p.negative, p.seed) for p in batch],
-            identities,
+            identities=identities,
             height=settings.height,
             width=settings.width,
             steps=settings.steps,

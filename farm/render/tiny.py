@@ -1,8 +1,9 @@
 """The `tiny` preset: a complete SDXL + PhotoMaker stack with small seeded random weights.
 
 It exists so that tests, CI and smoke runs exercise every line a real model does, on a CPU, with
-no download: it is built here, written to disk in the official formats (a diffusers SDXL folder
-and a `photomaker-v{1,2}.bin`), and loaded back through the same loaders as the real presets.
+no download: it is built here, written to disk in the official formats (a diffusers SDXL folder,
+a `photomaker-v{1,2}.bin`, and the `tiny-fast` preset's few-step LoRA in kohya's layout), and
+loaded back through the same loaders as the real presets.
 Its pictures are noise. Building is deterministic, so two machines get identical weights.
 """
 
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from safetensors.torch import save_file
+from torch import nn
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -25,9 +28,11 @@ from transformers import (
 
 from farm.identity.checkpoint import perceiver_dim_head, save_checkpoint
 from farm.identity.encoders import IDEncoderConfig, build_id_encoder
+from farm.render.lora import KOHYA_PREFIX
+from farm.render.presets import TINY_FAST_LORA
 
 # Bump when anything below changes the weights: built folders are keyed by it.
-TINY_BUILD = 1
+TINY_BUILD = 2
 TEXT_WIDTH = 32  # each text encoder; fused width = 2 x 32
 # Words that should be one token each (as in CLIP's real vocabulary), so that class words are
 # single tokens and prompts stay short; everything else falls back to byte-level pieces.
@@ -173,6 +178,29 @@ def tiny_lora(unet: UNet2DConditionModel, rank: int = 4, seed: int = 3) -> dict[
     return lora
 
 
+def tiny_fast_lora(
+    unet: UNet2DConditionModel, rank: int = 4, alpha: float = 2.0, seed: int = 5
+) -> dict[str, torch.Tensor]:
+    """A few-step LoRA's stand-in: every linear and convolution of the UNet, as LCM-LoRA,
+    Hyper-SD and SDXL-Lightning cover it, in their kohya layout and fp16 storage:
+    `lora_unet_<path with _>.lora_down.weight`, `.lora_up.weight` and `.alpha`."""
+    generator = torch.Generator().manual_seed(seed)
+    lora: dict[str, torch.Tensor] = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, nn.Linear):
+            down_shape, up_shape = (rank, module.in_features), (module.out_features, rank)
+        elif isinstance(module, nn.Conv2d):
+            down_shape = (rank, module.in_channels, *module.kernel_size)
+            up_shape = (module.out_channels, rank, 1, 1)
+        else:
+            continue
+        key = KOHYA_PREFIX + name.replace(".", "_")
+        lora[f"{key}.lora_down.weight"] = torch.randn(down_shape, generator=generator) * 0.05
+        lora[f"{key}.lora_up.weight"] = torch.randn(up_shape, generator=generator) * 0.05
+        lora[f"{key}.alpha"] = torch.tensor(alpha)
+    return {key: value.half() for key, value in lora.items()}
+
+
 def tiny_id_encoder_config(version: int) -> IDEncoderConfig:
     return IDEncoderConfig(
         version=version,
@@ -216,6 +244,7 @@ def build_tiny(target: Path, seed: int = 0) -> Path:
     for version in (1, 2):
         encoder = build_id_encoder(tiny_id_encoder_config(version))
         save_checkpoint(target / f"photomaker-v{version}.bin", encoder, lora)
+    save_file(tiny_fast_lora(unet), target / TINY_FAST_LORA)
     return target
 
 

@@ -108,6 +108,25 @@ def test_a_render_does_not_depend_on_what_it_is_batched_with(tiny, newton):
         assert np.abs(pixels(together) - pixels(single)).max() <= 1
 
 
+def test_each_distinct_prompt_and_negative_is_encoded_once_per_batch(tiny, newton):
+    calls = []
+    hooks = [
+        encoder.register_forward_pre_hook(lambda *_, name=name: calls.append(name))
+        for name, encoder in (
+            ("first", tiny.pipeline.text_encoder),
+            ("second", tiny.pipeline.text_encoder_2),
+        )
+    ]
+    scenes = [("a man img reading", 1), ("a man img reading", 2), ("a man img at night", 3)]
+    try:
+        render(tiny, newton, scenes, steps=1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # Per distinct prompt: its ID prompt and its text-only prompt; once: the shared negative.
+    assert calls.count("first") == calls.count("second") == 2 * 2 + 1
+
+
 def test_identity_changes_the_picture(tiny, newton, scarlett):
     scene = [("a person img at the window", 5)]
     assert not np.array_equal(

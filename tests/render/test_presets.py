@@ -1,4 +1,5 @@
-"""The real presets (`photomaker-v1`, `photomaker-v2`) on files in the official formats.
+"""The real presets (`photomaker-v1`, `photomaker-v2`, the fast ones) on files in the official
+formats.
 
 Their weights are gigabytes and cannot be fetched here, so the tests write miniature files in
 exactly the layouts the presets read (a diffusers SDXL folder, PhotoMaker checkpoints, an
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 from huggingface_hub import constants as hub_constants
 from PIL import Image
 from safetensors.torch import load_file
@@ -32,7 +33,7 @@ from farm.identity.engine import Photo
 from farm.identity.tokens import IdentityTokens
 from farm.render.loading import LoadedPreset, load_preset
 from farm.render.pipeline import SceneRender
-from farm.render.presets import PRESETS, ModelFiles, get_preset, locate
+from farm.render.presets import PRESETS, TINY_FAST_LORA, ModelFiles, get_preset, locate
 from farm.render.tiny import build_tiny, tiny_id_encoder_config, tiny_lora
 from tests.fixtures.insightface_pack import EMBEDDING_DIM, write_fake_pack
 from tests.fixtures.tiny import photos_of
@@ -136,8 +137,10 @@ def assert_lora_fused(loaded: LoadedPreset, base_unet: UNet2DConditionModel, pat
     block, projection = LORA_LAYER.rsplit(".", 1)
     prefix = f"unet.{block}.processor.{projection}_lora"
     delta = lora[f"{prefix}.up.weight"].float() @ lora[f"{prefix}.down.weight"].float()
-    loaded_weight = loaded.pipeline.unet.get_submodule(LORA_LAYER).weight
+    # Loading fuses the cross-attention's key and value projections: the key's rows come first.
+    fused = loaded.pipeline.unet.get_submodule(block).to_kv.weight
     base_weight = base_unet.get_submodule(LORA_LAYER).weight
+    loaded_weight = fused[: base_weight.shape[0]]
     torch.testing.assert_close(loaded_weight - base_weight, delta, atol=1e-5, rtol=0)
 
 
@@ -304,3 +307,54 @@ def test_photomaker_v2_refuses_a_photo_without_a_face(
     loaded = load_preset(get_preset("photomaker-v2"), models, device="cpu")
     with pytest.raises(InputError, match=r"photo 'sky\.png': no face found"):
         loaded.identity.tokens_for([gradient_photo("sky.png")])
+
+
+# --- fast presets: a few-step LoRA on top ----------------------------------------------------
+
+
+def test_a_fast_preset_needs_its_lora_and_says_where_it_goes(
+    tmp_path: Path, tiny_build: Path
+) -> None:
+    models = farm_models_dir(tmp_path, tiny_build)
+    shutil.copy(tiny_build / "photomaker-v2.bin", models)
+    with pytest.raises(ModelNotFoundError) as caught:
+        locate(get_preset("photomaker-v2-lightning"), models)
+    message = str(caught.value)
+    lora = "sdxl_lightning_4step_lora.safetensors"
+    assert f"needs the LoRA {lora} from ByteDance/SDXL-Lightning" in message
+    assert "`farm models pull photomaker-v2-lightning`" in message
+    assert str(models / "loras" / "SDXL-Lightning" / lora) in message
+
+
+def test_a_fast_preset_finds_its_lora_in_the_hub_cache_and_in_the_models_dir(
+    tmp_path: Path, hub_cache: Path, tiny_build: Path
+) -> None:
+    models = farm_models_dir(tmp_path, tiny_build)
+    shutil.copy(tiny_build / "photomaker-v2.bin", models)
+    fast = get_preset("photomaker-v2-lcm").fast
+    cached = cache_repo(hub_cache, fast.repo, {fast.file: tiny_build / TINY_FAST_LORA})
+    assert locate(get_preset("photomaker-v2-lcm"), models).fast_lora == cached / fast.file
+    # A folder per repo: LCM-LoRA's file has the generic name pytorch_lora_weights.safetensors.
+    own = models / "loras" / "lcm-lora-sdxl" / fast.file
+    own.parent.mkdir(parents=True)
+    shutil.copy(tiny_build / TINY_FAST_LORA, own)
+    assert locate(get_preset("photomaker-v2-lcm"), models).fast_lora == own
+
+
+def test_a_real_fast_preset_loads_its_lora_and_scheduler_and_renders(
+    tmp_path: Path, tiny_build: Path, base_unet: UNet2DConditionModel, v2_checkpoint: Path
+) -> None:
+    models = farm_models_dir(tmp_path, tiny_build)
+    shutil.copy(v2_checkpoint, models)
+    write_fake_pack(models / "insightface/models/buffalo_l", face_box=(0.25, 0.2, 0.75, 0.8))
+    preset = get_preset("photomaker-v2-lightning")
+    lora = models / "loras" / "SDXL-Lightning" / preset.fast.file
+    lora.parent.mkdir(parents=True)
+    shutil.copy(tiny_build / TINY_FAST_LORA, lora)
+    loaded = load_preset(preset, models, device="cpu")
+    scheduler = loaded.pipeline.scheduler
+    assert isinstance(scheduler, EulerDiscreteScheduler)
+    assert scheduler.config.timestep_spacing == "trailing"
+    # conv_in: PhotoMaker's LoRA leaves it alone, the fast one changes it.
+    assert not torch.equal(loaded.pipeline.unet.conv_in.weight, base_unet.conv_in.weight)
+    render_one(loaded, loaded.identity.tokens_for(photos_of("newton_man", 2)))

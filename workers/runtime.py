@@ -29,6 +29,7 @@ from farm.metrics import record_model_load, watch_worker
 from farm.quality import Reference
 from farm.render.loading import LoadedPreset, load_preset, pick_device, warm_up
 from farm.render.presets import get_preset
+from workers.cores import pin_render_thread, unpin_thread
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event as ProcessEvent
@@ -74,6 +75,7 @@ class WorkerRuntime:
     ) -> WorkerRuntime:
         """Register the worker, load every preset it hosts, then beat: ready at the first beat
         that finds the Celery consumer taking tasks."""
+        pin_render_thread()  # before the first torch operation: torch's threads inherit it
         torch_device = pick_device(farm.settings.device)
         label = f"{torch_device.type}{slot}"
         runtime = cls(
@@ -137,6 +139,7 @@ class WorkerRuntime:
         thread.start()
 
     def _beat_forever(self) -> None:
+        unpin_thread()
         while not self._stop.wait(heartbeat_interval(self.farm.settings.lease_s)):
             try:
                 self.beat()

@@ -34,6 +34,7 @@ from farm.metrics import record_render
 from farm.render.pipeline import RenderCancelled, SceneRender
 from farm.render.story_render import RenderSettings, png_bytes
 from farm.story import PlannedRender, Story
+from workers.cores import unpin_thread
 from workers.finalize import announce_job_end
 from workers.qc import Checked, IdentityCheck
 from workers.runtime import WorkerRuntime
@@ -315,7 +316,9 @@ class Finisher:
         self.preset = preset
         self.settings = settings
         self.tally = tally
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finisher")
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="finisher", initializer=unpin_thread
+        )
         self._pending: Future[None] | None = None
 
     def __enter__(self) -> Finisher:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
 import logging
 import os
 import secrets
@@ -25,6 +24,7 @@ from farm.errors import InputError
 from farm.queue.app import CONTROL_QUEUE, render_queue
 from farm.render.presets import get_preset
 from farm.settings import Settings
+from workers.cores import WORKER_CORES, cores_spec
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,9 @@ def cpu_shares(count: int, threads: int | None, cores: Sequence[int]) -> list[li
     """The cores of each of `count` CPU workers: `threads` each (by default an even split of
     `cores`), disjoint while the cores last, then taken round again.
 
-    A CPU worker is pinned to its cores as a GPU worker is to its card: two workers whose
-    threads migrate over the same cores thrash each other's caches and run slower together than
-    one alone, and one pinned worker leaves the other cores to the database, the broker and the
-    uploads instead of competing with them.
+    A CPU worker renders on its cores as a GPU worker does on its card (workers/cores.py): two
+    workers whose threads migrate over the same cores thrash each other's caches and run slower
+    together than one alone.
     """
     if count == 0:
         return []
@@ -124,14 +123,11 @@ def cpu_shares(count: int, threads: int | None, cores: Sequence[int]) -> list[li
     ]
 
 
-def _start_child(cores: Sequence[int] | None) -> None:
+def _die_with_parent() -> None:
     """Runs in each child before exec: if the supervisor is killed outright (SIGKILL, OOM),
-    the kernel sends the worker SIGTERM, its warm shutdown, instead of leaving an orphan; a
-    CPU worker is pinned to its cores (its pool child inherits the mask)."""
+    the kernel sends the worker SIGTERM, its warm shutdown, instead of leaving an orphan."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if cores is not None:
-        os.sched_setaffinity(0, cores)
 
 
 def run_workers(
@@ -179,18 +175,17 @@ def run_workers(
         if cores is not None:
             env["FARM_DEVICE"] = "cpu"
             env["OMP_NUM_THREADS"] = str(len(cores))  # one torch thread per core it owns
+            if pin_cpus:
+                env[WORKER_CORES] = cores_spec(cores)
         if stopping:
             break
         command = worker_command(slot, presets, beat and index == 0, loglevel)
-        pinned = cores if pin_cpus else None
-        children.append(
-            subprocess.Popen(command, env=env, preexec_fn=functools.partial(_start_child, pinned))
-        )
+        children.append(subprocess.Popen(command, env=env, preexec_fn=_die_with_parent))
         log.info(
             "started worker %s (pid %s)%s",
             slot.label,
             children[-1].pid,
-            f" on cores {pinned}" if pinned is not None else "",
+            f" rendering on cores {env[WORKER_CORES]}" if WORKER_CORES in env else "",
         )
     codes = [child.wait() for child in children]
     log.info("workers exited with %s", codes)
@@ -227,4 +222,4 @@ def start_dashboard(settings: Settings, port: int) -> subprocess.Popen[bytes]:
         "--port",
         str(port),
     ]
-    return subprocess.Popen(command, env=env, preexec_fn=functools.partial(_start_child, None))
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from farm.errors import InputError
 from workers import supervisor
+from workers.cores import pin_render_thread, unpin_thread
 from workers.supervisor import (
     DeviceSlot,
     cpu_shares,
@@ -136,6 +139,34 @@ def test_cpu_workers_split_the_cores_and_run_a_thread_per_core(started):
     run_workers("cpu:1", ["tiny"], cpu_threads=1)
 
     assert [c.env["OMP_NUM_THREADS"] for c in children] == [str(cores), "1"]
+    assert children[1].env["FARM_WORKER_CORES"] == "0"
+
+
+def test_unpinned_cpu_workers_are_told_no_cores(started):
+    children, _ = started
+    run_workers("cpu:2", ["tiny"], pin_cpus=False)
+    assert all("FARM_WORKER_CORES" not in c.env for c in children)
+
+
+def test_the_render_thread_is_pinned_and_bookkeeping_threads_are_not():
+    every_core = os.sched_getaffinity(0)
+    seen = {}
+
+    def pinned_thread() -> None:
+        assert pin_render_thread({"FARM_WORKER_CORES": "0"}) == {0}
+        seen["render"] = os.sched_getaffinity(0)
+        with ThreadPoolExecutor(max_workers=1, initializer=unpin_thread) as pool:
+            seen["finisher"] = pool.submit(os.sched_getaffinity, 0).result()
+        child = threading.Thread(target=lambda: seen.update(inherited=os.sched_getaffinity(0)))
+        child.start()
+        child.join()
+
+    thread = threading.Thread(target=pinned_thread)  # the mask is the thread's own
+    thread.start()
+    thread.join()
+
+    assert seen == {"render": {0}, "finisher": every_core, "inherited": {0}}
+    assert os.sched_getaffinity(0) == every_core
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,7 @@ a test sees exactly which tasks the farm sent, in which order, and what SQL held
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,43 +23,10 @@ from farm.identity.faces import DlibFaceAnalyzer
 from farm.jobs import Submitted, submit_story
 from farm.settings import Settings
 from farm.story import Story
+from tests.fixtures.tasks import TaskRecorder
 from tests.fixtures.tiny import EXAMPLES
 
 PHOTO = Photo("newton_0.jpg", (EXAMPLES / "photos" / "newton_0.jpg").read_bytes())
-
-
-@dataclass(frozen=True)
-class SentTask:
-    name: str
-    args: list[Any]
-    queue: str
-    priority: int
-    argsrepr: str | None = field(default=None, compare=False)  # what Flower shows
-
-
-class TaskRecorder:
-    """Stands in for the farm's Celery app: keeps every sent task, and calls `on_send` with it
-    at the moment it is sent (to look at the database as a worker would then find it)."""
-
-    def __init__(self) -> None:
-        self.sent: list[SentTask] = []
-        self.on_send: Callable[[SentTask], None] | None = None
-
-    def send_task(
-        self,
-        name: str,
-        args: list[Any],
-        queue: str,
-        priority: int,
-        argsrepr: str | None = None,
-    ) -> None:
-        task = SentTask(name, list(args), queue, priority, argsrepr)
-        if self.on_send is not None:
-            self.on_send(task)
-        self.sent.append(task)
-
-    def close(self) -> None:
-        """`Farm.close` closes its Celery app; a recorder holds no connection."""
 
 
 def farm_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:

@@ -15,7 +15,8 @@ from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.errors import InputError
 from farm.jobs import cancel_job, render_key, retry_job
 from farm.queue.app import RENDER_SHARD
-from tests.farm.conftest import SentTask, job_rows, make_story, submit
+from tests.farm.conftest import job_rows, make_story, submit
+from tests.fixtures.tasks import SentTask
 from workers.shard import finish_job_if_done
 
 WORKER = "gpu-box:cuda0"

@@ -18,7 +18,8 @@ from farm.db.migrate import head
 from farm.queue.app import make_celery
 from farm.render.loading import LoadedPreset
 from farm.settings import Settings
-from tests.farm.conftest import TaskRecorder, job_rows
+from tests.farm.conftest import job_rows
+from tests.fixtures.tasks import TaskRecorder
 from tests.fixtures.tiny import EXAMPLES
 from workers.runtime import WorkerRuntime
 from workers.shard import run_shard

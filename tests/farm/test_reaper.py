@@ -13,7 +13,8 @@ from farm.db.models import Job, Shard, Worker
 from farm.db.states import JobStatus, RenderStatus, ShardStatus, WorkerStatus
 from farm.db.types import utcnow
 from farm.queue.app import FINALIZE_JOB, RENDER_SHARD
-from tests.farm.conftest import SentTask, job_rows, make_story, submit
+from tests.farm.conftest import job_rows, make_story, submit
+from tests.fixtures.tasks import SentTask
 from workers.reaper import reap
 
 DEAD = "gone:cuda0"

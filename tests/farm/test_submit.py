@@ -25,7 +25,8 @@ from farm.errors import InputError
 from farm.identity.engine import Photo
 from farm.jobs import submit_story
 from farm.queue.app import RENDER_SHARD, make_celery
-from tests.farm.conftest import PHOTO, SentTask, job_rows, make_story, submit, table_counts
+from tests.farm.conftest import PHOTO, job_rows, make_story, submit, table_counts
+from tests.fixtures.tasks import SentTask
 
 
 @pytest.fixture

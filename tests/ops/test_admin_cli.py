@@ -30,20 +30,10 @@ from farm.db.states import ShardStatus, WorkerStatus
 from farm.db.types import utcnow
 from farm.queue.app import celery_node
 from farm.settings import Settings
-from tests.farm.conftest import TaskRecorder, farm_settings, job_rows, make_story, submit
+from tests.farm.conftest import farm_settings, job_rows, make_story, submit
 from tests.fixtures.farm_cluster import REDIS_SERVER_URL, REPO, dedicated_redis_db
 
 CLOSED_PORT = "redis://127.0.0.1:9/0"  # port 9 (discard): nothing listens there
-
-
-@pytest.fixture
-def farm(database_url: str, tmp_path: Path) -> Iterator[Farm]:
-    """A farm on each backend whose sent tasks are recorded, to lay out the rows."""
-    upgrade(database_url)
-    farm = Farm(farm_settings(tmp_path, database_url))
-    farm.__dict__["celery"] = TaskRecorder()
-    yield farm
-    farm.close()
 
 
 @pytest.fixture

@@ -9,34 +9,21 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete
 
 from farm.characters import create_character
 from farm.cli import main
 from farm.context import Farm
-from farm.db.migrate import upgrade
 from farm.db.models import CastMember, Character, Job, StoredIdentityTokens
 from farm.identity.cache import identity_key
 from farm.identity.faces import FaceAnalyzer
 from farm.storage import LocalStorage
-from tests.farm.conftest import TaskRecorder, farm_settings, make_story, submit
+from tests.farm.conftest import make_story, submit
 from tests.fixtures.tiny import photos_of
 
 OLD_S = 2 * 3600  # older than the default grace of an hour
-
-
-@pytest.fixture
-def farm(database_url: str, tmp_path: Path) -> Iterator[Farm]:
-    upgrade(database_url)
-    farm = Farm(farm_settings(tmp_path, database_url))
-    farm.__dict__["celery"] = TaskRecorder()
-    yield farm
-    farm.close()
 
 
 def farm_cli(farm: Farm, *args: str) -> list[str]:

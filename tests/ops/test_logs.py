@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Iterator
 
 import pytest
 from celery.signals import setup_logging
@@ -33,25 +32,11 @@ PRESIGNED = (
 API_TOKEN = "rf_Zm9vYmFyYmF6cXV4cXV1eDEyMzQ1Njc4OTAxMjM0NTY"
 
 
-@pytest.fixture
-def lines() -> Iterator[io.StringIO]:
-    """The farm's handler on the root logger, writing JSON into a buffer; removed after."""
-    root = logging.getLogger()
-    level = root.level
-    buffer = io.StringIO()
-    configure_logging(logging.INFO, "json", stream=buffer)
-    yield buffer
-    for handler in [h for h in root.handlers if isinstance(h, FarmHandler)]:
-        root.removeHandler(handler)
-    root.setLevel(level)
-    set_process_context()
-
-
 def parsed(buffer: io.StringIO) -> list[dict[str, object]]:
     return [json.loads(line) for line in buffer.getvalue().splitlines()]
 
 
-def test_json_lines_carry_the_ids_in_scope(lines):
+def test_json_lines_carry_the_ids_in_scope(json_lines):
     log = logging.getLogger("workers.shard")
     set_process_context(worker="host:cuda0")
     log.info("before")
@@ -62,7 +47,7 @@ def test_json_lines_carry_the_ids_in_scope(lines):
         log.info("after the render")
     log.info("outside")
 
-    before, claimed, rendered, after, outside = parsed(lines)
+    before, claimed, rendered, after, outside = parsed(json_lines)
     assert before == {
         "time": before["time"],
         "level": "INFO",
@@ -84,23 +69,23 @@ def test_json_lines_carry_the_ids_in_scope(lines):
     assert "job" not in outside and outside["worker"] == "host:cuda0"
 
 
-def test_threads_keep_their_own_ids_and_share_the_workers(lines):
+def test_threads_keep_their_own_ids_and_share_the_workers(json_lines):
     """The heartbeat thread logs with the worker's name but not the shard of the main thread."""
     set_process_context(worker="host:cpu0")
     with log_context(shard=3):
         thread = threading.Thread(target=lambda: logging.getLogger("hb").info("beat"))
         thread.start()
         thread.join()
-    (beat,) = parsed(lines)
+    (beat,) = parsed(json_lines)
     assert beat["worker"] == "host:cpu0" and "shard" not in beat
 
 
-def test_exceptions_are_one_json_line_each(lines):
+def test_exceptions_are_one_json_line_each(json_lines):
     try:
         raise RuntimeError("decode failed")
     except RuntimeError:
         logging.getLogger("workers").exception("shard %s failed", 9)
-    (line,) = parsed(lines)
+    (line,) = parsed(json_lines)
     assert line["message"] == "shard 9 failed"
     assert "RuntimeError: decode failed" in line["exception"]
 
@@ -145,7 +130,7 @@ def test_urls_without_secrets_stay_whole():
     assert redact(text) == text
 
 
-def test_no_secret_reaches_a_line_through_arguments_or_tracebacks(lines):
+def test_no_secret_reaches_a_line_through_arguments_or_tracebacks(json_lines):
     log = logging.getLogger("farm.storage")
     log.info("uploaded, served at %s", PRESIGNED)
     log.info("connecting to %(url)s", {"url": "redis://:broker-pw-1@redis:6379/0"})
@@ -153,20 +138,20 @@ def test_no_secret_reaches_a_line_through_arguments_or_tracebacks(lines):
         raise ConnectionError(f"could not reach postgresql://farm:db-pw-2@db/farm ({API_TOKEN})")
     except ConnectionError:
         log.exception("database down")
-    written = lines.getvalue()
+    written = json_lines.getvalue()
     for secret in ("X-Amz-Signature", "broker-pw-1", "db-pw-2", API_TOKEN):
         assert secret not in written, secret
-    assert len(parsed(lines)) == 3
+    assert len(parsed(json_lines)) == 3
 
 
-def test_configuring_twice_keeps_one_farm_handler(lines):
-    configure_logging(logging.INFO, "json", stream=lines)
+def test_configuring_twice_keeps_one_farm_handler(json_lines):
+    configure_logging(logging.INFO, "json", stream=json_lines)
     logging.getLogger("farm").warning("once")
-    assert len(parsed(lines)) == 1
+    assert len(parsed(json_lines)) == 1
     assert sum(isinstance(h, FarmHandler) for h in logging.getLogger().handlers) == 1
 
 
-def test_celery_logs_through_the_farm_handler(lines, monkeypatch):
+def test_celery_logs_through_the_farm_handler(json_lines, monkeypatch):
     """Celery's `setup_logging` has a receiver, so neither the worker nor beat installs a
     handler of its own: Celery's loggers write JSON lines like everyone else's."""
     import workers.celery_app  # noqa: F401  (connects the receiver)
@@ -182,14 +167,14 @@ def test_celery_logs_through_the_farm_handler(lines, monkeypatch):
     (farm_handler,) = [h for h in root.handlers if isinstance(h, FarmHandler)]
     assert isinstance(farm_handler.formatter, JsonFormatter)
     assert [h for h in root.handlers if h is not farm_handler] == handlers_before
-    farm_handler.setStream(lines)
+    farm_handler.setStream(json_lines)
     with log_context(shard=5):
         logging.getLogger("celery.app.trace").info("Task farm.render_shard[abc] succeeded")
-    (line,) = parsed(lines)
+    (line,) = parsed(json_lines)
     assert (line["logger"], line["shard"]) == ("celery.app.trace", 5)
 
 
-def test_the_cli_writes_json_when_asked(lines, monkeypatch, tmp_path):
+def test_the_cli_writes_json_when_asked(json_lines, monkeypatch, tmp_path):
     monkeypatch.setenv("FARM_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("FARM_LOG_FORMAT", "json")
     result = CliRunner().invoke(main, ["-v", "models", "list"])

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from farm.context import Farm
 from farm.db.migrate import upgrade
-from farm.logs import FarmHandler, configure_logging, current_ids, set_process_context
+from farm.logs import current_ids, set_process_context
 from farm.metrics import (
     PHASES,
     GpuMemory,
@@ -29,7 +29,8 @@ from farm.metrics import (
 )
 from farm.render.loading import LoadedPreset
 from farm.settings import Settings
-from tests.farm.conftest import TaskRecorder, farm_settings, job_rows, make_story, submit
+from tests.farm.conftest import farm_settings, job_rows, make_story, submit
+from tests.fixtures.tasks import TaskRecorder
 from workers.runtime import WorkerRuntime
 from workers.shard import run_shard
 
@@ -66,18 +67,6 @@ def farm(tmp_path: Path) -> Iterator[Farm]:
     farm.__dict__["celery"] = TaskRecorder()
     yield farm
     farm.close()
-
-
-@pytest.fixture
-def json_lines() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    level = root.level
-    buffer = io.StringIO()
-    configure_logging(logging.INFO, "json", stream=buffer)
-    yield buffer
-    for handler in [h for h in root.handlers if isinstance(h, FarmHandler)]:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def test_a_tiny_job_leaves_its_renders_phases_and_cache_lookups(

@@ -1,6 +1,7 @@
-"""The operator's commands: `farm workers`, `farm queues`, `farm drain`, `farm requeue --stuck`
-and `farm gc`. Each reads SQL (and the broker or storage) the way the farm page does and
-prints a table or a report; the ones that change something say what they changed."""
+"""The operator's commands: `farm workers`, `farm queues`, `farm drain` and `farm resume`,
+`farm requeue --stuck` and `farm gc`. Each reads SQL (and the broker or storage) the way the
+farm page does and prints a table or a report; the ones that change something say what they
+changed."""
 
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def drain(worker_id: str) -> None:
 
     Its Celery node stops consuming at once (remote control, which needs a broker that fans
     out: Redis), and its row turns draining, then drained once the shard is over: stop it then.
-    A restarted worker takes work again.
+    `farm resume`, or a restart, puts it back in service.
     """
     from farm.db.models import Worker
     from farm.db.states import WorkerStatus
@@ -163,6 +164,47 @@ def drain(worker_id: str) -> None:
         shard = worker.current_shard_id
     then = f"finishes shard {shard}, then " if shard else ""
     click.echo(f"worker {worker_id} is draining: it {then}takes no more work; stop it once drained")
+
+
+def _start_consuming(celery: Celery, node: str, queues: Sequence[str]) -> None:
+    """Have `node` consume `queues` again; each is declared in the node's own app already."""
+    from kombu.exceptions import OperationalError
+
+    try:
+        for queue in queues:
+            replies = celery.control.add_consumer(
+                queue, destination=[node], reply=True, timeout=CONTROL_TIMEOUT_S
+            )
+            if not any(node in reply for reply in replies or []):
+                raise FarmError(
+                    f"Celery node {node} did not confirm within {CONTROL_TIMEOUT_S:g} s that it "
+                    f"takes {queue} again; is it running (farm workers)?"
+                )
+    except OperationalError as error:
+        raise FarmError(f"cannot reach the broker to resume {node}: {error}") from error
+
+
+@main.command()
+@click.argument("worker_id")
+@one_line_errors
+def resume(worker_id: str) -> None:
+    """Undo `farm drain`: WORKER_ID takes work from its presets' queues again."""
+    from farm.db.models import Worker
+    from farm.db.states import WorkerStatus
+    from farm.queue.app import CONTROL_QUEUE, celery_node, render_queue
+
+    farm = Farm()
+    with farm.sessions() as session:
+        worker = session.get(Worker, worker_id)
+        if worker is None:
+            raise InputError(f"no worker {worker_id!r} (farm workers lists them)")
+        if worker.status is not WorkerStatus.DRAINING:
+            raise InputError(f"worker {worker_id} is {worker.status}, not draining")
+        queues = [render_queue(preset) for preset in worker.presets] + [CONTROL_QUEUE]
+    _start_consuming(farm.celery, celery_node(worker_id), queues)
+    with farm.sessions.begin() as session:
+        session.get(Worker, worker_id).resume()
+    click.echo(f"worker {worker_id} takes work again from {', '.join(queues)}")
 
 
 @main.command()

@@ -531,6 +531,11 @@ class Worker(Timestamps, Base):
         )
         self.beat(now)
 
+    def resume(self, now: datetime | None = None) -> None:
+        """Take work again after a drain (`farm resume`)."""
+        _move(self, WorkerStatus.IDLE, {WorkerStatus.DRAINING})
+        self.beat(now)
+
     def stop(self) -> None:
         _move(self, WorkerStatus.STOPPED, _LIVE_WORKER)
         self.current_shard_id = None

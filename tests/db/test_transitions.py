@@ -178,6 +178,8 @@ def test_a_worker_lives_from_start_to_stop(db_engine: Engine, db_session: Sessio
     assert _reread(db_engine, Worker, "host:cuda0").current_shard_id == shard.id
 
     worker.drain(now=T0)
+    worker.resume(now=T0)
+    worker.drain(now=T0)
     worker.release(done=3, failed=1, now=T0 + timedelta(seconds=40))
     worker.stop()
     db_session.commit()
@@ -203,6 +205,7 @@ def test_a_worker_lives_from_start_to_stop(db_engine: Engine, db_session: Sessio
         (Job(id="j", status=JobStatus.FAILED), lambda j: j.start()),
         (Worker(id="w", status=WorkerStatus.IDLE), lambda w: w.release(done=1, failed=0)),
         (Worker(id="w", status=WorkerStatus.LOST), lambda w: w.take(1)),
+        (Worker(id="w", status=WorkerStatus.IDLE), lambda w: w.resume()),
     ],
 )
 def test_an_impossible_move_raises_and_changes_nothing(row: object, move: object) -> None:

@@ -69,6 +69,7 @@ def add_worker(
     shard: int | None = None,
     silent_s: float = 2,
     done: int = 0,
+    presets: tuple[str, ...] = ("tiny", "tiny-v1"),
 ) -> None:
     with farm.sessions.begin() as session:
         session.add(
@@ -76,7 +77,7 @@ def add_worker(
                 id=worker_id,
                 hostname=worker_id.split(":")[0],
                 device="cuda:0" if "cuda" in worker_id else "cpu",
-                presets=["tiny", "tiny-v1"],
+                presets=list(presets),
                 status=status,
                 current_shard_id=shard,
                 last_heartbeat=utcnow() - timedelta(seconds=silent_s),
@@ -280,7 +281,7 @@ def drain_node(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, Settings]]
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the SQL part is one move
 def test_drain_stops_the_node_taking_work_and_marks_its_row(farm, drain_node):
     worker_id, node_settings = drain_node
-    add_worker(farm, worker_id, WorkerStatus.IDLE, shard=None)
+    add_worker(farm, worker_id, WorkerStatus.IDLE, shard=None, presets=("tiny",))
     broker = {"FARM_BROKER_URL": node_settings.broker_url}
     app = Farm(node_settings).celery
     node = celery_node(worker_id)
@@ -297,6 +298,15 @@ def test_drain_stops_the_node_taking_work_and_marks_its_row(farm, drain_node):
 
     again = farm_cli(farm, "drain", worker_id, **broker)  # idempotent: nothing left to cancel
     assert again.stdout.startswith(f"worker {worker_id} is draining")
+
+    resumed = farm_cli(farm, "resume", worker_id, **broker)
+    assert resumed.stdout == f"worker {worker_id} takes work again from render.tiny, farm.control\n"
+    active = app.control.inspect(destination=[node], timeout=5).active_queues()
+    assert sorted(q["name"] for q in active[node]) == ["farm.control", "render.tiny"]
+    lines = farm_cli(farm, "workers", **broker).stdout.splitlines()
+    assert lines[1].split()[:2] == [worker_id, "idle"]
+    not_draining = farm_cli(farm, "resume", worker_id, code=2, **broker)
+    assert not_draining.stderr == f"error: worker {worker_id} is idle, not draining\n"
     app.close()
 
 

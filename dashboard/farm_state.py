@@ -9,13 +9,10 @@ in SQL but no message in the broker has lost its tasks, which the reaper sends a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dashboard.api.schemas import WorkerOut
+from dashboard.api.schemas import QueueOut, WorkerOut
 from farm.context import Farm
 from farm.db.models import Job, Shard, Worker
 from farm.db.states import ShardStatus
@@ -23,17 +20,6 @@ from farm.db.types import utcnow
 from farm.queue.app import render_queue
 from farm.queue.depths import queue_depths
 from farm.render.presets import PRESETS
-
-
-@dataclass(frozen=True)
-class QueueRow:
-    preset: str
-    queue: str
-    queued_shards: int
-    running_shards: int
-    broker_messages: int | None  # None: the broker could not be asked
-    # The farm's priority (9 first) -> messages, where the broker keeps priorities (Redis).
-    broker_by_priority: Mapping[int, int] | None = None
 
 
 def workers(session: Session) -> list[WorkerOut]:
@@ -61,7 +47,7 @@ def workers(session: Session) -> list[WorkerOut]:
     ]
 
 
-def queues(farm: Farm, session: Session) -> list[QueueRow]:
+def queues(farm: Farm, session: Session) -> list[QueueOut]:
     counts = session.execute(
         select(Job.preset, Shard.status, func.count())
         .join(Job, Job.id == Shard.job_id)
@@ -76,7 +62,7 @@ def queues(farm: Farm, session: Session) -> list[QueueRow]:
     for preset, states in sorted(by_preset.items()):
         depth = depths[render_queue(preset)]
         rows.append(
-            QueueRow(
+            QueueOut(
                 preset=preset,
                 queue=render_queue(preset),
                 queued_shards=states.get(ShardStatus.QUEUED, 0),

@@ -6,13 +6,11 @@ admin may forget a worker that stopped or was lost (its row otherwise stays on t
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from flask import abort
 
 from dashboard import farm_state
 from dashboard.api import api, operation
-from dashboard.api.schemas import QueueList, QueueOut, WorkerList
+from dashboard.api.schemas import QueueList, WorkerList
 from dashboard.context import farm
 from farm.db.models import Role, Worker
 from farm.db.states import WorkerStatus
@@ -46,4 +44,4 @@ def list_queues() -> QueueList:
     """Per preset: shards queued and running in SQL, and messages waiting in the broker."""
     with farm().sessions() as session:
         rows = farm_state.queues(farm(), session)
-    return QueueList(items=[QueueOut(**asdict(row)) for row in rows])
+    return QueueList(items=rows)

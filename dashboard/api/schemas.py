@@ -222,6 +222,11 @@ class QueueOut(BaseModel):
     queued_shards: int
     running_shards: int
     broker_messages: int | None = Field(description="None when the broker could not be asked.")
+    broker_by_priority: dict[int, int] | None = Field(
+        default=None,
+        description="Messages per farm priority (9 first), where the broker keeps priorities "
+        "(Redis); None elsewhere.",
+    )
 
 
 class QueueList(BaseModel):

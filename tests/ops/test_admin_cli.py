@@ -22,6 +22,8 @@ import redis
 from click.testing import CliRunner, Result
 from sqlalchemy import update
 
+from dashboard import farm_state
+from dashboard.api.schemas import QueueList
 from farm.cli import main
 from farm.context import Farm
 from farm.db.migrate import upgrade
@@ -154,6 +156,10 @@ def test_queues_on_redis_count_each_priority_and_name_each_task(
 
     rows = queue_lines(farm_cli(farm, "queues"))
     assert rows["render.tiny"] == ["2", "1", "2", "9:1", "5:1"]
+    with farm.sessions() as session:  # GET /api/v1/queues returns these rows as they are
+        api = QueueList(items=farm_state.queues(farm, session)).model_dump(mode="json")
+    (tiny,) = [row for row in api["items"] if row["queue"] == "render.tiny"]
+    assert {p: n for p, n in tiny["broker_by_priority"].items() if n} == {"9": 1, "5": 1}
 
     # Priority 9 is Celery's 0, the list Redis serves first, under the queue's own name.
     (message,) = [json.loads(raw) for raw in client.lrange("render.tiny", 0, -1)]

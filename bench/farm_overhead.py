@@ -12,10 +12,11 @@ comparisons the targets are about are made device for device:
   and the farm with two workers on a core each;
 - whole machine: in-process and the farm's one worker each on every core, for the overhead
   when a single process has the machine to itself.
-Prints renders per second, the ratios, the per-render overhead, and the identity-token cache
-figures, and writes them to a JSON file.
+Each path is timed `--repeats` times (3) and its median run reported, since one run on a shared
+machine moves by 10-20%. Prints renders per second, the ratios, the per-render overhead, and the
+identity-token cache figures, and writes them to a JSON file.
 
-    .venv/bin/python bench/farm_overhead.py [--renders 64] [--out bench/results/farm_overhead.json]
+    .venv/bin/python bench/farm_overhead.py [--renders 64] [--repeats 3] [--out FILE]
 
 Needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (trust auth), as on CI.
 """
@@ -28,6 +29,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -128,14 +130,19 @@ def on_cores(cores: list[int]):
         torch.set_num_threads(threads)
 
 
-def in_process(story_path: Path, models_dir: Path, workdir: Path, cores: list[int]) -> float:
+def in_process(
+    story_path: Path, models_dir: Path, workdir: Path, cores: list[int], repeats: int
+) -> list[float]:
     story = load_story(story_path, presets=PRESETS)
     loaded = load_preset(get_preset(story.preset), models_dir, device="cpu")
+    seconds = []
     with on_cores(cores):
         render_story(story, workdir / "warmup", loaded, batch_size=loaded.preset.batch_size)
-        started = time.perf_counter()
-        render_story(story, workdir / f"inproc-{len(cores)}", loaded)
-        return time.perf_counter() - started
+        for _ in range(repeats):
+            started = time.perf_counter()
+            render_story(story, workdir / f"inproc-{len(cores)}", loaded)
+            seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 @contextmanager
@@ -206,8 +213,14 @@ def run_job(farm: Farm, story, photos, faces, logs: Path) -> float:
 
 
 def through_farm(
-    farm: Farm, story_path: Path, count: int, threads: int, env: dict[str, str], logs: Path
-) -> float:
+    farm: Farm,
+    story_path: Path,
+    count: int,
+    threads: int,
+    env: dict[str, str],
+    logs: Path,
+    repeats: int,
+) -> list[float]:
     """A warm-up job first (one shard per worker), as the in-process path had its warm-up:
     both then measure a farm in production, whose workers have rendered before."""
     story = load_story(story_path, presets=PRESETS)
@@ -218,7 +231,7 @@ def through_farm(
     with workers(count, threads, env, logs):
         wait_ready(farm, count)
         run_job(farm, warmup, photos, faces, logs)
-        seconds = run_job(farm, story, photos, faces, logs)
+        seconds = [run_job(farm, story, photos, faces, logs) for _ in range(repeats)]
         with farm.sessions.begin() as session:
             session.execute(Worker.__table__.delete())  # the next run counts its own workers
     return seconds
@@ -227,6 +240,9 @@ def through_farm(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--renders", type=int, default=64)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each path; the median is reported"
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "farm_overhead.json"
     )
@@ -259,29 +275,39 @@ def main() -> None:
         farm.storage.ensure_bucket()
 
         cores = sorted(os.sched_getaffinity(0))
-        inproc_s = in_process(story_path, models_dir, workdir, cores[:1])
-        one_s = through_farm(farm, story_path, 1, 1, env, workdir)
-        two_s = through_farm(farm, story_path, 2, 1, env, workdir)
-        inproc_all_s = in_process(story_path, models_dir, workdir, cores)
-        one_all_s = through_farm(farm, story_path, 1, len(cores), env, workdir)
+        r = args.repeats
+        runs = {
+            "in-process, 1 core": in_process(story_path, models_dir, workdir, cores[:1], r),
+            "farm, 1 worker on 1 core": through_farm(farm, story_path, 1, 1, env, workdir, r),
+            "farm, 2 workers on a core each": through_farm(
+                farm, story_path, 2, 1, env, workdir, r
+            ),
+            f"in-process, {len(cores)} cores": in_process(
+                story_path, models_dir, workdir, cores, r
+            ),
+            f"farm, 1 worker on {len(cores)} cores": through_farm(
+                farm, story_path, 1, len(cores), env, workdir, r
+            ),
+        }
         with farm.sessions() as session:
             computed = session.scalar(select(func.count()).select_from(StoredIdentityTokens))
         farm.close()
         redis.Redis(db=REDIS_DB).flushdb()
 
     n = args.renders
-    rate = {
-        "in-process, 1 core": n / inproc_s,
-        "farm, 1 worker on 1 core": n / one_s,
-        "farm, 2 workers on a core each": n / two_s,
-        f"in-process, {len(cores)} cores": n / inproc_all_s,
-        f"farm, 1 worker on {len(cores)} cores": n / one_all_s,
-    }
+    inproc_s, one_s, two_s, inproc_all_s, one_all_s = (
+        statistics.median(seconds) for seconds in runs.values()
+    )
+    rate = {path: n / statistics.median(seconds) for path, seconds in runs.items()}
     figures = {
         "machine": f"{platform.machine()}, {len(cores)} CPU cores, no GPU",
         "renders": n,
         "preset": "tiny (64x64, 4 steps)",
-        "renders_per_s": rate,
+        "repeats": args.repeats,
+        "renders_per_s": rate,  # the median run of each path
+        "renders_per_s_each_run": {
+            path: [n / one for one in seconds] for path, seconds in runs.items()
+        },
         "per_device": {
             "ratio_farm1_over_in_process": inproc_s / one_s,
             "ratio_farm2_over_farm1": one_s / two_s,
@@ -292,11 +318,12 @@ def main() -> None:
             "overhead_ms_per_render": 1000 * (one_all_s - inproc_all_s) / n,
         },
         "identity_tokens_computed": computed,
-        "jobs": 6,  # a warm-up and a timed job for each farm run
+        "jobs": 3 * (1 + args.repeats),  # a warm-up and the timed jobs of each farm run
     }
-    print(f"{'path':36} {'renders/s':>10}")
+    print(f"{'path':36} {'renders/s':>10}   each run")
     for path, value in rate.items():
-        print(f"{path:36} {value:10.2f}")
+        each = " ".join(f"{v:.2f}" for v in figures["renders_per_s_each_run"][path])
+        print(f"{path:36} {value:10.2f}   {each}")
     device, machine = figures["per_device"], figures["whole_machine"]
     print(
         f"per device: farm(1)/in-process = {device['ratio_farm1_over_in_process']:.2f}   "

@@ -61,6 +61,15 @@ class IdentityCheck:
             return None
         return face_similarity(self.analyzer, image, self.reference)
 
+    @property
+    def may_render_again(self) -> bool:
+        """Whether `check` may render a scene again: only then does it need the pipeline."""
+        return self.minimum is not None and self.max_retries > 0
+
+    def scored(self, image: Image.Image, planned: PlannedRender) -> Checked:
+        """The render as it is, with its score: what `check` keeps when it may not retry."""
+        return Checked(image, self.score(image), 0, planned.seed)
+
     def check(
         self,
         image: Image.Image,
@@ -68,8 +77,8 @@ class IdentityCheck:
         render_again: Callable[[int], Image.Image],
     ) -> Checked:
         """Score `image`; while under the bar and retries are left, try the next QC seed."""
-        best = Checked(image, self.score(image), 0, planned.seed)
-        if self.minimum is None:
+        best = self.scored(image, planned)
+        if not self.may_render_again:
             return best
         retries = 0
         while retries < self.max_retries and not _passes(best.similarity, self.minimum):

@@ -42,6 +42,7 @@ from workers.runtime import WorkerRuntime
 log = logging.getLogger(__name__)
 
 THUMB_SIZE = 256
+UPLOADS_AT_ONCE = 8  # a batch's renders, each a PNG and a thumbnail
 LOST_RACE_TRIES = 5
 _ENDED = (ShardStatus.SUCCEEDED, ShardStatus.FAILED, ShardStatus.CANCELLED)
 _TODO = (RenderStatus.QUEUED, RenderStatus.RUNNING, RenderStatus.FAILED)
@@ -245,7 +246,7 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
     def render_again(planned: PlannedRender, seed: int) -> Image.Image:
         return render([SceneRender(planned.prompt, planned.negative, seed)]).images[0]
 
-    with Finisher(runtime, claim.job_id, claim.preset, settings, tally) as finisher:
+    with Finisher(runtime, claim.job_id, claim.preset, settings, check, tally) as finisher:
         while todo:
             batch, rest = todo[:batch_size], todo[batch_size:]
             _start_batch(runtime, claim.job_id, [render_id for render_id, _ in batch])
@@ -264,12 +265,16 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
             per_render = {k: v / len(batch) for k, v in result.timings.items()}
             rendered = []
             for (render_id, planned), image in zip(batch, result.images, strict=True):
-                with log_context(render=render_id):
-                    checked = check.check(image, planned, functools.partial(render_again, planned))
+                checked = None  # scored beside the device, by the finisher
+                if check.may_render_again:  # the check may need the pipeline: here, then
+                    with log_context(render=render_id):
+                        again = functools.partial(render_again, planned)
+                        checked = check.check(image, planned, again)
                 rendered.append(
                     Rendered(
                         render_id,
                         planned,
+                        image,
                         checked,
                         identity_s=per_render_identity_s,
                         denoise_s=per_render.get("denoise"),
@@ -283,24 +288,38 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
 
 @dataclass(frozen=True)
 class Rendered:
-    """A render made and checked, waiting to be stored and recorded."""
+    """A render made, waiting to be scored (unless its identity check ran already), stored and
+    recorded."""
 
     render_id: int
     planned: PlannedRender
-    checked: Checked
+    image: Image.Image
+    checked: Checked | None
     identity_s: float
     denoise_s: float | None
     decode_s: float | None
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A render in storage, waiting for its row to be finished."""
+
+    item: Rendered
+    checked: Checked
+    key: str
+    thumb: str
+    upload_s: float
+
+
 class Finisher:
     """Stores and records a batch's renders in a thread while the next batch renders.
 
-    Encoding, the uploads and the SQL of a batch wait mostly on the network and the database;
-    done in line they leave the device idle, which is most of what the farm costs over
-    rendering in-process. One batch is in flight at most, so memory stays bounded and an
-    error (S3 down past its retries) stops the shard one batch later at the latest. Leaving
-    the block waits for the last batch: a shard is never ended with renders unrecorded.
+    Scoring, encoding, the uploads and the SQL of a batch need no device and wait mostly on the
+    network and the database; done in line they would leave the device idle. One batch is in
+    flight at most, so memory stays bounded and an error (S3 down past its retries) stops the
+    shard one batch later at the latest. A batch's uploads go out side by side: each waits on
+    S3's latency, not on a core. Leaving the block waits for the last batch: a shard is never
+    ended with renders unrecorded.
     """
 
     def __init__(
@@ -309,15 +328,20 @@ class Finisher:
         job_id: str,
         preset: str,
         settings: RenderSettings,
+        check: IdentityCheck,
         tally: Tally,
     ) -> None:
         self.runtime = runtime
         self.job_id = job_id
         self.preset = preset
         self.settings = settings
+        self.check = check
         self.tally = tally
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="finisher", initializer=unpin_thread
+        )
+        self._uploads = ThreadPoolExecutor(
+            max_workers=UPLOADS_AT_ONCE, thread_name_prefix="upload", initializer=unpin_thread
         )
         self._pending: Future[None] | None = None
 
@@ -335,6 +359,7 @@ class Finisher:
                     log.exception("job %s: storing the last batch failed too", self.job_id)
         finally:
             self._pool.shutdown()
+            self._uploads.shutdown()
 
     def submit(self, rendered: list[Rendered]) -> None:
         self.wait()
@@ -347,35 +372,51 @@ class Finisher:
             pending.result()  # the thread's error, raised in the shard
 
     def _finish(self, rendered: list[Rendered]) -> None:
+        # Scored one after the other: face models are not safe to share between threads.
+        checked = [item.checked or self._scored(item) for item in rendered]
+        uploads = [
+            self._uploads.submit(contextvars.copy_context().run, self._store, item, one)
+            for item, one in zip(rendered, checked, strict=True)
+        ]
+        stored = [upload.result() for upload in uploads]  # the first error, raised here
+        self._record(stored)
+
+    def _scored(self, item: Rendered) -> Checked:
+        with log_context(render=item.render_id):
+            return self.check.scored(item.image, item.planned)
+
+    def _store(self, item: Rendered, checked: Checked) -> Stored:
+        started = time.perf_counter()
+        planned = item.planned
+        kept = replace(planned, seed=checked.seed)
+        key = render_key(self.job_id, planned.scene_index, planned.variant)
+        thumb = thumb_key(self.job_id, planned.scene_index, planned.variant)
+        storage = self.runtime.farm.storage
+        with log_context(render=item.render_id):
+            storage.put(key, png_bytes(checked.image, kept, self.settings), "image/png")
+            storage.put(thumb, _thumbnail(checked.image), "image/webp")
+        return Stored(item, checked, key, thumb, time.perf_counter() - started)
+
+    def _record(self, stored: list[Stored]) -> None:
         farm = self.runtime.farm
-        stored = []
-        for item in rendered:
-            started = time.perf_counter()
-            planned, checked = item.planned, item.checked
-            kept = replace(planned, seed=checked.seed)
-            key = render_key(self.job_id, planned.scene_index, planned.variant)
-            thumb = thumb_key(self.job_id, planned.scene_index, planned.variant)
-            with log_context(render=item.render_id):
-                farm.storage.put(key, png_bytes(checked.image, kept, self.settings), "image/png")
-                farm.storage.put(thumb, _thumbnail(checked.image), "image/webp")
-            stored.append((item, key, thumb, time.perf_counter() - started))
         with farm.sessions.begin() as session:
-            rows = _rows(session, [item.render_id for item in rendered])
-            for item, key, thumb, upload_s in stored:
-                checked = item.checked
+            rows = _rows(session, [one.item.render_id for one in stored])
+            for one in stored:
+                item, checked = one.item, one.checked
                 rows[item.render_id].finish(
-                    key,
-                    thumb,
+                    one.key,
+                    one.thumb,
                     identity_s=item.identity_s,
                     denoise_s=item.denoise_s,
                     decode_s=item.decode_s,
-                    upload_s=upload_s,
+                    upload_s=one.upload_s,
                     face_similarity=checked.similarity,
                     qc_retries=checked.retries,
                     qc_seed=checked.seed if checked.seed != item.planned.seed else None,
                 )
         self.tally.done += len(stored)
-        for item, _, _, upload_s in stored:
+        for one in stored:
+            item = one.item
             record_render(
                 self.preset,
                 done=True,
@@ -383,18 +424,17 @@ class Finisher:
                     "identity": item.identity_s,
                     "denoise": item.denoise_s,
                     "decode": item.decode_s,
-                    "upload": upload_s,
+                    "upload": one.upload_s,
                 },
             )
-        for item, key, thumb, _ in stored:
             farm.events.publish(
                 self.job_id,
                 "render.done",
                 render=item.render_id,
                 scene=item.planned.scene_index,
                 variant=item.planned.variant,
-                key=key,
-                thumb=thumb,
+                key=one.key,
+                thumb=one.thumb,
             )
 
 

@@ -305,7 +305,6 @@ class Stored:
     """A render in storage, waiting for its row to be finished."""
 
     item: Rendered
-    checked: Checked
     key: str
     thumb: str
     upload_s: float
@@ -372,37 +371,41 @@ class Finisher:
             pending.result()  # the thread's error, raised in the shard
 
     def _finish(self, rendered: list[Rendered]) -> None:
-        # Scored one after the other: face models are not safe to share between threads.
-        checked = [item.checked or self._scored(item) for item in rendered]
         uploads = [
-            self._uploads.submit(contextvars.copy_context().run, self._store, item, one)
-            for item, one in zip(rendered, checked, strict=True)
+            self._uploads.submit(contextvars.copy_context().run, self._store, item)
+            for item in rendered
         ]
+        # Scored while the uploads wait on S3, one after the other: face models are not safe
+        # to share between threads. What is stored does not depend on a score it cannot retry.
+        checked = [item.checked or self._scored(item) for item in rendered]
         stored = [upload.result() for upload in uploads]  # the first error, raised here
-        self._record(stored)
+        self._record(stored, checked)
 
     def _scored(self, item: Rendered) -> Checked:
         with log_context(render=item.render_id):
             return self.check.scored(item.image, item.planned)
 
-    def _store(self, item: Rendered, checked: Checked) -> Stored:
+    def _store(self, item: Rendered) -> Stored:
         started = time.perf_counter()
         planned = item.planned
-        kept = replace(planned, seed=checked.seed)
+        image, seed = (
+            (item.checked.image, item.checked.seed) if item.checked else (item.image, planned.seed)
+        )
         key = render_key(self.job_id, planned.scene_index, planned.variant)
         thumb = thumb_key(self.job_id, planned.scene_index, planned.variant)
         storage = self.runtime.farm.storage
         with log_context(render=item.render_id):
-            storage.put(key, png_bytes(checked.image, kept, self.settings), "image/png")
-            storage.put(thumb, _thumbnail(checked.image), "image/webp")
-        return Stored(item, checked, key, thumb, time.perf_counter() - started)
+            png = png_bytes(image, replace(planned, seed=seed), self.settings)
+            storage.put(key, png, "image/png")
+            storage.put(thumb, _thumbnail(image), "image/webp")
+        return Stored(item, key, thumb, time.perf_counter() - started)
 
-    def _record(self, stored: list[Stored]) -> None:
+    def _record(self, stored: list[Stored], scores: list[Checked]) -> None:
         farm = self.runtime.farm
         with farm.sessions.begin() as session:
             rows = _rows(session, [one.item.render_id for one in stored])
-            for one in stored:
-                item, checked = one.item, one.checked
+            for one, checked in zip(stored, scores, strict=True):
+                item = one.item
                 rows[item.render_id].finish(
                     one.key,
                     one.thumb,

@@ -36,7 +36,7 @@ class Settings:
     # Where live progress events are published; None: the broker's Redis, or no events.
     events_url: str | None = None
     shard_size: int = 4  # renders per shard: one batch on a GPU, one unit of retry
-    lease_s: int = 900  # a shard's claim; a live worker renews it on every render
+    lease_s: int = 900  # a shard's claim; a live worker's heartbeat renews it
     max_attempts: int = 3  # a shard that fails (or kills its worker) this often ends failed
     visibility_timeout_s: int = 4 * 3600  # must exceed the longest shard, or Redis redelivers
     reap_interval_s: int = 60

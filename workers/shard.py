@@ -283,7 +283,6 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
                 )
             finisher.submit(rendered)
             todo = rest
-            runtime.beat()  # renews the lease: a long shard stays ours
 
 
 @dataclass(frozen=True)

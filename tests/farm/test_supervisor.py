@@ -165,7 +165,8 @@ def test_the_render_thread_is_pinned_and_bookkeeping_threads_are_not():
     thread.start()
     thread.join()
 
-    assert seen == {"render": {0}, "finisher": every_core, "inherited": {0}}
+    others = (every_core - {0}) or every_core  # the render core is left to rendering
+    assert seen == {"render": {0}, "finisher": others, "inherited": {0}}
     assert os.sched_getaffinity(0) == every_core
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from farm.errors import FarmError
 from farm.logs import configure_logging
@@ -28,8 +29,26 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except FarmError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except DBAPIError as error:  # the database is set up or reached wrongly, not a bug
+            click.echo(f"error: {database_problem(error)}", err=True)
+            sys.exit(2)
 
     return wrapper
+
+
+def database_problem(error: DBAPIError) -> str:
+    """What an operator can do about a database error: migrate, or fix the URL or the server."""
+    from farm.db.migrate import current, head
+
+    said = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else repr(error.orig)
+    try:
+        at = current(Settings.from_env().database_url)
+    except DBAPIError:
+        return f"cannot reach the database ({said}); check FARM_DATABASE_URL and the server"
+    if at != head():
+        schema = "has no farm schema" if at is None else f"is at revision {at}, not {head()}"
+        return f"the database {schema}: run `farm db upgrade`"
+    return f"the database refused: {said}"
 
 
 @click.group()

@@ -266,9 +266,20 @@ def gc(delete: bool, older_than_min: int) -> None:
     with their size, and deleted with --delete."""
     from datetime import timedelta
 
+    from sqlalchemy import func, select
+
+    from farm.db.models import Character, Job
     from farm.gc import find_garbage
 
     farm = Farm()
+    with farm.sessions() as session:  # also: a database without the farm's schema stops here
+        rows = session.scalar(select(func.count()).select_from(Job))
+        rows += session.scalar(select(func.count()).select_from(Character))
+    if not rows and delete and next(find_garbage(farm, grace=timedelta(0)), None) is not None:
+        raise FarmError(
+            "the database holds no job and no character while storage holds the farm's objects: "
+            "is FARM_DATABASE_URL this farm's database? Nothing was deleted"
+        )
     count = total = 0
     for stored in find_garbage(farm, grace=timedelta(minutes=older_than_min)):
         if delete:

@@ -18,6 +18,7 @@ from farm.characters import create_character
 from farm.context import Farm
 from farm.db.models import CastMember, Job, Render, Shard, project_or_default
 from farm.db.queries import job_progress
+from farm.db.retry import retried_on_lost_race
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.errors import InputError
 from farm.identity.engine import Photo
@@ -184,6 +185,7 @@ def get_job(session: Session, job_id: str) -> Job:
     return job
 
 
+@retried_on_lost_race
 def cancel_job(farm: Farm, job_id: str) -> Job:
     """Queued shards end cancelled at once; a running shard stops at its next render."""
     with farm.sessions.begin() as session:
@@ -214,6 +216,7 @@ def cancel_job(farm: Farm, job_id: str) -> Job:
     return job
 
 
+@retried_on_lost_race
 def retry_job(farm: Farm, job_id: str) -> int:
     """Send the failed (and cancelled) shards of a finished job again; returns how many."""
     with farm.sessions.begin() as session:

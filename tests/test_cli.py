@@ -64,3 +64,33 @@ def test_bad_story_is_one_line_and_writes_nothing(tmp_path):
     assert result.stderr.startswith("error: ") and "gone.jpg" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["workers"], ["queues"], ["status", "some-job"], ["gc"]])
+def test_a_database_never_migrated_is_one_line_that_says_what_to_run(tmp_path, command):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    result = subprocess.run(
+        [FARM, *command],
+        env={**env, "FARM_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "error: the database has no farm schema: run `farm db upgrade`\n"
+
+
+def test_a_database_out_of_reach_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    closed = "postgresql+psycopg://postgres@127.0.0.1:9/farm"  # nothing listens on port 9
+    result = subprocess.run(
+        [FARM, "workers"],
+        env={**env, "FARM_DATA_DIR": str(tmp_path), "FARM_DATABASE_URL": closed},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot reach the database (")
+    assert result.stderr.endswith("check FARM_DATABASE_URL and the server\n")
+    assert result.stderr.count("\n") == 1

@@ -12,18 +12,17 @@ import functools
 import io
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import ParamSpec, TypeVar
 
 from PIL import Image
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 
 from farm.characters import character_photos
 from farm.db.models import CastMember, Character, Job, Render, Shard, StoredIdentityTokens, Worker
+from farm.db.retry import retried_on_lost_race
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.db.types import utcnow
 from farm.errors import InputError
@@ -43,33 +42,8 @@ log = logging.getLogger(__name__)
 
 THUMB_SIZE = 256
 UPLOADS_AT_ONCE = 8  # a batch's renders, each a PNG and a thumbnail
-LOST_RACE_TRIES = 5
 _ENDED = (ShardStatus.SUCCEEDED, ShardStatus.FAILED, ShardStatus.CANCELLED)
 _TODO = (RenderStatus.QUEUED, RenderStatus.RUNNING, RenderStatus.FAILED)
-
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def _retried_on_lost_race(transaction: Callable[P, T]) -> Callable[P, T]:
-    """Run a transaction again when another worker changed its rows first.
-
-    On PostgreSQL the rows it changes are locked first, and this never fires. SQLite has no row
-    locks: the version columns of jobs and shards turn the race (two workers starting the first
-    shards of a job at once) into a StaleDataError, after which a fresh read decides again.
-    """
-
-    @functools.wraps(transaction)
-    def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        for _ in range(LOST_RACE_TRIES - 1):
-            try:
-                return transaction(*args, **kwargs)
-            except StaleDataError as error:
-                log.info("%s lost a race, trying again: %s", transaction.__name__, error)
-        return transaction(*args, **kwargs)
-
-    return run
 
 
 @dataclass(frozen=True)
@@ -131,7 +105,7 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
         return outcome
 
 
-@_retried_on_lost_race
+@retried_on_lost_race
 def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim | Ended | str:
     farm = runtime.farm
     with farm.sessions.begin() as session:
@@ -509,7 +483,7 @@ def _fail_shard(session: Session, shard: Shard, error: str) -> None:
     )
 
 
-@_retried_on_lost_race
+@retried_on_lost_race
 def _end_shard(runtime: WorkerRuntime, shard_id: int, job_id: str, error: str | None) -> str:
     """Close the shard: succeeded, cancelled, or (on an error) requeued while attempts last."""
     farm = runtime.farm
@@ -581,7 +555,7 @@ def finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
     return job.status
 
 
-@_retried_on_lost_race
+@retried_on_lost_race
 def _finish_job_if_done(runtime: WorkerRuntime, job_id: str) -> None:
     with runtime.farm.sessions.begin() as session:
         status = finish_job_if_done(session, job_id)

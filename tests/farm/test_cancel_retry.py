@@ -8,6 +8,8 @@ neither rendered again nor lost.
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from farm.context import Farm
 from farm.db.models import Job, Render, Shard
@@ -139,3 +141,29 @@ def test_retry_refuses_an_open_job_or_one_without_failures(farm, faces):
         finish_job_if_done(session, submitted.job_id)
     with pytest.raises(InputError, match="has no failed or cancelled shards to retry"):
         retry_job(farm, submitted.job_id)
+
+
+def test_a_cancel_that_loses_a_race_with_a_worker_reads_again_and_wins(farm, faces):
+    """The worker starts the job between the cancel's read and its write: the cancel's write
+    finds another version of the row, and the whole cancel runs again on a fresh read."""
+    job_id = submit(farm, faces, make_story(4)).job_id
+    raced = []
+
+    def worker_starts_the_job(session, *_):
+        if raced:
+            return
+        raced.append(True)
+        with farm.sessions.begin() as other:
+            other.get(Shard, job_rows(farm, job_id)[1][0].id).start("w:cpu0", 60)
+            other.get(Job, job_id).start()
+
+    event.listen(Session, "before_flush", worker_starts_the_job)
+    try:
+        job = cancel_job(farm, job_id)
+    finally:
+        event.remove(Session, "before_flush", worker_starts_the_job)
+
+    assert raced == [True]
+    assert job.status is JobStatus.RUNNING and job.cancel_requested  # the running shard ends it
+    _, shards, _ = job_rows(farm, job_id)
+    assert [s.status for s in shards] == [ShardStatus.RUNNING, ShardStatus.CANCELLED]

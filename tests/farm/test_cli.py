@@ -57,6 +57,7 @@ def render_in_process(env: dict[str, str], tiny: LoadedPreset, job_id: str) -> N
     farm.__dict__["celery"] = TaskRecorder()
     runtime = WorkerRuntime(farm, WORKER, "cpu", ["tiny"], {"tiny": tiny})
     runtime.register()
+    runtime.beat()  # loaded and consuming, as WorkerRuntime.start ends
     _, shards, _ = job_rows(farm, job_id)
     assert [run_shard(runtime, shard.id) for shard in shards] == ["succeeded", "succeeded"]
     farm.close()

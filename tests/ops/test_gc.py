@@ -119,3 +119,20 @@ def test_gc_lists_then_deletes_exactly_what_no_row_needs(farm: Farm, faces):
         f"jobs/{gone}/exports/renders.zip  10 B",
         "1 object, 10 B no longer needed (farm gc --delete deletes them)",
     ]
+
+
+def test_gc_refuses_to_delete_everything_for_a_database_that_is_not_the_farms(farm):
+    put(farm.storage, "jobs/0c75105d/renders/0000-v0.png", 10)
+    settings = farm.settings
+    env = {
+        "FARM_DATA_DIR": str(settings.data_dir),
+        "FARM_DATABASE_URL": settings.database_url,  # migrated, but no job or character
+        "FARM_STORAGE_URL": settings.storage_url,
+        "FARM_BROKER_URL": settings.broker_url,
+    }
+    result = CliRunner().invoke(main, ["gc", "--delete"], env=env)
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: the database holds no job and no character")
+    assert farm.storage.exists("jobs/0c75105d/renders/0000-v0.png")
+    assert farm_cli(farm)[-1].startswith("1 object")  # listing alone is harmless

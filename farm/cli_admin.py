@@ -5,7 +5,7 @@ changed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import click
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from dashboard.api.schemas import WorkerOut
+    from farm.db.models import Worker
 
 CONTROL_TIMEOUT_S = 5.0  # a node answers from its main process, even while its child renders
 
@@ -104,28 +105,67 @@ def queues() -> None:
         click.echo("the broker could not be read: waiting tasks are unknown", err=True)
 
 
+def _confirm(celery: Celery, node: str, command: str, queue: str, failure: str) -> None:
+    """Send `command` (cancel_consumer, add_consumer) for `queue` to `node`; no confirmation
+    within the timeout raises `failure`."""
+    replies = getattr(celery.control, command)(
+        queue, destination=[node], reply=True, timeout=CONTROL_TIMEOUT_S
+    )
+    if not any(node in reply for reply in replies or []):
+        raise FarmError(failure)
+
+
 def _stop_consuming(celery: Celery, node: str) -> None:
     """Cancel every queue that `node` consumes now, as the node itself lists them."""
+    inspect = celery.control.inspect(destination=[node], timeout=CONTROL_TIMEOUT_S)
+    answer = inspect.active_queues() or {}
+    if node not in answer:
+        raise FarmError(
+            f"Celery node {node} did not answer within {CONTROL_TIMEOUT_S:g} s, so it cannot "
+            "be told to stop taking work; is it running (farm workers)?"
+        )
+    for queue in (q["name"] for q in answer[node]):
+        failure = f"Celery node {node} did not confirm that it stopped taking {queue}"
+        _confirm(celery, node, "cancel_consumer", queue, failure)
+
+
+def _start_consuming(celery: Celery, node: str, queues: Sequence[str]) -> None:
+    """Have `node` consume `queues` again; each is declared in the node's own app already."""
+    for queue in queues:
+        failure = (
+            f"Celery node {node} did not confirm within {CONTROL_TIMEOUT_S:g} s that it "
+            f"takes {queue} again; is it running (farm workers)?"
+        )
+        _confirm(celery, node, "add_consumer", queue, failure)
+
+
+def _worker_row(farm: Farm, worker_id: str) -> Worker:
+    from farm.db.models import Worker
+
+    with farm.sessions() as session:
+        worker = session.get(Worker, worker_id)
+    if worker is None:
+        raise InputError(f"no worker {worker_id!r} (farm workers lists them)")
+    return worker
+
+
+def _remote_control(farm: Farm, worker_id: str, what: str, do: Callable[[], None]) -> None:
+    """Run `do`, which talks to `worker_id`'s Celery node, where the broker carries remote
+    control (Redis does; the embedded SQL broker does not)."""
     from kombu.exceptions import OperationalError
 
-    try:
-        inspect = celery.control.inspect(destination=[node], timeout=CONTROL_TIMEOUT_S)
-        answer = inspect.active_queues() or {}
-        if node not in answer:
+    with farm.celery.connection_for_write() as connection:
+        if not connection.supports_exchange_type("fanout"):
             raise FarmError(
-                f"Celery node {node} did not answer within {CONTROL_TIMEOUT_S:g} s, so it cannot "
-                "be told to stop taking work; is it running (farm workers)?"
+                f"the broker ({connection.transport.driver_type}) carries no remote control, so "
+                f"{worker_id} cannot be told to {what}; stop it with SIGTERM instead "
+                "(Celery's warm shutdown also finishes the current shard first)"
             )
-        for queue in (q["name"] for q in answer[node]):
-            replies = celery.control.cancel_consumer(
-                queue, destination=[node], reply=True, timeout=CONTROL_TIMEOUT_S
-            )
-            if not any(node in reply for reply in replies or []):
-                raise FarmError(
-                    f"Celery node {node} did not confirm that it stopped taking {queue}"
-                )
+    try:
+        do()
     except OperationalError as error:
-        raise FarmError(f"cannot reach the broker to drain {node}: {error}") from error
+        message = f"cannot reach the broker to tell {worker_id} to {what}: {error}"
+        raise FarmError(message) from error
 
 
 @main.command()
@@ -143,20 +183,11 @@ def drain(worker_id: str) -> None:
     from farm.queue.app import celery_node
 
     farm = Farm()
-    with farm.sessions() as session:
-        worker = session.get(Worker, worker_id)
-        if worker is None:
-            raise InputError(f"no worker {worker_id!r} (farm workers lists them)")
-        if worker.status in (WorkerStatus.STOPPED, WorkerStatus.LOST):
-            raise InputError(f"worker {worker_id} is {worker.status}: it takes no work to drain")
-    with farm.celery.connection_for_write() as connection:
-        if not connection.supports_exchange_type("fanout"):
-            raise FarmError(
-                f"the broker ({connection.transport.driver_type}) carries no remote control, so "
-                f"{worker_id} cannot be told to stop taking work; stop it with SIGTERM instead "
-                "(Celery's warm shutdown also finishes the current shard first)"
-            )
-    _stop_consuming(farm.celery, celery_node(worker_id))
+    worker = _worker_row(farm, worker_id)
+    if worker.status in (WorkerStatus.STOPPED, WorkerStatus.LOST):
+        raise InputError(f"worker {worker_id} is {worker.status}: it takes no work to drain")
+    node = celery_node(worker_id)
+    _remote_control(farm, worker_id, "stop taking work", lambda: _stop_consuming(farm.celery, node))
     with farm.sessions.begin() as session:
         worker = session.get(Worker, worker_id)
         if worker.status is not WorkerStatus.DRAINING:
@@ -164,24 +195,6 @@ def drain(worker_id: str) -> None:
         shard = worker.current_shard_id
     then = f"finishes shard {shard}, then " if shard else ""
     click.echo(f"worker {worker_id} is draining: it {then}takes no more work; stop it once drained")
-
-
-def _start_consuming(celery: Celery, node: str, queues: Sequence[str]) -> None:
-    """Have `node` consume `queues` again; each is declared in the node's own app already."""
-    from kombu.exceptions import OperationalError
-
-    try:
-        for queue in queues:
-            replies = celery.control.add_consumer(
-                queue, destination=[node], reply=True, timeout=CONTROL_TIMEOUT_S
-            )
-            if not any(node in reply for reply in replies or []):
-                raise FarmError(
-                    f"Celery node {node} did not confirm within {CONTROL_TIMEOUT_S:g} s that it "
-                    f"takes {queue} again; is it running (farm workers)?"
-                )
-    except OperationalError as error:
-        raise FarmError(f"cannot reach the broker to resume {node}: {error}") from error
 
 
 @main.command()
@@ -194,14 +207,14 @@ def resume(worker_id: str) -> None:
     from farm.queue.app import CONTROL_QUEUE, celery_node, render_queue
 
     farm = Farm()
-    with farm.sessions() as session:
-        worker = session.get(Worker, worker_id)
-        if worker is None:
-            raise InputError(f"no worker {worker_id!r} (farm workers lists them)")
-        if worker.status is not WorkerStatus.DRAINING:
-            raise InputError(f"worker {worker_id} is {worker.status}, not draining")
-        queues = [render_queue(preset) for preset in worker.presets] + [CONTROL_QUEUE]
-    _start_consuming(farm.celery, celery_node(worker_id), queues)
+    worker = _worker_row(farm, worker_id)
+    if worker.status is not WorkerStatus.DRAINING:
+        raise InputError(f"worker {worker_id} is {worker.status}, not draining")
+    queues = [render_queue(preset) for preset in worker.presets] + [CONTROL_QUEUE]
+    node = celery_node(worker_id)
+    _remote_control(
+        farm, worker_id, "take work again", lambda: _start_consuming(farm.celery, node, queues)
+    )
     with farm.sessions.begin() as session:
         session.get(Worker, worker_id).resume()
     click.echo(f"worker {worker_id} takes work again from {', '.join(queues)}")

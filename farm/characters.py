@@ -7,6 +7,7 @@ same photos with the same message.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from sqlalchemy import select
@@ -106,3 +107,34 @@ def create_character(
 def character_photos(storage: Storage, character: Character) -> list[Photo]:
     """The character's photos as the identity engine takes them, read from object storage."""
     return [Photo(p.name, storage.get(p.storage_key)) for p in character.photos]
+
+
+class PhotoCache:
+    """Characters' photos as a worker reads them shard after shard, kept in memory up to
+    `max_bytes`, the least recently used going first.
+
+    A shard needs its characters' photos (to key the identity tokens and the QC reference), and
+    a worker renders the same characters all day: without this, every shard downloads them
+    again, megabytes each on a real farm. Photo keys are content addresses, so a kept copy is
+    never stale.
+    """
+
+    def __init__(self, storage: Storage, max_bytes: int = 256 * 2**20) -> None:
+        self.storage = storage
+        self.max_bytes = max_bytes
+        self._kept: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+
+    def of(self, character: Character) -> list[Photo]:
+        return [Photo(p.name, self._bytes(p.storage_key)) for p in character.photos]
+
+    def _bytes(self, key: str) -> bytes:
+        data = self._kept.pop(key, None)
+        if data is None:
+            data = self.storage.get(key)
+            self._size += len(data)
+        self._kept[key] = data  # now the most recently used
+        while self._size > self.max_bytes and len(self._kept) > 1:
+            _, dropped = self._kept.popitem(last=False)
+            self._size -= len(dropped)
+        return data

@@ -15,10 +15,12 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from farm.characters import PhotoCache
 from farm.context import Farm
 from farm.db.models import Shard, Worker
 from farm.db.states import ShardStatus, WorkerStatus
@@ -64,6 +66,11 @@ class WorkerRuntime:
     # Set by the Celery main process once its consumer takes tasks (workers.celery_app); None
     # where no consumer is waited for.
     consuming: ProcessEvent | None = None
+
+    @cached_property
+    def photos(self) -> PhotoCache:
+        """The photos of the characters this worker renders, downloaded once each."""
+        return PhotoCache(self.farm.storage)
 
     @classmethod
     def start(

@@ -20,7 +20,6 @@ from PIL import Image
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from farm.characters import character_photos
 from farm.db.models import CastMember, Character, Job, Render, Shard, StoredIdentityTokens, Worker
 from farm.db.retry import retried_on_lost_race
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
@@ -162,7 +161,6 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
 
 
 def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -> None:
-    farm = runtime.farm
     loaded = runtime.presets.get(claim.preset)
     if loaded is None:
         raise RuntimeError(f"worker {runtime.name} does not host preset {claim.preset!r}")
@@ -171,7 +169,7 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
 
     started = time.perf_counter()
     computed_before = loaded.identity.cache.stats.computed
-    photos = character_photos(farm.storage, character)
+    photos = runtime.photos.of(character)
     identity = loaded.identity.tokens_for(photos, crop=character.face_crop)
     identity_s = time.perf_counter() - started
     computed = loaded.identity.cache.stats.computed > computed_before
@@ -197,7 +195,7 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
     identities = {character.trigger: identity}
     class_words = {character.trigger: character.class_word}
     for trigger, member in claim.cast:  # served from the cache like the main character's
-        member_photos = character_photos(farm.storage, member)
+        member_photos = runtime.photos.of(member)
         identities[trigger] = loaded.identity.tokens_for(member_photos, crop=member.face_crop)
         class_words[trigger] = member.class_word
     render = functools.partial(  # splits a batch, then offloads, on out-of-memory errors

@@ -64,6 +64,7 @@ def _load_presets(**_: object) -> None:
 
 @worker_process_shutdown.connect
 def _stop(**_: object) -> None:
+    """A warm shutdown ends the shards whose last batch is still being stored, first."""
     if _runtime is not None:
         _runtime.stop()
 
@@ -80,9 +81,10 @@ def render_shard(task: Task, shard_id: int) -> str:
     from workers.shard import run_shard
 
     with log_context(shard=shard_id):
-        outcome = run_shard(runtime(), shard_id, task.request.id)
-        log.info("shard %s: %s", shard_id, outcome)
-    return outcome
+        ended = run_shard(runtime(), shard_id, task.request.id)
+    # Acked now, with the last batch still being stored: from here the shard's SQL lease
+    # guards it (workers/finisher.py), and the worker takes its next shard.
+    return ended.result() if ended.done() else "rendered; ends once stored"
 
 
 @app.task(name=REAP)

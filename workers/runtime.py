@@ -1,5 +1,6 @@
 """What one worker process keeps for its whole life: its name and device, the preset pipelines
-loaded once at start, the identity cache, and a heartbeat thread.
+loaded once at start, the identity cache, the finisher that stores renders beside the device,
+and a heartbeat thread that keeps the leases of the shards it holds.
 
 One process serves one GPU (`CUDA_VISIBLE_DEVICES` pinned by `farm worker`), so inside it the
 device is always `cuda:0`, or the CPU where there is no GPU.
@@ -32,6 +33,7 @@ from farm.quality import Reference
 from farm.render.loading import LoadedPreset, load_preset, pick_device, warm_up
 from farm.render.presets import get_preset
 from workers.cores import pin_render_thread, unpin_thread
+from workers.finisher import Finisher
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event as ProcessEvent
@@ -59,13 +61,20 @@ class WorkerRuntime:
     device: str
     preset_names: list[str]
     presets: dict[str, LoadedPreset] = field(default_factory=dict)
-    current_shard: int | None = None
+    current_shard: int | None = None  # rendering now
     # Each character's identity-QC reference, computed once per worker (see workers/qc.py).
     references: dict[str, Reference] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     # Set by the Celery main process once its consumer takes tasks (workers.celery_app); None
     # where no consumer is waited for.
     consuming: ProcessEvent | None = None
+    # Claimed and not yet ended: the one rendering, and those the finisher still stores.
+    _held: set[int] = field(default_factory=set)
+    _held_lock: threading.Lock = field(default_factory=threading.Lock)
+    finisher: Finisher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.finisher = Finisher(self.farm)  # its threads start with its first batch
 
     @cached_property
     def photos(self) -> PhotoCache:
@@ -138,6 +147,15 @@ class WorkerRuntime:
                 )
                 shard.renew(0)
 
+    def hold(self, shard_id: int) -> None:
+        """Keep renewing `shard_id`'s lease, until `let_go`."""
+        with self._held_lock:
+            self._held.add(shard_id)
+
+    def let_go(self, shard_id: int) -> None:
+        with self._held_lock:
+            self._held.discard(shard_id)
+
     def _consumer_started(self) -> bool:
         return self.consuming is None or self.consuming.is_set()
 
@@ -154,7 +172,7 @@ class WorkerRuntime:
                 log.exception("heartbeat of %s failed", self.name)
 
     def beat(self) -> None:
-        """Tell SQL the process lives, and keep the current shard's lease from expiring."""
+        """Tell SQL the process lives, and keep the leases of the shards it holds."""
         with self.farm.sessions.begin() as session:
             worker = session.get(Worker, self.name)
             if worker is not None and worker.status not in (
@@ -167,18 +185,22 @@ class WorkerRuntime:
                     log.info(
                         "worker %s ready on %s with %s", self.name, self.device, self.preset_names
                     )
-            if self.current_shard is not None:
-                shard = session.scalars(
+            with self._held_lock:
+                held = sorted(self._held)
+            if held:
+                shards = session.scalars(
                     select(Shard).where(
-                        Shard.id == self.current_shard,
+                        Shard.id.in_(held),
                         Shard.status == ShardStatus.RUNNING,
                         Shard.worker_id == self.name,
                     )
-                ).first()
-                if shard is not None:
+                )
+                for shard in shards:
                     shard.renew(self.farm.settings.lease_s)
 
     def stop(self) -> None:
+        """End the shards the finisher still stores, then stop beating and say so."""
+        self.finisher.close()
         self._stop.set()
         with self.farm.sessions.begin() as session:
             worker = session.get(Worker, self.name)

@@ -1,4 +1,5 @@
-"""Running one shard: claim it in SQL, render its scenes as a batch, upload, record, finish.
+"""Running one shard: claim it in SQL, render its scenes in batches, and hand each batch to the
+worker's finisher (workers/finisher.py), which stores and records it and then ends the shard.
 
 Everything here is idempotent, because Celery may deliver a shard twice (a worker died, the
 reaper requeued it): a finished shard is not run again, a render already done is not redone,
@@ -7,14 +8,12 @@ and each image goes to its deterministic key, so a rerun overwrites instead of d
 
 from __future__ import annotations
 
-import contextvars
 import functools
-import io
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 from PIL import Image
 from sqlalchemy import select, update
@@ -26,21 +25,19 @@ from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.db.types import utcnow
 from farm.errors import InputError
 from farm.identity.cache import identity_key
-from farm.jobs import render_key, send_shards, thumb_key
+from farm.jobs import send_shards
 from farm.logs import log_context
 from farm.metrics import record_render
 from farm.render.pipeline import RenderCancelled, SceneRender
-from farm.render.story_render import RenderSettings, png_bytes
+from farm.render.story_render import RenderSettings
 from farm.story import PlannedRender, Story
-from workers.cores import unpin_thread
 from workers.finalize import announce_job_end
-from workers.qc import Checked, IdentityCheck
+from workers.finisher import Rendered, ShardRun, renders_by_id
+from workers.qc import IdentityCheck
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-THUMB_SIZE = 256
-UPLOADS_AT_ONCE = 8  # a batch's renders, each a PNG and a thumbnail
 _ENDED = (ShardStatus.SUCCEEDED, ShardStatus.FAILED, ShardStatus.CANCELLED)
 _TODO = (RenderStatus.QUEUED, RenderStatus.RUNNING, RenderStatus.FAILED)
 
@@ -52,15 +49,6 @@ class Ended:
 
     outcome: str
     job_id: str
-
-
-@dataclass
-class Tally:
-    """The shard's renders done and failed, counted as they happen: a shard cut short (a
-    cancel, an error) still credits its worker with the renders it finished."""
-
-    done: int = 0
-    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,31 +65,54 @@ class Claim:
     cast: list[tuple[str, Character]]
 
 
-def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None) -> str:
-    """Render shard `shard_id`; returns what became of it, for the task's log line."""
+def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None) -> Future[str]:
+    """Render shard `shard_id`; returns once its renders are made, with what will become of
+    it: the finisher stores its last batch and ends it while the worker takes the next shard.
+    """
     claim = _claim(runtime, shard_id, task_id)
-    if isinstance(claim, str):
-        return claim
     if isinstance(claim, Ended):
         _finish_job_if_done(runtime, claim.job_id)
-        return claim.outcome
+        claim = claim.outcome
+    if isinstance(claim, str):
+        log.info("shard %s: %s", shard_id, claim)
+        ended: Future[str] = Future()
+        ended.set_result(claim)
+        return ended
+    run = ShardRun(shard_id, claim.job_id, claim.preset, RenderSettings.of(claim.story))
     with log_context(job=claim.job_id, shard=shard_id):
+        runtime.hold(shard_id)
         runtime.current_shard = shard_id
-        tally = Tally()
+        error = None
         try:
-            _render(runtime, shard_id, claim, tally)
-            outcome = _end_shard(runtime, shard_id, claim.job_id, None)
+            _render(runtime, run, claim)
         except RenderCancelled:
-            outcome = _end_shard(runtime, shard_id, claim.job_id, "cancelled")
-        except Exception as error:
+            error = "cancelled"
+        except Exception as failure:
             log.exception("shard %s of job %s failed", shard_id, claim.job_id)
-            error_text = f"{type(error).__name__}: {error}"
-            outcome = _end_shard(runtime, shard_id, claim.job_id, error_text)
+            error = f"{type(failure).__name__}: {failure}"
         finally:
             runtime.current_shard = None
-            _release_worker(runtime, tally.done, tally.failed)
-        _finish_job_if_done(runtime, claim.job_id)
-        return outcome
+        return runtime.finisher.then(functools.partial(_end, runtime, run, error))
+
+
+def _end(runtime: WorkerRuntime, run: ShardRun, error: str | None) -> str:
+    """The finisher's last step of a shard, after its last batch is recorded."""
+    if error is None and run.store_error is not None:
+        error = f"{type(run.store_error).__name__}: {run.store_error}"
+    try:
+        outcome = _end_shard(runtime, run.shard_id, run.job_id, error)
+        log.info("shard %s: %s", run.shard_id, outcome)
+        _release_worker(runtime, run.shard_id, run.tally.done, run.tally.failed)
+        _finish_job_if_done(runtime, run.job_id)
+    except Exception:
+        log.exception(
+            "shard %s could not be ended; its lease runs out and the reaper sends it again",
+            run.shard_id,
+        )
+        raise
+    finally:
+        runtime.let_go(run.shard_id)
+    return outcome
 
 
 @retried_on_lost_race
@@ -160,12 +171,12 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
         return Claim(job.id, job.preset, story, character, renders, [r.id for r in rows], cast)
 
 
-def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -> None:
+def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
+    """Render the shard's batches, handing each to the finisher."""
     loaded = runtime.presets.get(claim.preset)
     if loaded is None:
         raise RuntimeError(f"worker {runtime.name} does not host preset {claim.preset!r}")
-    story, character = claim.story, claim.character
-    settings = RenderSettings.of(story)
+    story, character, settings = claim.story, claim.character, run.settings
 
     started = time.perf_counter()
     computed_before = loaded.identity.cache.stats.computed
@@ -186,7 +197,7 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
     log.info(
         "job %s shard %s: identity tokens of character %s %s in %.2f s",
         claim.job_id,
-        shard_id,
+        run.shard_id,
         character.id,
         "computed" if computed else "served from the cache",
         identity_s,
@@ -218,206 +229,42 @@ def _render(runtime: WorkerRuntime, shard_id: int, claim: Claim, tally: Tally) -
     def render_again(planned: PlannedRender, seed: int) -> Image.Image:
         return render([SceneRender(planned.prompt, planned.negative, seed)]).images[0]
 
-    with Finisher(runtime, claim.job_id, claim.preset, settings, check, tally) as finisher:
-        while todo:
-            batch, rest = todo[:batch_size], todo[batch_size:]
-            _start_batch(runtime, claim.job_id, [render_id for render_id, _ in batch])
-            try:
-                result = render([SceneRender(p.prompt, p.negative, p.seed) for _, p in batch])
-            except InputError as error:  # a scene that can never render
-                if len(batch) > 1:
-                    batch_size = 1  # one at a time: the others render, only that one fails
-                    continue
-                _fail_renders(runtime, [render_id for render_id, _ in batch], str(error))
-                tally.failed += len(batch)
-                for _ in batch:
-                    record_render(claim.preset, done=False, phases={})
-                todo = rest
-                continue
-            per_render = {k: v / len(batch) for k, v in result.timings.items()}
-            rendered = []
-            for (render_id, planned), image in zip(batch, result.images, strict=True):
-                checked = None  # scored beside the device, by the finisher
-                if check.may_render_again:  # the check may need the pipeline: here, then
-                    with log_context(render=render_id):
-                        again = functools.partial(render_again, planned)
-                        checked = check.check(image, planned, again)
-                rendered.append(
-                    Rendered(
-                        render_id,
-                        planned,
-                        image,
-                        checked,
-                        identity_s=per_render_identity_s,
-                        denoise_s=per_render.get("denoise"),
-                        decode_s=per_render.get("decode"),
-                    )
-                )
-            finisher.submit(rendered)
-            todo = rest
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """A render made, waiting to be scored (unless its identity check ran already), stored and
-    recorded."""
-
-    render_id: int
-    planned: PlannedRender
-    image: Image.Image
-    checked: Checked | None
-    identity_s: float
-    denoise_s: float | None
-    decode_s: float | None
-
-
-@dataclass(frozen=True)
-class Stored:
-    """A render in storage, waiting for its row to be finished."""
-
-    item: Rendered
-    key: str
-    thumb: str
-    upload_s: float
-
-
-class Finisher:
-    """Stores and records a batch's renders in a thread while the next batch renders.
-
-    Scoring, encoding, the uploads and the SQL of a batch need no device and wait mostly on the
-    network and the database; done in line they would leave the device idle. One batch is in
-    flight at most, so memory stays bounded and an error (S3 down past its retries) stops the
-    shard one batch later at the latest. A batch's uploads go out side by side: each waits on
-    S3's latency, not on a core. Leaving the block waits for the last batch: a shard is never
-    ended with renders unrecorded.
-    """
-
-    def __init__(
-        self,
-        runtime: WorkerRuntime,
-        job_id: str,
-        preset: str,
-        settings: RenderSettings,
-        check: IdentityCheck,
-        tally: Tally,
-    ) -> None:
-        self.runtime = runtime
-        self.job_id = job_id
-        self.preset = preset
-        self.settings = settings
-        self.check = check
-        self.tally = tally
-        self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="finisher", initializer=unpin_thread
-        )
-        self._uploads = ThreadPoolExecutor(
-            max_workers=UPLOADS_AT_ONCE, thread_name_prefix="upload", initializer=unpin_thread
-        )
-        self._pending: Future[None] | None = None
-
-    def __enter__(self) -> Finisher:
-        return self
-
-    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+    while todo:
+        batch, rest = todo[:batch_size], todo[batch_size:]
+        _start_batch(runtime, claim.job_id, [render_id for render_id, _ in batch])
         try:
-            if error_type is None:
-                self.wait()
-            else:  # the shard ends with its own error; what the finisher finished still counts
-                try:
-                    self.wait()
-                except Exception:
-                    log.exception("job %s: storing the last batch failed too", self.job_id)
-        finally:
-            self._pool.shutdown()
-            self._uploads.shutdown()
-
-    def submit(self, rendered: list[Rendered]) -> None:
-        self.wait()
-        # In this thread's log context: the finisher's lines carry the job and shard ids too.
-        self._pending = self._pool.submit(contextvars.copy_context().run, self._finish, rendered)
-
-    def wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()  # the thread's error, raised in the shard
-
-    def _finish(self, rendered: list[Rendered]) -> None:
-        uploads = [
-            self._uploads.submit(contextvars.copy_context().run, self._store, item)
-            for item in rendered
-        ]
-        # Scored while the uploads wait on S3, one after the other: face models are not safe
-        # to share between threads. What is stored does not depend on a score it cannot retry.
-        checked = [item.checked or self._scored(item) for item in rendered]
-        stored = [upload.result() for upload in uploads]  # the first error, raised here
-        self._record(stored, checked)
-
-    def _scored(self, item: Rendered) -> Checked:
-        with log_context(render=item.render_id):
-            return self.check.scored(item.image, item.planned)
-
-    def _store(self, item: Rendered) -> Stored:
-        started = time.perf_counter()
-        planned = item.planned
-        image, seed = (
-            (item.checked.image, item.checked.seed) if item.checked else (item.image, planned.seed)
-        )
-        key = render_key(self.job_id, planned.scene_index, planned.variant)
-        thumb = thumb_key(self.job_id, planned.scene_index, planned.variant)
-        storage = self.runtime.farm.storage
-        with log_context(render=item.render_id):
-            png = png_bytes(image, replace(planned, seed=seed), self.settings)
-            storage.put(key, png, "image/png")
-            storage.put(thumb, _thumbnail(image), "image/webp")
-        return Stored(item, key, thumb, time.perf_counter() - started)
-
-    def _record(self, stored: list[Stored], scores: list[Checked]) -> None:
-        farm = self.runtime.farm
-        with farm.sessions.begin() as session:
-            rows = _rows(session, [one.item.render_id for one in stored])
-            for one, checked in zip(stored, scores, strict=True):
-                item = one.item
-                rows[item.render_id].finish(
-                    one.key,
-                    one.thumb,
-                    identity_s=item.identity_s,
-                    denoise_s=item.denoise_s,
-                    decode_s=item.decode_s,
-                    upload_s=one.upload_s,
-                    face_similarity=checked.similarity,
-                    qc_retries=checked.retries,
-                    qc_seed=checked.seed if checked.seed != item.planned.seed else None,
+            result = render([SceneRender(p.prompt, p.negative, p.seed) for _, p in batch])
+        except InputError as error:  # a scene that can never render
+            if len(batch) > 1:
+                batch_size = 1  # one at a time: the others render, only that one fails
+                continue
+            _fail_renders(runtime, [render_id for render_id, _ in batch], str(error))
+            run.tally.failed += len(batch)
+            for _ in batch:
+                record_render(claim.preset, done=False, phases={})
+            todo = rest
+            continue
+        per_render = {k: v / len(batch) for k, v in result.timings.items()}
+        rendered = []
+        for (render_id, planned), image in zip(batch, result.images, strict=True):
+            checked = None  # scored beside the device, by the finisher
+            if check.may_render_again:  # the check may need the pipeline: here, then
+                with log_context(render=render_id):
+                    again = functools.partial(render_again, planned)
+                    checked = check.check(image, planned, again)
+            rendered.append(
+                Rendered(
+                    render_id,
+                    planned,
+                    image,
+                    checked,
+                    identity_s=per_render_identity_s,
+                    denoise_s=per_render.get("denoise"),
+                    decode_s=per_render.get("decode"),
                 )
-        self.tally.done += len(stored)
-        for one in stored:
-            item = one.item
-            record_render(
-                self.preset,
-                done=True,
-                phases={
-                    "identity": item.identity_s,
-                    "denoise": item.denoise_s,
-                    "decode": item.decode_s,
-                    "upload": one.upload_s,
-                },
             )
-            farm.events.publish(
-                self.job_id,
-                "render.done",
-                render=item.render_id,
-                scene=item.planned.scene_index,
-                variant=item.planned.variant,
-                key=one.key,
-                thumb=one.thumb,
-            )
-
-
-def _thumbnail(image: Image.Image) -> bytes:
-    copy = image.copy()
-    copy.thumbnail((THUMB_SIZE, THUMB_SIZE))
-    buffer = io.BytesIO()
-    copy.save(buffer, format="WEBP", quality=85)
-    return buffer.getvalue()
+        runtime.finisher.store(run, check, rendered)
+        todo = rest
 
 
 def _record_identity(
@@ -442,24 +289,19 @@ def _record_identity(
             )
 
 
-def _rows(session: Session, render_ids: Sequence[int]) -> dict[int, Render]:
-    """The renders `render_ids`, read in one statement."""
-    return {r.id: r for r in session.scalars(select(Render).where(Render.id.in_(render_ids)))}
-
-
 def _start_batch(runtime: WorkerRuntime, job_id: str, render_ids: Sequence[int]) -> None:
     """Mark a batch's renders running, in one transaction with the check that its job was not
     cancelled meanwhile (then RenderCancelled: the shard stops between batches)."""
     with runtime.farm.sessions.begin() as session:
         if session.scalar(select(Job.cancel_requested).where(Job.id == job_id)):
             raise RenderCancelled("job cancelled")
-        for row in _rows(session, render_ids).values():
+        for row in renders_by_id(session, render_ids).values():
             row.start(runtime.name, runtime.device)
 
 
 def _fail_renders(runtime: WorkerRuntime, render_ids: Sequence[int], error: str) -> None:
     with runtime.farm.sessions.begin() as session:
-        for row in _rows(session, render_ids).values():
+        for row in renders_by_id(session, render_ids).values():
             row.fail(error)
 
 
@@ -515,11 +357,14 @@ def _end_shard(runtime: WorkerRuntime, shard_id: int, job_id: str, error: str | 
     return outcome
 
 
-def _release_worker(runtime: WorkerRuntime, done: int, failed: int) -> None:
+def _release_worker(runtime: WorkerRuntime, shard_id: int, done: int, failed: int) -> None:
+    """Credit the worker with the shard's renders; it is idle unless it took the next shard
+    while this one was stored."""
     with runtime.farm.sessions.begin() as session:
         worker = session.get(Worker, runtime.name)
         if worker is not None:
-            worker.current_shard_id = None
+            if worker.current_shard_id == shard_id:
+                worker.current_shard_id = None
             worker.renders_done += done
             worker.renders_failed += failed
             worker.beat()

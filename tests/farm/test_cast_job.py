@@ -37,7 +37,7 @@ def test_a_story_with_a_cast_renders_on_a_worker(farm, faces, tiny):
 
     runtime = runtime_with(farm, tiny)
     for shard in job_rows(farm, job_id)[1]:
-        run_shard(runtime, shard.id)
+        run_shard(runtime, shard.id).result()
 
     job, _, renders = job_rows(farm, job_id)
     assert job.status is JobStatus.SUCCEEDED

@@ -59,7 +59,7 @@ def render_in_process(env: dict[str, str], tiny: LoadedPreset, job_id: str) -> N
     runtime.register()
     runtime.beat()  # loaded and consuming, as WorkerRuntime.start ends
     _, shards, _ = job_rows(farm, job_id)
-    assert [run_shard(runtime, shard.id) for shard in shards] == ["succeeded", "succeeded"]
+    assert [run_shard(runtime, shard.id).result() for shard in shards] == ["succeeded", "succeeded"]
     farm.close()
 
 

@@ -19,7 +19,7 @@ def test_the_last_shard_queues_finalize_which_builds_comic_and_exports(farm, fac
     _, shards, _ = job_rows(farm, job_id)
     farm.celery.sent.clear()
     for shard in shards:
-        run_shard(runtime, shard.id)
+        run_shard(runtime, shard.id).result()
     assert [(t.name, t.args, t.queue) for t in farm.celery.sent] == [
         (FINALIZE_JOB, [job_id], CONTROL_QUEUE)
     ]

@@ -28,7 +28,7 @@ def brightness(self: IdentityCheck, image: Image.Image) -> float:
 def run_job(farm, faces, runtime, **fields):
     job_id = submit(farm, faces, make_story(4, **fields)).job_id
     for shard in job_rows(farm, job_id)[1]:
-        run_shard(runtime, shard.id)
+        run_shard(runtime, shard.id).result()
     return job_rows(farm, job_id)[2]
 
 

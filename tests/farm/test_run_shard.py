@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -61,7 +62,7 @@ def test_queued_shards_render_and_the_last_one_ends_the_job(farm, faces, runtime
     job_id = submitted.job_id
     _, shards, _ = job_rows(farm, job_id)
 
-    assert run_shard(runtime, shards[0].id, "task-1") == "succeeded"
+    assert run_shard(runtime, shards[0].id, "task-1").result() == "succeeded"
 
     job, shards, renders = job_rows(farm, job_id)
     assert job.status is JobStatus.RUNNING and job.started is not None  # shard 1 is queued
@@ -82,7 +83,7 @@ def test_queued_shards_render_and_the_last_one_ends_the_job(farm, faces, runtime
     assert renders[2].status is RenderStatus.QUEUED
     assert worker_counts(farm) == (2, 0, None)
 
-    assert run_shard(runtime, shards[1].id) == "succeeded"
+    assert run_shard(runtime, shards[1].id).result() == "succeeded"
     job, _, renders = job_rows(farm, job_id)
     assert job.status is JobStatus.SUCCEEDED and job.finished is not None
     assert {r.status for r in renders} == {RenderStatus.DONE}
@@ -94,11 +95,11 @@ def test_queued_shards_render_and_the_last_one_ends_the_job(farm, faces, runtime
 def test_a_second_delivery_does_nothing(farm, faces, runtime):
     submitted = submit(farm, faces, make_story(1))
     _, (shard,), _ = job_rows(farm, submitted.job_id)
-    run_shard(runtime, shard.id)
+    run_shard(runtime, shard.id).result()
     _, shards_before, renders_before = job_rows(farm, submitted.job_id)
     stored = {key: farm.storage.get(key) for key in farm.storage.list("jobs/")}
 
-    assert run_shard(runtime, shard.id) == "already succeeded"
+    assert run_shard(runtime, shard.id).result() == "already succeeded"
 
     _, shards, renders = job_rows(farm, submitted.job_id)
     assert (shards[0].attempts, shards[0].version) == (
@@ -150,7 +151,7 @@ def test_claim_ends_a_shard_and_its_job_without_rendering(
 ):
     job_id, shard_id = close_at_claim(farm, faces, how)
 
-    assert run_shard(runtime, shard_id) == outcome
+    assert run_shard(runtime, shard_id).result() == outcome
 
     job, (shard,), renders = job_rows(farm, job_id)
     assert shard.status == how and shard.finished is not None and shard.error == error
@@ -183,7 +184,7 @@ def cancel_during_first_batch(farm: Farm, faces: Any, tiny: LoadedPreset) -> tup
     job_id = submit(farm, faces, make_story(2)).job_id
     _, (shard,), _ = job_rows(farm, job_id)
     cancelling.job_id = job_id
-    return job_id, run_shard(runtime, shard.id)
+    return job_id, run_shard(runtime, shard.id).result()
 
 
 def test_a_cancel_stops_a_running_shard_at_its_next_batch(farm, faces, tiny):
@@ -214,7 +215,7 @@ def test_a_scene_that_can_never_render_fails_alone(farm, faces, tiny, batch_size
     job_id = submit(farm, faces, story).job_id
     _, (shard,), _ = job_rows(farm, job_id)
 
-    assert run_shard(runtime, shard.id) == "failed"
+    assert run_shard(runtime, shard.id).result() == "failed"
 
     job, (shard,), (bad, good) = job_rows(farm, job_id)
     assert bad.status is RenderStatus.FAILED and "is too long for its identity tokens" in bad.error
@@ -265,7 +266,7 @@ def test_the_next_batch_renders_while_the_last_one_is_stored(farm, faces, tiny):
     _, (shard,), _ = job_rows(farm, job_id)
     farm.__dict__["storage"] = StorageWrapper(farm.storage, first_upload_waits_for_the_second_batch)
 
-    assert run_shard(runtime, shard.id) == "succeeded"
+    assert run_shard(runtime, shard.id).result() == "succeeded"
     assert overlapped == [True]
     assert [r.status for r in job_rows(farm, job_id)[2]] == [RenderStatus.DONE] * 2
 
@@ -282,7 +283,7 @@ def test_a_batch_that_cannot_be_stored_sends_the_shard_again_without_it(farm, fa
 
     farm.__dict__["storage"] = StorageWrapper(farm.storage, refuse_the_second_render)
 
-    assert run_shard(runtime, shard.id) == "requeued after an error"
+    assert run_shard(runtime, shard.id).result() == "requeued after an error"
 
     _, (shard,), renders = job_rows(farm, job_id)
     assert shard.status is ShardStatus.QUEUED and "S3 is down" in shard.error
@@ -291,3 +292,70 @@ def test_a_batch_that_cannot_be_stored_sends_the_shard_again_without_it(farm, fa
     assert renders[1].status is not RenderStatus.DONE and renders[1].storage_key is None
     assert not farm.storage.exists(second)
     assert worker_counts(farm)[0] == 1
+
+
+def wait_until(condition: Any, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_the_next_shard_renders_while_the_last_batch_of_one_is_stored(farm, faces, runtime):
+    """A shard's task returns once its renders are made; the finisher ends it after storing
+    them, while the worker claims and renders the next shard."""
+    job_id = submit(farm, faces, make_story(3)).job_id  # shards of scenes 0-1 and 2
+    _, (first, second), _ = job_rows(farm, job_id)
+    gates = {0: threading.Event(), 1: threading.Event()}
+    keys_of_second = {render_key(job_id, 2, 0), thumb_key(job_id, 2, 0)}
+
+    def wait_for_its_gate(key: str) -> None:
+        assert gates[key in keys_of_second].wait(timeout=30)
+
+    farm.__dict__["storage"] = StorageWrapper(farm.storage, wait_for_its_gate)
+    with farm.sessions() as session:
+        claimed_lease = session.get(Shard, first.id).lease_expires
+    ended_first = run_shard(runtime, first.id)
+
+    assert not ended_first.done()
+    _, (first, _), _ = job_rows(farm, job_id)
+    assert (first.status, first.worker_id) == (ShardStatus.RUNNING, NAME)
+    time.sleep(0.01)
+    runtime.beat()  # the heartbeat keeps the lease of a shard still being stored
+    _, (first, _), _ = job_rows(farm, job_id)
+    assert claimed_lease is None or first.lease_expires > claimed_lease
+
+    results: list[Any] = []
+    next_task = threading.Thread(target=lambda: results.append(run_shard(runtime, second.id)))
+    next_task.start()
+    wait_until(lambda: worker_counts(farm)[2] == second.id)  # claimed while the first stores
+    gates[0].set()
+    assert ended_first.result(timeout=30) == "succeeded"
+    # The first shard's end left the worker on the second, which it is still storing.
+    assert worker_counts(farm) == (2, 0, second.id)
+
+    gates[1].set()
+    next_task.join(timeout=30)
+    assert results[0].result(timeout=30) == "succeeded"
+    job, shards, renders = job_rows(farm, job_id)
+    assert job.status is JobStatus.SUCCEEDED
+    assert [s.status for s in shards] == [ShardStatus.SUCCEEDED] * 2
+    assert {r.status for r in renders} == {RenderStatus.DONE}
+    assert worker_counts(farm) == (3, 0, None)
+
+
+def test_a_worker_that_stops_ends_the_shards_it_is_still_storing(farm, faces, runtime):
+    job_id = submit(farm, faces, make_story(2)).job_id
+    _, (shard,), _ = job_rows(farm, job_id)
+    gate = threading.Event()
+    farm.__dict__["storage"] = StorageWrapper(farm.storage, lambda key: gate.wait(timeout=30))
+    ended = run_shard(runtime, shard.id)
+    assert not ended.done()
+
+    threading.Timer(0.2, gate.set).start()
+    runtime.stop()
+
+    assert ended.done() and ended.result() == "succeeded"
+    job, (shard,), renders = job_rows(farm, job_id)
+    assert shard.status is ShardStatus.SUCCEEDED and job.status is JobStatus.SUCCEEDED
+    assert all(farm.storage.exists(r.storage_key) for r in renders)

@@ -82,7 +82,7 @@ def test_a_tiny_job_leaves_its_renders_phases_and_cache_lookups(
     before = snapshot()
 
     for shard in shards:
-        run_shard(runtime, shard.id)
+        run_shard(runtime, shard.id).result()
 
     after = snapshot()
     delta = {key: after[key] - before[key] for key in before}

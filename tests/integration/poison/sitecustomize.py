@@ -19,14 +19,13 @@ if _MARK:
 
     def _render_or_die(
         runtime: workers.shard.WorkerRuntime,
-        shard_id: int,
+        run: workers.shard.ShardRun,
         claim: workers.shard.Claim,
-        tally: workers.shard.Tally,
     ) -> None:
         if any(_MARK in planned.prompt for planned in claim.renders):
-            print(f"poison: shard {shard_id} kills process {os.getpid()}", file=sys.stderr)
+            print(f"poison: shard {run.shard_id} kills process {os.getpid()}", file=sys.stderr)
             sys.stderr.flush()
             os._exit(9)
-        _render(runtime, shard_id, claim, tally)
+        _render(runtime, run, claim)
 
     workers.shard._render = _render_or_die

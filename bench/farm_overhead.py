@@ -13,8 +13,11 @@ comparisons the targets are about are made device for device:
 - whole machine: in-process and the farm's one worker each on every core, for the overhead
   when a single process has the machine to itself.
 Each path is timed `--repeats` times (3) and its median run reported, since one run on a shared
-machine moves by 10-20%. Prints renders per second, the ratios, the per-render overhead, and the
-identity-token cache figures, and writes them to a JSON file.
+machine moves by 10-20%; in-process and farm runs of a comparison take turns, so that the
+machine's drift over minutes falls on both alike. Prints renders per second, the ratios, the per-render overhead, the
+CPU time each part of the machine spent per render (this process, the workers, moto,
+PostgreSQL, Redis: read from /proc over the timed runs), and the identity-token cache figures,
+and writes them to a JSON file.
 
     .venv/bin/python bench/farm_overhead.py [--renders 64] [--repeats 3] [--out FILE]
 
@@ -24,6 +27,7 @@ Needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (trust auth), as 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -35,7 +39,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,14 +56,61 @@ from farm.db.states import JobStatus, WorkerStatus  # noqa: E402
 from farm.events import ALL_JOBS  # noqa: E402
 from farm.identity.faces import open_face_analyzer  # noqa: E402
 from farm.jobs import progress, submit_story  # noqa: E402
-from farm.render.loading import load_preset  # noqa: E402
+from farm.render.loading import LoadedPreset, load_preset  # noqa: E402
 from farm.render.presets import PRESETS, get_preset  # noqa: E402
 from farm.render.story_render import character_photos, render_story  # noqa: E402
 from farm.settings import Settings  # noqa: E402
-from farm.story import load_story  # noqa: E402
+from farm.story import Story, load_story  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_DB = 14
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Part:
+    """Processes whose CPU time is reported together: a process and its descendants, or every
+    process of a name."""
+
+    name: str
+    root: int | None = None
+    comm: str | None = None
+
+
+def cpu_seconds(parts: list[Part]) -> dict[str, float]:
+    """CPU time (user + system, all threads) each part has used since its processes started;
+    a process counts for the first part it matches."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()  # proc(5) fields 3 on: state, ppid, ...
+        cpu = (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime, stime
+        stats[int(stat.parent.name)] = (comm, int(fields[1]), cpu)
+    totals = dict.fromkeys((part.name for part in parts), 0.0)
+    for pid, (comm, ppid, cpu) in stats.items():
+        lineage = [pid]
+        while ppid in stats and ppid not in lineage:  # the process, then its ancestors
+            lineage.append(ppid)
+            ppid = stats[ppid][1]
+        for part in parts:
+            if part.root in lineage or part.comm == comm:
+                totals[part.name] += cpu
+                break
+    return totals
+
+
+@contextmanager
+def cpu_used(parts: list[Part]) -> Iterator[dict[str, float]]:
+    """The CPU seconds each part uses inside the block, filled in when it ends."""
+    used: dict[str, float] = {}
+    before = cpu_seconds(parts)
+    yield used
+    after = cpu_seconds(parts)
+    used.update({name: after[name] - before[name] for name in after})
 
 
 def free_port() -> int:
@@ -82,7 +135,7 @@ def moto_server():
                 break
             except OSError:
                 time.sleep(0.1)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         process.wait(10)
@@ -130,19 +183,10 @@ def on_cores(cores: list[int]):
         torch.set_num_threads(threads)
 
 
-def in_process(
-    story_path: Path, models_dir: Path, workdir: Path, cores: list[int], repeats: int
-) -> list[float]:
-    story = load_story(story_path, presets=PRESETS)
-    loaded = load_preset(get_preset(story.preset), models_dir, device="cpu")
-    seconds = []
-    with on_cores(cores):
-        render_story(story, workdir / "warmup", loaded, batch_size=loaded.preset.batch_size)
-        for _ in range(repeats):
-            started = time.perf_counter()
-            render_story(story, workdir / f"inproc-{len(cores)}", loaded)
-            seconds.append(time.perf_counter() - started)
-    return seconds
+def render_in_process(story: Story, loaded: LoadedPreset, out: Path) -> float:
+    started = time.perf_counter()
+    render_story(story, out, loaded)
+    return time.perf_counter() - started
 
 
 @contextmanager
@@ -212,29 +256,72 @@ def run_job(farm: Farm, story, photos, faces, logs: Path) -> float:
     return seconds
 
 
-def through_farm(
+@dataclass
+class Measured:
+    """One path's timed runs, and the CPU each part of the machine spent in them."""
+
+    seconds: list[float] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    def time(self, parts: list[Part], run: Callable[[], float]) -> None:
+        with cpu_used(parts) as cpu:
+            self.seconds.append(run())
+        for part, seconds in cpu.items():
+            self.cpu_s[part] = self.cpu_s.get(part, 0.0) + seconds
+
+
+def compare(
     farm: Farm,
     story_path: Path,
+    loaded: LoadedPreset,
     count: int,
     threads: int,
-    env: dict[str, str],
-    logs: Path,
-    repeats: int,
-) -> list[float]:
-    """A warm-up job first (one shard per worker), as the in-process path had its warm-up:
-    both then measure a farm in production, whose workers have rendered before."""
+    in_process_cores: list[int] | None,
+    bench: Bench,
+) -> tuple[Measured, Measured]:
+    """The farm with `count` workers of `threads` threads, and in-process on
+    `in_process_cores` (unless None), run by turns: the machine's speed drifts by 10-20% over
+    minutes, and taking turns lets the drift fall on both paths alike. The workers are started
+    and warm first (a job of one shard each), as the in-process path renders once first: both
+    then measure a farm in production, whose workers have rendered before; the in-process runs
+    have the idle workers and the services beside them, as the farm's have."""
     story = load_story(story_path, presets=PRESETS)
-    per_worker = farm.settings.shard_size  # one shard for each worker to warm up on
+    per_worker = farm.settings.shard_size
     warmup = story.model_copy(update={"scenes": story.scenes[: count * per_worker]})
     faces = open_face_analyzer("dlib", farm.settings.models_dir)
     photos = character_photos(story)
-    with workers(count, threads, env, logs):
+    inproc, through = Measured(), Measured()
+    with workers(count, threads, bench.env, bench.workdir) as group:
         wait_ready(farm, count)
-        run_job(farm, warmup, photos, faces, logs)
-        seconds = [run_job(farm, story, photos, faces, logs) for _ in range(repeats)]
+        run_job(farm, warmup, photos, faces, bench.workdir)
+        # The first part that matches takes a process: moto and the workers are this
+        # process's descendants too.
+        here = Part("bench", root=os.getpid())
+        parts = [*bench.services, Part("workers", root=group.pid), here]
+        cores = in_process_cores or []
+        with on_cores(cores or sorted(os.sched_getaffinity(0))):
+            out = bench.workdir / f"inproc-{len(cores)}"
+            if cores:
+                render_story(story, bench.workdir / "warmup", loaded)
+            for _ in range(bench.repeats):
+                if cores:
+                    inproc.time(parts, functools.partial(render_in_process, story, loaded, out))
+                # The jobs' comics and exports are built after the clock stops, and counted
+                # in the CPU figures.
+                through.time(
+                    parts, functools.partial(run_job, farm, story, photos, faces, bench.workdir)
+                )
         with farm.sessions.begin() as session:
             session.execute(Worker.__table__.delete())  # the next run counts its own workers
-    return seconds
+    return inproc, through
+
+
+@dataclass(frozen=True)
+class Bench:
+    env: dict[str, str]
+    workdir: Path
+    repeats: int
+    services: list[Part]
 
 
 def main() -> None:
@@ -251,7 +338,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="farm-bench-"))
     models_dir = workdir / "models"
     story_path = story_of(args.renders, workdir)
-    with moto_server() as s3, postgres_database() as database_url:
+    with moto_server() as (s3, moto_pid), postgres_database() as database_url:
         env = {
             **os.environ,
             "FARM_DATA_DIR": str(workdir / "data"),
@@ -275,20 +362,24 @@ def main() -> None:
         farm.storage.ensure_bucket()
 
         cores = sorted(os.sched_getaffinity(0))
-        r = args.repeats
-        runs = {
-            "in-process, 1 core": in_process(story_path, models_dir, workdir, cores[:1], r),
-            "farm, 1 worker on 1 core": through_farm(farm, story_path, 1, 1, env, workdir, r),
-            "farm, 2 workers on a core each": through_farm(
-                farm, story_path, 2, 1, env, workdir, r
-            ),
-            f"in-process, {len(cores)} cores": in_process(
-                story_path, models_dir, workdir, cores, r
-            ),
-            f"farm, 1 worker on {len(cores)} cores": through_farm(
-                farm, story_path, 1, len(cores), env, workdir, r
-            ),
-        }
+        services = [
+            Part("moto", root=moto_pid),
+            Part("postgres", comm="postgres"),
+            Part("redis", comm="redis-server"),
+        ]
+        bench = Bench(env, workdir, args.repeats, services)
+        loaded = load_preset(get_preset("tiny"), models_dir, device="cpu")
+        runs: dict[str, Measured] = {}
+        runs["in-process, 1 core"], runs["farm, 1 worker on 1 core"] = compare(
+            farm, story_path, loaded, 1, 1, cores[:1], bench
+        )
+        _, runs["farm, 2 workers on a core each"] = compare(
+            farm, story_path, loaded, 2, 1, None, bench
+        )
+        whole = len(cores)
+        runs[f"in-process, {whole} cores"], runs[f"farm, 1 worker on {whole} cores"] = compare(
+            farm, story_path, loaded, 1, whole, cores, bench
+        )
         with farm.sessions() as session:
             computed = session.scalar(select(func.count()).select_from(StoredIdentityTokens))
         farm.close()
@@ -296,9 +387,13 @@ def main() -> None:
 
     n = args.renders
     inproc_s, one_s, two_s, inproc_all_s, one_all_s = (
-        statistics.median(seconds) for seconds in runs.values()
+        statistics.median(timed.seconds) for timed in runs.values()
     )
-    rate = {path: n / statistics.median(seconds) for path, seconds in runs.items()}
+    rate = {path: n / statistics.median(timed.seconds) for path, timed in runs.items()}
+    cpu_ms = {
+        path: {part: 1000 * s / (n * len(timed.seconds)) for part, s in timed.cpu_s.items()}
+        for path, timed in runs.items()
+    }
     figures = {
         "machine": f"{platform.machine()}, {len(cores)} CPU cores, no GPU",
         "renders": n,
@@ -306,8 +401,9 @@ def main() -> None:
         "repeats": args.repeats,
         "renders_per_s": rate,  # the median run of each path
         "renders_per_s_each_run": {
-            path: [n / one for one in seconds] for path, seconds in runs.items()
+            path: [n / one for one in timed.seconds] for path, timed in runs.items()
         },
+        "cpu_ms_per_render": cpu_ms,  # over the timed runs, by part of the machine
         "per_device": {
             "ratio_farm1_over_in_process": inproc_s / one_s,
             "ratio_farm2_over_farm1": one_s / two_s,
@@ -324,6 +420,12 @@ def main() -> None:
     for path, value in rate.items():
         each = " ".join(f"{v:.2f}" for v in figures["renders_per_s_each_run"][path])
         print(f"{path:36} {value:10.2f}   {each}")
+    names = ["bench", "workers", "moto", "postgres", "redis"]
+    print(f"\nCPU ms per render {'':18} " + " ".join(f"{name:>8}" for name in names) + "    total")
+    for path, parts in cpu_ms.items():
+        each = " ".join(f"{parts.get(name, 0.0):8.1f}" for name in names)
+        print(f"{path:36} {each} {sum(parts.values()):8.1f}")
+    print()
     device, machine = figures["per_device"], figures["whole_machine"]
     print(
         f"per device: farm(1)/in-process = {device['ratio_farm1_over_in_process']:.2f}   "

@@ -14,10 +14,10 @@ comparisons the targets are about are made device for device:
   when a single process has the machine to itself.
 Each path is timed `--repeats` times (3) and its median run reported, since one run on a shared
 machine moves by 10-20%; in-process and farm runs of a comparison take turns, so that the
-machine's drift over minutes falls on both alike. Prints renders per second, the ratios, the per-render overhead, the
-CPU time each part of the machine spent per render (this process, the workers, moto,
-PostgreSQL, Redis: read from /proc over the timed runs), and the identity-token cache figures,
-and writes them to a JSON file.
+machine's drift over minutes falls on both alike. Prints renders per second, the ratios, the
+per-render overhead, the CPU time each part of the machine spent per render (this process, the
+workers, moto, PostgreSQL, Redis: read from /proc over the timed runs), and the identity-token
+cache figures, and writes them to a JSON file.
 
     .venv/bin/python bench/farm_overhead.py [--renders 64] [--repeats 3] [--out FILE]
 

@@ -1,5 +1,5 @@
-"""What happens once a job has ended: tell the watchers, then (on the control queue, off the
-GPU's critical path) build its comic pages and exports and call its webhook.
+"""What happens once a job has ended: tell the watchers, then (a task on the control queue, after
+the job's last render) build its comic pages and exports and call its webhook.
 
 The webhook fires after the outputs exist, so a pipeline that downloads on the webhook finds the
 PDF and the zip in place.

@@ -18,7 +18,9 @@ from farm.settings import Settings
 RENDER_SHARD = "farm.render_shard"
 FINALIZE_JOB = "farm.finalize_job"
 REAP = "farm.reap"
-CONTROL_QUEUE = "farm.control"  # finalize and reaper tasks: cheap, any worker may take them
+# Finalize and reaper tasks; any worker may take them. Finalize is seconds of CPU (a job's comic
+# and exports), which a render worker spends with its device idle.
+CONTROL_QUEUE = "farm.control"
 MAX_PRIORITY = 9
 PRIORITY_SEP = ":"  # Redis keeps priority step N of queue Q in the list "Q:N" (step 0 in "Q")
 # A pool child loads its presets before it reports up (minutes for SDXL from a network disk);

@@ -183,10 +183,11 @@ def on_cores(cores: list[int]):
         torch.set_num_threads(threads)
 
 
-def render_in_process(story: Story, loaded: LoadedPreset, out: Path) -> float:
-    started = time.perf_counter()
-    render_story(story, out, loaded)
-    return time.perf_counter() - started
+def render_in_process(story: Story, loaded: LoadedPreset, cores: list[int], out: Path) -> float:
+    with on_cores(cores):
+        started = time.perf_counter()
+        render_story(story, out, loaded)
+        return time.perf_counter() - started
 
 
 @contextmanager
@@ -270,17 +271,25 @@ class Measured:
             self.cpu_s[part] = self.cpu_s.get(part, 0.0) + seconds
 
 
+@dataclass(frozen=True)
+class Bench:
+    env: dict[str, str]
+    workdir: Path
+    repeats: int
+    services: list[Part]
+
+
 def compare(
     farm: Farm,
     story_path: Path,
     loaded: LoadedPreset,
     count: int,
     threads: int,
-    in_process_cores: list[int] | None,
+    in_process_cores: list[int],
     bench: Bench,
 ) -> tuple[Measured, Measured]:
     """The farm with `count` workers of `threads` threads, and in-process on
-    `in_process_cores` (unless None), run by turns: the machine's speed drifts by 10-20% over
+    `in_process_cores` (unless empty), run by turns: the machine's speed drifts by 10-20% over
     minutes, and taking turns lets the drift fall on both paths alike. The workers are started
     and warm first (a job of one shard each), as the in-process path renders once first: both
     then measure a farm in production, whose workers have rendered before; the in-process runs
@@ -296,32 +305,21 @@ def compare(
         run_job(farm, warmup, photos, faces, bench.workdir)
         # The first part that matches takes a process: moto and the workers are this
         # process's descendants too.
-        here = Part("bench", root=os.getpid())
-        parts = [*bench.services, Part("workers", root=group.pid), here]
-        cores = in_process_cores or []
-        with on_cores(cores or sorted(os.sched_getaffinity(0))):
-            out = bench.workdir / f"inproc-{len(cores)}"
-            if cores:
-                render_story(story, bench.workdir / "warmup", loaded)
-            for _ in range(bench.repeats):
-                if cores:
-                    inproc.time(parts, functools.partial(render_in_process, story, loaded, out))
-                # The jobs' comics and exports are built after the clock stops, and counted
-                # in the CPU figures.
-                through.time(
-                    parts, functools.partial(run_job, farm, story, photos, faces, bench.workdir)
-                )
+        parts = [*bench.services, Part("workers", root=group.pid), Part("bench", root=os.getpid())]
+        # The jobs' comics and exports are built after the clock stops, and counted in the
+        # CPU figures.
+        turns = [(through, functools.partial(run_job, farm, story, photos, faces, bench.workdir))]
+        if in_process_cores:
+            out = bench.workdir / f"inproc-{len(in_process_cores)}"
+            render = functools.partial(render_in_process, story, loaded, in_process_cores, out)
+            render()  # its warm-up
+            turns.insert(0, (inproc, render))
+        for _ in range(bench.repeats):
+            for measured, run in turns:
+                measured.time(parts, run)
         with farm.sessions.begin() as session:
             session.execute(Worker.__table__.delete())  # the next run counts its own workers
     return inproc, through
-
-
-@dataclass(frozen=True)
-class Bench:
-    env: dict[str, str]
-    workdir: Path
-    repeats: int
-    services: list[Part]
 
 
 def main() -> None:
@@ -374,7 +372,7 @@ def main() -> None:
             farm, story_path, loaded, 1, 1, cores[:1], bench
         )
         _, runs["farm, 2 workers on a core each"] = compare(
-            farm, story_path, loaded, 2, 1, None, bench
+            farm, story_path, loaded, 2, 1, [], bench
         )
         whole = len(cores)
         runs[f"in-process, {whole} cores"], runs[f"farm, 1 worker on {whole} cores"] = compare(

@@ -45,8 +45,9 @@ def database_problem(error: DBAPIError) -> str:
         at = current(Settings.from_env().database_url)
     except DBAPIError:
         return f"cannot reach the database ({said}); check FARM_DATABASE_URL and the server"
-    if at != head():
-        schema = "has no farm schema" if at is None else f"is at revision {at}, not {head()}"
+    expected = head()
+    if at != expected:
+        schema = "has no farm schema" if at is None else f"is at revision {at}, not {expected}"
         return f"the database {schema}: run `farm db upgrade`"
     return f"the database refused: {said}"
 

@@ -6,7 +6,7 @@ changed."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -105,12 +105,10 @@ def queues() -> None:
         click.echo("the broker could not be read: waiting tasks are unknown", err=True)
 
 
-def _confirm(celery: Celery, node: str, command: str, queue: str, failure: str) -> None:
-    """Send `command` (cancel_consumer, add_consumer) for `queue` to `node`; no confirmation
-    within the timeout raises `failure`."""
-    replies = getattr(celery.control, command)(
-        queue, destination=[node], reply=True, timeout=CONTROL_TIMEOUT_S
-    )
+def _confirm(command: Callable[..., Any], node: str, queue: str, failure: str) -> None:
+    """Send `command` (control's cancel_consumer, add_consumer) for `queue` to `node`; no
+    confirmation within the timeout raises `failure`."""
+    replies = command(queue, destination=[node], reply=True, timeout=CONTROL_TIMEOUT_S)
     if not any(node in reply for reply in replies or []):
         raise FarmError(failure)
 
@@ -126,7 +124,7 @@ def _stop_consuming(celery: Celery, node: str) -> None:
         )
     for queue in (q["name"] for q in answer[node]):
         failure = f"Celery node {node} did not confirm that it stopped taking {queue}"
-        _confirm(celery, node, "cancel_consumer", queue, failure)
+        _confirm(celery.control.cancel_consumer, node, queue, failure)
 
 
 def _start_consuming(celery: Celery, node: str, queues: Sequence[str]) -> None:
@@ -136,7 +134,7 @@ def _start_consuming(celery: Celery, node: str, queues: Sequence[str]) -> None:
             f"Celery node {node} did not confirm within {CONTROL_TIMEOUT_S:g} s that it "
             f"takes {queue} again; is it running (farm workers)?"
         )
-        _confirm(celery, node, "add_consumer", queue, failure)
+        _confirm(celery.control.add_consumer, node, queue, failure)
 
 
 def _worker_row(farm: Farm, worker_id: str) -> Worker:

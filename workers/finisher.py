@@ -116,7 +116,7 @@ class Finisher:
         """Queue a batch, once the one before it is stored; raises the error of a batch of this
         shard that could not be stored, which stops the shard. `check` scores the renders
         whose identity check did not run already."""
-        self.wait()
+        self._wait()
         if run.store_error is not None:
             raise run.store_error
         self._last = self._queue(self._store_batch, run, check, rendered)
@@ -126,7 +126,7 @@ class Finisher:
         future = self._last = self._queue(step)
         return future
 
-    def wait(self) -> None:
+    def _wait(self) -> None:
         """Until everything queued is done. Errors stay with their steps' futures: a shard that
         ended badly must not fail the next one."""
         if self._last is not None:

@@ -25,6 +25,7 @@ from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
 from safetensors.torch import load_file
 
 from farm.errors import InputError
+from farm.render.acceleration import projections_fused
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def fuse_unet_lora(
     The sum is formed in fp32 and rounded once to the weight's dtype, so stacking two LoRAs on
     bf16 weights loses no more than loading a merged checkpoint would.
     """
-    if any(getattr(m, "fused_projections", False) for m in unet.modules()):
+    if projections_fused(unet):
         raise RuntimeError("fuse LoRAs before accelerate(): this UNet's projections are fused")
     layers = _layers(unet)
     weights = _normalise(state_dict, layers)

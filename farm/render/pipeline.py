@@ -261,11 +261,13 @@ class PhotoMakerPipeline:
         if self.vae.dtype == torch.float16 and self.vae.config.force_upcast:
             self.vae.to(torch.float32)
         pixels = self._decode(latents)
-        if not torch.isfinite(pixels).all() and self.vae.dtype != torch.float32:
+        finite = bool(torch.isfinite(pixels).all())  # one device sync on the usual path
+        if not finite and self.vae.dtype != torch.float32:
             log.warning("the VAE overflowed in %s: decoding in fp32 from now on", self.vae.dtype)
             self.vae.to(torch.float32)
             pixels = self._decode(latents)
-        if not torch.isfinite(pixels).all():
+            finite = bool(torch.isfinite(pixels).all())
+        if not finite:
             raise RuntimeError("the VAE decoded non-finite pixels even in fp32")
         pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
         return [Image.fromarray((p * 255).round().astype(np.uint8)) for p in pixels]

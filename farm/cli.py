@@ -102,6 +102,8 @@ def render(
         sdxl_base=settings.sdxl_base,
         vram_mode=settings.vram_mode,
         compile_unet=settings.compile_unet,
+        prompt_truncation=settings.prompt_truncation,
+        noise=settings.noise,
     )
     total = len(story.plan())
     with tqdm(total=total, unit="render", desc=f"{story.character.name} [{story.preset}]") as bar:

@@ -16,6 +16,12 @@ from farm.errors import InputError
 
 VRAM_MODES = ("auto", "full", "model-offload", "sequential-offload")
 COMPILE_SETTINGS = ("off", "on", "force")
+# How a prompt longer than 77 tokens once its class word is repeated is cut (farm/identity/
+# prompt.py): "reference" as PhotoMaker's pipeline, "keep-end" keeping the end-of-text token.
+PROMPT_TRUNCATIONS = ("reference", "keep-end")
+# Where a render's starting noise is drawn: "cpu" (the same picture on any device) or "device"
+# (on the GPU, as the reference demo does: seed-for-seed comparable with it on that GPU).
+NOISE_DEVICES = ("cpu", "device")
 
 
 def _default_data_dir(env: Mapping[str, str]) -> Path:
@@ -47,6 +53,8 @@ class Settings:
     # the GPU ("auto": from free memory), and whether the UNet is compiled (on: CUDA only).
     vram_mode: str = "auto"
     compile_unet: str = "off"
+    prompt_truncation: str = "reference"
+    noise: str = "cpu"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +80,8 @@ class Settings:
             metrics_port=_int(env, "FARM_METRICS_PORT", 0, 0, 65535) or None,
             vram_mode=_choice(env, "FARM_VRAM_MODE", VRAM_MODES),
             compile_unet=_choice(env, "FARM_COMPILE", COMPILE_SETTINGS),
+            prompt_truncation=_choice(env, "FARM_PROMPT_TRUNCATION", PROMPT_TRUNCATIONS),
+            noise=_choice(env, "FARM_NOISE", NOISE_DEVICES),
         )
 
 

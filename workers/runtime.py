@@ -110,6 +110,8 @@ class WorkerRuntime:
                 sdxl_base=farm.settings.sdxl_base,
                 vram_mode=farm.settings.vram_mode,
                 compile_unet=farm.settings.compile_unet,
+                prompt_truncation=farm.settings.prompt_truncation,
+                noise=farm.settings.noise,
             )
             record_model_load(name, runtime.presets[name].load_seconds)
             seconds = warm_up(runtime.presets[name])

@@ -18,6 +18,7 @@ from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerBase
 
 from farm.errors import InputError
+from farm.settings import PROMPT_TRUNCATIONS
 
 _WORD_END = "</w>"
 
@@ -35,9 +36,12 @@ def register_triggers(tokenizer: PreTrainedTokenizerBase, triggers: Sequence[str
     """Make each trigger one token of its own, matched only as a whole word.
 
     Without this, BPE would split `img` into pieces and the trigger could not be found (or be
-    found inside another word such as `imgur`).
+    found inside another word such as `imgur`). A trigger that is already a word piece of the
+    vocabulary (`tok`, `pic`, `per` in CLIP's) is registered too, as the reference does: it
+    keeps its vocabulary id, but a whole word `tok` now becomes that piece instead of `tok</w>`.
     """
-    new = [t.lower() for t in triggers if t.lower() not in tokenizer.get_vocab()]
+    added = tokenizer.get_added_vocab()
+    new = [t.lower() for t in triggers if t.lower() not in added]
     if new:
         tokenizer.add_tokens(
             [AddedToken(t, single_word=True, special=True) for t in new], special_tokens=True
@@ -49,24 +53,34 @@ def expand_prompt(
     prompt: str,
     tokens_per_trigger: Mapping[str, int],
     class_words: Mapping[str, str] | None = None,
+    truncation: str = "reference",
 ) -> ExpandedPrompt:
     """Drop each trigger and repeat the class word before it once per ID token of its identity.
 
     `tokens_per_trigger` maps each trigger to how many ID tokens that identity has (photos x 1
     for V1, photos x 2 for V2). `class_words`, when given, says which class word each trigger
-    must follow.
+    must follow. `truncation` says what an expanded prompt longer than the tokenizer's length
+    loses: "reference" cuts it at the length, end-of-text token included, as PhotoMaker's
+    pipeline does (SDXL's pooled embedding is then read at another position); "keep-end" keeps
+    the end-of-text token in the last place, so the pooled embedding is read where SDXL's own
+    truncation puts it.
     """
+    if truncation not in PROMPT_TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {PROMPT_TRUNCATIONS}, got {truncation!r}")
     max_len = tokenizer.model_max_length
     trigger_ids = {tokenizer.convert_tokens_to_ids(t.lower()): t for t in tokens_per_trigger}
     # CLIP's BPE is uncased; lower-casing first lets `Img` find the (cased) added token too.
     # verbose=False: an over-long prompt is handled below, not warned about.
-    ids = tokenizer(prompt.lower(), add_special_tokens=True, verbose=False).input_ids
+    text = prompt.lower()
+    encoding = tokenizer(text, add_special_tokens=True, verbose=False, return_offsets_mapping=True)
 
     clean: list[int] = []
     class_index: dict[str, int] = {}
-    for token_id in ids:
+    for token_id, (start, end) in zip(encoding.input_ids, encoding.offset_mapping, strict=True):
         trigger = trigger_ids.get(token_id)
-        if trigger is None:
+        # A trigger that is also a word piece (`per`) keeps that id inside other words
+        # (`hyperreal`): only a whole word is the trigger.
+        if trigger is None or not _is_whole_word(text, start, end):
             clean.append(token_id)
             continue
         if trigger in class_index:
@@ -96,17 +110,24 @@ def expand_prompt(
         expanded.extend([token_id] * count)
 
     if len(expanded) > max_len:
-        # Keep the end-of-text token: SDXL's pooled embedding is read at its position.
-        expanded = [*expanded[: max_len - 1], expanded[-1]]
+        keep_end = truncation == "keep-end"
+        room = max_len - 1 if keep_end else max_len  # positions the identity tokens may take
         last = max(p[-1] for p in positions.values())
-        if last >= max_len - 1:
+        if last >= room:
             raise InputError(
                 f"prompt {prompt!r} is too long for its identity tokens: they would end at "
-                f"token {last + 1} but a prompt holds {max_len - 2} tokens; shorten the text "
+                f"token {last + 1} but a prompt holds {room - 1} tokens; shorten the text "
                 "before the class word or use fewer reference photos"
             )
+        expanded = [*expanded[: max_len - 1], expanded[-1]] if keep_end else expanded[:max_len]
     expanded += [tokenizer.pad_token_id] * (max_len - len(expanded))
     return ExpandedPrompt(tuple(expanded), positions)
+
+
+def _is_whole_word(text: str, start: int, end: int) -> bool:
+    before = text[start - 1] if start > 0 else " "
+    after = text[end] if end < len(text) else " "
+    return not (before.isalnum() or before == "_" or after.isalnum() or after == "_")
 
 
 def _check_class_word(

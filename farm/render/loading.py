@@ -166,8 +166,11 @@ def load_preset(
     files: ModelFiles | None = None,
     vram_mode: str = "auto",
     compile_unet: str = "off",
+    prompt_truncation: str = "reference",
+    noise: str = "cpu",
 ) -> LoadedPreset:
-    """`vram_mode` and `compile_unet` take the values of `FARM_VRAM_MODE` and `FARM_COMPILE`."""
+    """`vram_mode`, `compile_unet`, `prompt_truncation` and `noise` take the values of
+    `FARM_VRAM_MODE`, `FARM_COMPILE`, `FARM_PROMPT_TRUNCATION` and `FARM_NOISE`."""
     started = time.perf_counter()
     files = files or locate(preset, models_dir, sdxl_base)
     torch_device = pick_device(device)
@@ -189,7 +192,13 @@ def load_preset(
         fast_lora = read_lora_file(files.fast_lora)
         fuse_unet_lora(parts["unet"], fast_lora, scale=preset.fast.weight)
     faces = open_face_analyzer(preset.face_model, files.models_dir)
-    pipeline = PhotoMakerPipeline(**parts, id_encoder=encoder, device=torch_device)
+    pipeline = PhotoMakerPipeline(
+        **parts,
+        id_encoder=encoder,
+        device=torch_device,
+        prompt_truncation=prompt_truncation,
+        noise=noise,
+    )
     accelerate(pipeline, compile_unet=compile_wanted(compile_unet, torch_device))
     apply_vram_mode(pipeline, mode)
     identity = IdentityEngine(encoder, faces, cache or IdentityCache())

@@ -4,8 +4,9 @@ embedding. `__call__` reads top to bottom in numbered steps, like diffusers' pip
 What differs from diffusers' SDXL pipeline, and why:
 - identity: ID tokens arrive precomputed (`IdentityTokens`, cached per character); only the
   fuse step runs here, once per distinct prompt;
-- batching: every render brings its own prompt and seed, and its latents come from its own CPU
-  generator, so a render's pixels do not depend on what it was batched with or on the device;
+- batching: every render brings its own prompt and seed, and its latents come from its own
+  generator (on the CPU unless `noise="device"`), so a render's pixels do not depend on what it
+  was batched with, nor (with CPU noise) on the device;
 - style strength: the UNet sees the text-only prompt up to `start_merge_step`, then the ID prompt;
 - placement: models may live off the GPU between uses (`farm.render.memory`), so the device the
   pipeline computes on is its own attribute, not read off a model's weights.
@@ -35,6 +36,7 @@ from farm.identity.prompt import (
     text_only_prompt,
 )
 from farm.identity.tokens import IdentityTokens
+from farm.settings import NOISE_DEVICES
 
 if TYPE_CHECKING:
     from farm.render.memory import LayerOffload, ModelOffload
@@ -50,10 +52,14 @@ class RenderCancelled(Exception):
 
 @dataclass(frozen=True)
 class SceneRender:
-    """One image to make: its styled prompt (with trigger words), negative and seed."""
+    """One image to make: its styled prompt (with trigger words), negative and seed.
+
+    As in diffusers, a negative of None means "no negative": zeros where the model's config
+    says `force_zeros_for_empty_prompt` (SDXL's does); "" is a prompt and is encoded.
+    """
 
     prompt: str
-    negative: str
+    negative: str | None
     seed: int
 
 
@@ -74,7 +80,8 @@ class RenderResult:
 
 
 def start_merge_step(style_strength: float, steps: int) -> int:
-    """Last step index that still uses the text-only prompt (the reference's formula)."""
+    """Last step index that still uses the text-only prompt (the reference's formula): steps
+    0 to `start_merge_step`, that is start_merge_step + 1 of them, are text-only."""
     return min(int(style_strength / 100 * steps), MAX_MERGE_STEP)
 
 
@@ -104,7 +111,14 @@ class PhotoMakerPipeline:
         id_encoder: IDEncoder,
         force_zeros_for_empty_prompt: bool = True,
         device: torch.device | None = None,
+        prompt_truncation: str = "reference",
+        noise: str = "cpu",
     ) -> None:
+        """`prompt_truncation` and `noise` take the values of `FARM_PROMPT_TRUNCATION` and
+        `FARM_NOISE` (farm/settings.py): the defaults follow the reference where it matters for
+        likeness, and draw noise where it makes a render the same on every device."""
+        if noise not in NOISE_DEVICES:
+            raise ValueError(f"noise must be one of {NOISE_DEVICES}, got {noise!r}")
         self.tokenizer = tokenizer
         self.tokenizer_2 = tokenizer_2
         self.text_encoder = text_encoder
@@ -114,6 +128,8 @@ class PhotoMakerPipeline:
         self.scheduler = scheduler
         self.id_encoder = id_encoder
         self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        self.prompt_truncation = prompt_truncation
+        self.noise = noise
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self._device = device if device is not None else unet.device
         # Where offloaded weights wait: set by `farm.render.memory.apply_vram_mode`.
@@ -139,7 +155,9 @@ class PhotoMakerPipeline:
         """Raise `InputError` if `prompt` cannot carry these identities (before any model work)."""
         register_triggers(self.tokenizer, list(tokens_per_trigger))
         register_triggers(self.tokenizer_2, list(tokens_per_trigger))
-        expand_prompt(self.tokenizer, prompt, tokens_per_trigger, class_words)
+        expand_prompt(
+            self.tokenizer, prompt, tokens_per_trigger, class_words, self.prompt_truncation
+        )
 
     def _encode_ids(self, ids_1: Sequence[int], ids_2: Sequence[int]) -> tuple[torch.Tensor, ...]:
         """Penultimate hidden states of both encoders, concatenated (SDXL), and the pooled one."""
@@ -173,8 +191,10 @@ class PhotoMakerPipeline:
         counts = {trigger: identity.num_tokens for trigger, identity in identities.items()}
         register_triggers(self.tokenizer, list(counts))
         register_triggers(self.tokenizer_2, list(counts))
-        first = expand_prompt(self.tokenizer, prompt, counts, class_words)
-        second = expand_prompt(self.tokenizer_2, prompt, counts, class_words)
+        first = expand_prompt(self.tokenizer, prompt, counts, class_words, self.prompt_truncation)
+        second = expand_prompt(
+            self.tokenizer_2, prompt, counts, class_words, self.prompt_truncation
+        )
         if first.positions != second.positions:
             raise RuntimeError("SDXL's two tokenizers disagree on the class-word positions")
         embeds, pooled = self._encode_ids(first.input_ids, second.input_ids)
@@ -195,9 +215,9 @@ class PhotoMakerPipeline:
         named = present_triggers(prompt, list(identities))
         return {t: identities[t] for t in named} if named else identities
 
-    def _negative(self, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds, pooled = self._encode_text(negative)
-        if not negative and self.force_zeros_for_empty_prompt:
+    def _negative(self, negative: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, pooled = self._encode_text(negative or "")
+        if negative is None and self.force_zeros_for_empty_prompt:
             return torch.zeros_like(embeds), torch.zeros_like(pooled)
         return embeds, pooled
 
@@ -210,7 +230,7 @@ class PhotoMakerPipeline:
         """Conditioning for every render; each distinct prompt is encoded once."""
         id_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        neg_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        neg_cache: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
         rows: list[tuple[torch.Tensor, ...]] = []
         for render in renders:
             if render.prompt not in id_cache:
@@ -232,19 +252,29 @@ class PhotoMakerPipeline:
     def prepare_latents(
         self, seeds: Sequence[int], height: int, width: int
     ) -> tuple[torch.Tensor, list[torch.Generator]]:
-        """One CPU generator per render: same seed, same noise, whatever the batch or device.
+        """One generator per render: same seed, same noise, whatever the batch.
 
-        The generators are returned to the scheduler, whose stochastic steps (LCM, TCD) draw
-        each render's noise from its own stream too.
+        On the CPU by default, in fp32, so that a seed gives the same picture on any device.
+        `noise="device"` draws on the pipeline's device in its dtype, as the reference demo's
+        `torch.Generator(device)` does, for seed-for-seed comparisons with it on that device
+        (on a CPU in fp32 the two are the same). The generators are returned to the scheduler,
+        whose stochastic steps (LCM, TCD) draw each render's noise from its own stream too.
         """
         shape = (
             self.unet.config.in_channels,
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
+        if self.noise == "device":
+            generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
+            drawn = [
+                torch.randn(shape, generator=g, device=self.device, dtype=self.dtype)
+                for g in generators
+            ]
+            return torch.stack(drawn), generators
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        noise = [torch.randn(shape, generator=generator) for generator in generators]
-        return torch.stack(noise).to(device=self.device, dtype=self.dtype), generators
+        drawn = [torch.randn(shape, generator=generator) for generator in generators]
+        return torch.stack(drawn).to(device=self.device, dtype=self.dtype), generators
 
     def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
         """Pixels of `latents`; never a black or NaN picture.
@@ -315,6 +345,15 @@ class PhotoMakerPipeline:
             named = self._named_in(prompt, identities)
             counts = {trigger: identity.num_tokens for trigger, identity in named.items()}
             self.check_prompt(prompt, counts, class_words)
+        for negative in {r.negative for r in renders if r.negative}:
+            # A trigger is a token the text encoders have no embedding for (or one that means
+            # the identity): in a negative it would crash the encoder or push the face away.
+            named = present_triggers(negative, list(identities))
+            if named:
+                raise InputError(
+                    f"negative prompt {negative!r} contains the trigger word {named[0]!r}; "
+                    "a trigger word belongs only after the class word of the prompt: remove it"
+                )
 
     @torch.inference_mode()
     def __call__(

@@ -82,13 +82,57 @@ def test_too_long_for_the_identity_tokens_is_an_error_not_a_crash(tokenizers):
         expand_prompt(tokenizers[0], f"{prefix} man img", {"img": 8})
 
 
-def test_long_text_after_the_identity_is_truncated_keeping_end_of_text(tokenizers):
+def test_long_text_after_the_identity_is_cut_at_77_as_the_reference_does(tokenizers):
     tokenizer = tokenizers[0]
     suffix = " ".join(["in the garden"] * 40)
     expanded = expand_prompt(tokenizer, f"a man img {suffix}", {"img": 4})
     assert len(expanded.input_ids) == 77
-    assert expanded.input_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.eos_token_id not in expanded.input_ids  # cut off with the text after 76
+    assert expanded.input_ids[-1] == ids_of(tokenizer, suffix)[77 - 6 - 1]  # BOS, a, man x 4
     assert expanded.positions == {"img": (2, 3, 4, 5)}
+
+
+def test_keep_end_truncation_keeps_end_of_text_in_the_last_place(tokenizers):
+    tokenizer = tokenizers[0]
+    suffix = " ".join(["in the garden"] * 40)
+    reference = expand_prompt(tokenizer, f"a man img {suffix}", {"img": 4})
+    kept = expand_prompt(tokenizer, f"a man img {suffix}", {"img": 4}, truncation="keep-end")
+    assert kept.input_ids[-1] == tokenizer.eos_token_id
+    assert kept.input_ids[:76] == reference.input_ids[:76]
+
+
+@pytest.mark.parametrize(("truncation", "room"), [("reference", 76), ("keep-end", 75)])
+def test_identity_tokens_may_reach_the_last_place_the_truncation_leaves(
+    tokenizers, truncation, room
+):
+    """BOS takes place 0; "reference" gives the identity every other place, "keep-end" all but
+    the end-of-text token's."""
+    tokenizer = tokenizers[0]
+    prefix = " ".join(["the"] * (room - 4))
+    expanded = expand_prompt(tokenizer, f"{prefix} man img", {"img": 4}, truncation=truncation)
+    assert expanded.positions["img"][-1] == room
+    with pytest.raises(InputError, match=f"a prompt holds {room} tokens"):
+        expand_prompt(tokenizer, f"{prefix} the man img", {"img": 4}, truncation=truncation)
+
+
+@pytest.mark.parametrize("trigger", ["x", "k"])
+def test_a_trigger_that_is_already_a_word_piece_is_found(trigger):
+    """CLIP's vocabulary has `tok`, `pic` and `per` as word pieces; in the tiny vocabulary single
+    letters are. The reference accepts them as triggers, and so must the farm."""
+    tokenizer = tiny_tokenizer("!")
+    assert trigger in tokenizer.get_vocab()
+    register_triggers(tokenizer, [trigger])
+    expanded = expand_prompt(tokenizer, f"a man {trigger} reading", {trigger: 2})
+    assert expanded.positions == {trigger: (2, 3)}
+
+
+def test_a_trigger_piece_inside_another_word_is_not_the_trigger():
+    tokenizer = tiny_tokenizer("!")
+    register_triggers(tokenizer, ["x"])
+    expanded = expand_prompt(tokenizer, "a man x playing a xylophone", {"x": 1})
+    assert expanded.positions == {"x": (2,)}
+    piece = tokenizer.convert_tokens_to_ids("x")
+    assert piece in expanded.input_ids  # the "x" of "xylophone" stays in the text
 
 
 def test_text_only_prompt_drops_every_trigger():

@@ -134,11 +134,20 @@ def test_identity_changes_the_picture(tiny, newton, scarlett):
     )
 
 
-def test_empty_negative_is_zeros_as_in_sdxl(tiny):
-    embeds, pooled = tiny.pipeline._negative("")
+def test_no_negative_is_zeros_and_an_empty_one_is_encoded_as_in_sdxl(tiny):
+    embeds, pooled = tiny.pipeline._negative(None)
     assert not embeds.any() and not pooled.any()
+    empty, empty_pooled = tiny.pipeline._negative("")
+    assert torch.equal(empty, tiny.pipeline._encode_text("")[0])
+    assert empty.any() and empty_pooled.any()
     embeds, _ = tiny.pipeline._negative("lowres")
-    assert embeds.any()
+    assert embeds.any() and not torch.equal(embeds, empty)
+
+
+def test_a_trigger_in_the_negative_is_refused_before_any_model_work(tiny, newton):
+    scene = [SceneRender("a man img reading", "blurry img", 1)]
+    with pytest.raises(InputError, match="negative prompt 'blurry img' contains the trigger"):
+        tiny.pipeline(scene, {"img": newton}, height=64, width=64, steps=1)
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,18 @@ Its pictures are noise. Building is deterministic, so two machines get identical
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from safetensors.torch import save_file
 from torch import nn
 from transformers import (
@@ -32,7 +36,7 @@ from farm.render.lora import KOHYA_PREFIX
 from farm.render.presets import TINY_FAST_LORA
 
 # Bump when anything below changes the weights: built folders are keyed by it.
-TINY_BUILD = 2
+TINY_BUILD = 3
 TEXT_WIDTH = 32  # each text encoder; fused width = 2 x 32
 # Words that should be one token each (as in CLIP's real vocabulary), so that class words are
 # single tokens and prompts stay short; everything else falls back to byte-level pieces.
@@ -225,21 +229,18 @@ def build_tiny(target: Path, seed: int = 0) -> Path:
     text_encoder = CLIPTextModel(_text_config(tokenizer))
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2))
     unet, vae = _unet(), _vae()
-    for name, part in (
-        ("tokenizer", tokenizer),
-        ("tokenizer_2", tokenizer_2),
-        ("text_encoder", text_encoder),
-        ("text_encoder_2", text_encoder_2),
-        ("unet", unet),
-        ("vae", vae),
-        ("scheduler", sdxl_scheduler()),
-    ):
-        part.save_pretrained(sdxl / name)
-    (sdxl / "model_index.json").write_text(
-        json.dumps(
-            {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True}
-        )
-    )
+    # Saved as a whole pipeline, so that model_index.json names every component and diffusers'
+    # own `StableDiffusionXLPipeline.from_pretrained` loads the folder, as it loads RealVisXL.
+    StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=sdxl_scheduler(),
+        force_zeros_for_empty_prompt=True,
+    ).save_pretrained(sdxl)
     lora = tiny_lora(unet)
     for version in (1, 2):
         encoder = build_id_encoder(tiny_id_encoder_config(version))

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from farm import documents
 from farm.errors import InputError
 
 VRAM_MODES = ("auto", "full", "model-offload", "sequential-offload")
@@ -55,6 +56,17 @@ class Settings:
     compile_unet: str = "off"
     prompt_truncation: str = "reference"
     noise: str = "cpu"
+    # What one request may cost the dashboard (farm/documents.py, farm/identity/photos.py): a
+    # story document's bytes and nesting, the pixels one uploaded photo and one request's
+    # photos may decode to.
+    document_max_bytes: int = documents.MAX_BYTES
+    document_max_depth: int = documents.MAX_DEPTH
+    photo_max_pixels: int = 16_000_000
+    upload_max_pixels: int = 64_000_000
+    # Live progress streams one dashboard process serves at once, and one login of them: each
+    # holds a thread, and gunicorn_conf keeps threads for the pages beyond these.
+    sse_max_streams: int = 24
+    sse_max_streams_per_user: int = 6
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -82,7 +94,19 @@ class Settings:
             compile_unet=_choice(env, "FARM_COMPILE", COMPILE_SETTINGS),
             prompt_truncation=_choice(env, "FARM_PROMPT_TRUNCATION", PROMPT_TRUNCATIONS),
             noise=_choice(env, "FARM_NOISE", NOISE_DEVICES),
+            document_max_bytes=_int(
+                env, "FARM_DOCUMENT_MAX_BYTES", documents.MAX_BYTES, 1024, 64 * 1024 * 1024
+            ),
+            document_max_depth=_int(env, "FARM_DOCUMENT_MAX_DEPTH", documents.MAX_DEPTH, 4, 200),
+            photo_max_pixels=_int(env, "FARM_PHOTO_MAX_PIXELS", 16_000_000, 1_000_000, 10**9),
+            upload_max_pixels=_int(env, "FARM_UPLOAD_MAX_PIXELS", 64_000_000, 1_000_000, 10**9),
+            sse_max_streams=_int(env, "FARM_SSE_MAX_STREAMS", 24, 1, 10_000),
+            sse_max_streams_per_user=_int(env, "FARM_SSE_MAX_STREAMS_PER_USER", 6, 1, 10_000),
         )
+
+    @property
+    def document_limits(self) -> documents.DocumentLimits:
+        return documents.DocumentLimits(self.document_max_bytes, self.document_max_depth)
 
 
 def _redis_of(broker_url: str | None) -> str | None:

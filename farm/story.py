@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -32,6 +30,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from farm.documents import DEFAULT_LIMITS, DocumentLimits, check_size, parse_document
 from farm.errors import InputError
 from farm.render import styles
 
@@ -389,41 +388,23 @@ def parse_story(
         raise InputError(_describe(error, source)) from None
 
 
-def load_story(path: Path, *, presets: Collection[str]) -> Story:
-    """Read a story file, JSON or YAML whatever its extension, photos relative to its folder."""
+def load_story(
+    path: Path, *, presets: Collection[str], limits: DocumentLimits = DEFAULT_LIMITS
+) -> Story:
+    """Read a story file, JSON or YAML whatever its extension, photos relative to its folder.
+
+    Its size is checked before it is read, and its nesting before it is parsed (`limits`, from
+    Settings.document_limits): a hostile file costs a line on stderr, not a traceback.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        check_size(path.stat().st_size, str(path), limits)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: no such story file") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
         raise InputError(f"{path}: cannot read the story file ({error})") from None
-    data = _parse_text(text, str(path))
+    data = parse_document(raw, str(path), limits)
     return parse_story(data, presets=presets, source=str(path), source_dir=path.parent)
-
-
-def _parse_text(text: str, source: str) -> Any:
-    # JSON first: it is stricter, and its errors are the helpful ones for a file that is JSON.
-    # Most JSON is valid YAML too, so a file that fails both is judged by how it starts.
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as json_error:
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as yaml_error:
-            if text.lstrip().startswith(("{", "[")):
-                raise InputError(
-                    f"{source}: line {json_error.lineno}, column {json_error.colno}: "
-                    f"invalid JSON: {json_error.msg}"
-                ) from None
-            raise InputError(f"{source}: {_describe_yaml_error(yaml_error)}") from None
-
-
-def _describe_yaml_error(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error)
-    if mark is None:
-        return f"invalid YAML: {problem}"
-    return f"line {mark.line + 1}, column {mark.column + 1}: invalid YAML: {problem}"
 
 
 def _describe(error: ValidationError, source: str) -> str:

@@ -3,11 +3,13 @@
 import copy
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from farm.documents import DocumentLimits
 from farm.errors import InputError
 from farm.render import styles
 from farm.story import (
@@ -123,6 +125,60 @@ def test_a_story_must_be_a_mapping(tmp_path: Path, text: str):
 def test_a_missing_story_file_is_an_input_error(tmp_path: Path):
     with pytest.raises(InputError, match="no such story file"):
         load_story(tmp_path / "nope.yaml", presets=PRESETS)
+
+
+# Hostile files: each refused in a line, before the parser pays for it (see farm/documents.py).
+HOSTILE = {
+    "json-100000-deep": b'{"scenes": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "yaml-flow-20000-deep": b"scenes: " + b"[" * 20_000 + b"]" * 20_000,
+    "yaml-block-20000-deep": b"scenes:\n" + b"- " * 20_000 + b"x\n",
+    # The 600-byte billion laughs: nine levels of ten aliases, 10**9 strings once expanded.
+    "yaml-aliases": b'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    + b"".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n".encode()
+        for i in range(8)
+    ),
+}
+
+
+@pytest.mark.parametrize("raw", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_story_files_are_refused_in_one_line_at_once(tmp_path: Path, raw: bytes):
+    path = tmp_path / "story.yaml"
+    path.write_bytes(raw)
+    started = time.perf_counter()
+    with pytest.raises(InputError) as caught:
+        load_story(path, presets=PRESETS)
+    assert time.perf_counter() - started < 0.5
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    # libyaml stops flow collections 1,000 deep by itself, before the scan sees 33 levels.
+    assert any(why in message for why in ("levels deep", "nesting depth", "anchors and aliases"))
+
+
+def test_a_story_file_over_the_byte_limit_is_refused_before_it_is_read(story_dir: Path):
+    path = story_dir / "story.json"
+    path.write_text(json.dumps(good()))
+    limits = DocumentLimits(max_bytes=path.stat().st_size - 1)
+    with pytest.raises(InputError, match=r"story\.json: [\d,]+ bytes is over the [\d,]+-byte"):
+        load_story(path, presets=PRESETS, limits=limits)
+    assert load_story(path, presets=PRESETS).character.name == "Newton"
+
+
+def test_the_depth_limit_is_a_setting_and_brackets_in_strings_do_not_count(story_dir: Path):
+    data = good()
+    data["scenes"][0]["caption"] = "[[[[{{{{ ]]"
+    path = story_dir / "story.json"
+    path.write_text(json.dumps(data))
+    assert load_story(path, presets=PRESETS, limits=DocumentLimits(max_depth=3)).scenes
+    with pytest.raises(InputError, match="nested more than 2 levels deep"):
+        load_story(path, presets=PRESETS, limits=DocumentLimits(max_depth=2))
+
+
+def test_a_story_file_that_is_not_utf8_is_refused(tmp_path: Path):
+    path = tmp_path / "story.yaml"
+    path.write_bytes(b"preset: tiny\nscenes: \xff\xfe\n")
+    with pytest.raises(InputError, match=r"story\.yaml: not UTF-8 text \(byte 21\)"):
+        load_story(path, presets=PRESETS)
 
 
 # Photos -----------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 import farm.comic.job as comic_job
-from farm.cli import main
 from farm.comic.job import build_job_outputs
 from farm.comic.pages import PageSize
 from farm.db.migrate import upgrade
@@ -26,6 +25,7 @@ from farm.db.session import make_engine, session_factory
 from farm.errors import InputError
 from farm.jobs import render_key
 from farm.storage import LocalStorage
+from farmcli.main import main
 from tests.db.rows import add_job
 
 PAGE = PageSize.parse("A4", 36)

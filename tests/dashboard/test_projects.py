@@ -6,10 +6,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import inspect, text
 
-from farm.cli import main
 from farm.db.migrate import current, downgrade, upgrade
 from farm.db.models import Character, Job
 from farm.db.session import make_engine, session_factory
+from farmcli.main import main
 from tests.db.rows import add_job
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from farm.cli import main
 from farm.context import Farm
 from farm.db.migrate import head
 from farm.queue.app import make_celery
 from farm.render.loading import LoadedPreset
 from farm.settings import Settings
+from farmcli.main import main
 from tests.farm.conftest import job_rows
 from tests.fixtures.tasks import TaskRecorder
 from tests.fixtures.tiny import EXAMPLES

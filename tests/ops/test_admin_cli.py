@@ -24,7 +24,6 @@ from sqlalchemy import update
 
 from dashboard import farm_state
 from dashboard.api.schemas import QueueList
-from farm.cli import main
 from farm.context import Farm
 from farm.db.migrate import upgrade
 from farm.db.models import Shard, Worker
@@ -32,6 +31,7 @@ from farm.db.states import ShardStatus, WorkerStatus
 from farm.db.types import utcnow
 from farm.queue.app import celery_node
 from farm.settings import Settings
+from farmcli.main import main
 from tests.farm.conftest import farm_settings, job_rows, make_story, submit
 from tests.fixtures.farm_cluster import REDIS_SERVER_URL, REPO, dedicated_redis_db
 

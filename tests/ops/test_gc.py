@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from sqlalchemy import delete
 
 from farm.characters import create_character
-from farm.cli import main
 from farm.context import Farm
 from farm.db.models import CastMember, Character, Job, StoredIdentityTokens
 from farm.identity.cache import identity_key
 from farm.identity.faces import FaceAnalyzer
 from farm.storage import LocalStorage
+from farmcli.main import main
 from tests.farm.conftest import make_story, submit
 from tests.fixtures.tiny import photos_of
 

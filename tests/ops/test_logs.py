@@ -12,7 +12,6 @@ import pytest
 from celery.signals import setup_logging
 from click.testing import CliRunner
 
-from farm.cli import main
 from farm.logs import (
     FarmHandler,
     JsonFormatter,
@@ -22,6 +21,7 @@ from farm.logs import (
     redact,
     set_process_context,
 )
+from farmcli.main import main
 
 PRESIGNED = (
     "https://s3.example.com/render-farm/jobs/j1/renders/0000-v0.png"

@@ -12,9 +12,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-from farm.cli import main
 from farm.evaluation import ClipScorer
 from farm.render.tiny import tiny_tokenizer
+from farmcli.main import main
 from tests.fixtures.tiny import REFS
 
 

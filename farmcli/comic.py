@@ -1,7 +1,4 @@
-"""`farm comic JOB`: build a job's comic pages, PDF, CBZ and renders zip on demand.
-
-farm/cli.py imports this module at its end, which registers the command onto `main`.
-"""
+"""`farm comic JOB`: build a job's comic pages, PDF, CBZ and renders zip on demand."""
 
 from __future__ import annotations
 
@@ -9,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from farm.cli import main, one_line_errors
 from farm.comic.layout import LAYOUTS, CaptionPosition, Layout, PageStyle
 from farm.comic.pages import MAX_DPI, MIN_DPI
+from farmcli.errors import one_line_errors
 
 
-@main.command()
+@click.command()
 @click.argument("job_id")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="four-panel", show_default=True)
 @click.option(

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from farm.cli import main, one_line_errors
 from farm.errors import InputError
 from farm.settings import Settings
+from farmcli.errors import one_line_errors
 
 
-@main.command("eval")
+@click.command("eval")
 @click.argument("job_id", required=False)
 @click.option(
     "--folder",

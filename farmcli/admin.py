@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from farm.cli import main, one_line_errors
 from farm.context import Farm
 from farm.errors import FarmError, InputError
+from farmcli.errors import one_line_errors
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -50,7 +50,7 @@ def worker_state(worker: WorkerOut) -> str:
     return worker.status
 
 
-@main.command()
+@click.command()
 @one_line_errors
 def workers() -> None:
     """Workers: state, device, presets, current shard and job, heartbeat age, renders."""
@@ -80,7 +80,7 @@ def workers() -> None:
         click.echo(line)
 
 
-@main.command()
+@click.command()
 @one_line_errors
 def queues() -> None:
     """Queue depth per preset: shards queued and running in SQL, tasks waiting in the broker
@@ -166,7 +166,7 @@ def _remote_control(farm: Farm, worker_id: str, what: str, do: Callable[[], None
         raise FarmError(message) from error
 
 
-@main.command()
+@click.command()
 @click.argument("worker_id")
 @one_line_errors
 def drain(worker_id: str) -> None:
@@ -195,7 +195,7 @@ def drain(worker_id: str) -> None:
     click.echo(f"worker {worker_id} is draining: it {then}takes no more work; stop it once drained")
 
 
-@main.command()
+@click.command()
 @click.argument("worker_id")
 @one_line_errors
 def resume(worker_id: str) -> None:
@@ -218,7 +218,7 @@ def resume(worker_id: str) -> None:
     click.echo(f"worker {worker_id} takes work again from {', '.join(queues)}")
 
 
-@main.command()
+@click.command()
 @click.option(
     "--stuck", is_flag=True, help="Shards whose lease expired, or whose task the broker lost."
 )
@@ -261,7 +261,7 @@ def _size(n: int) -> str:
     return f"{value:.1f} GiB"
 
 
-@main.command()
+@click.command()
 @click.option("--delete", is_flag=True, help="Delete them (without it: only list them).")
 @click.option(
     "--older-than",

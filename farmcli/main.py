@@ -1,55 +1,26 @@
-"""The `farm` command line. Errors from outside input end the command with one line on stderr
-and exit status 2; anything else is a bug and keeps its traceback."""
+"""The `farm` command group and the commands of one story's life: render here, or submit,
+follow, cancel, retry and fetch it on a farm; models, the database, workers and `farm up`.
+The sub-command modules' commands are added to the group at the end."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy.exc import DBAPIError
 
-from farm.errors import FarmError
 from farm.logs import configure_logging
 from farm.settings import Settings
+from farmcli.admin import drain, gc, queues, requeue, resume, workers
+from farmcli.comic import comic
+from farmcli.errors import one_line_errors
+from farmcli.evaluation import evaluate_command
+from farmcli.tokens import tokens
 
 if TYPE_CHECKING:
     from farm.context import Farm
-
-
-def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except FarmError as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(2)
-        except DBAPIError as error:  # the database is set up or reached wrongly, not a bug
-            click.echo(f"error: {database_problem(error)}", err=True)
-            sys.exit(2)
-
-    return wrapper
-
-
-def database_problem(error: DBAPIError) -> str:
-    """What an operator can do about a database error: migrate, or fix the URL or the server."""
-    from farm.db.migrate import current, head
-
-    said = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else repr(error.orig)
-    try:
-        at = current(Settings.from_env().database_url)
-    except DBAPIError:
-        return f"cannot reach the database ({said}); check FARM_DATABASE_URL and the server"
-    expected = head()
-    if at != expected:
-        schema = "has no farm schema" if at is None else f"is at revision {at}, not {expected}"
-        return f"the database {schema}: run `farm db upgrade`"
-    return f"the database refused: {said}"
 
 
 @click.group()
@@ -57,9 +28,7 @@ def database_problem(error: DBAPIError) -> str:
 @one_line_errors
 def main(verbose: bool) -> None:
     """Render farm for identity-consistent story illustration (PhotoMaker on SDXL)."""
-    configure_logging(
-        logging.INFO if verbose else logging.WARNING, Settings.from_env().log_format
-    )
+    configure_logging(logging.INFO if verbose else logging.WARNING, Settings.from_env().log_format)
 
 
 @main.command()
@@ -298,9 +267,7 @@ def fetch(job_id: str, out_dir: Path) -> None:
     help="Pin each CPU worker to its own cores, as a GPU worker is pinned to its card.",
 )
 @one_line_errors
-def worker(
-    devices: str, presets: str, beat: bool, cpu_threads: int | None, pin_cpus: bool
-) -> None:
+def worker(devices: str, presets: str, beat: bool, cpu_threads: int | None, pin_cpus: bool) -> None:
     """Start one worker process per device, each pinned to its GPU (or its CPU cores)."""
     from workers.supervisor import run_workers
 
@@ -347,7 +314,5 @@ def up(devices: str, presets: str, port: int, dashboard: bool) -> None:
     sys.exit(code)
 
 
-from farm import cli_admin as _cli_admin  # noqa: E402, F401  (workers, queues, drain, requeue, gc)
-from farm import cli_comic as _cli_comic  # noqa: E402, F401  (registers `farm comic`)
-from farm import cli_eval  # noqa: E402, F401  (registers `farm eval`)
-from farm.cli_tokens import tokens as _tokens  # noqa: E402, F401  (registers `farm tokens`)
+for command in (workers, queues, drain, resume, requeue, gc, comic, evaluate_command, tokens):
+    main.add_command(command)

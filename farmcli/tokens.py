@@ -2,16 +2,16 @@
 
 Everyone else gets their token or account from an admin, in the dashboard or through the API;
 the first admin has nobody to ask, so this command (run where the database is reachable) is
-how a studio starts. Imported by `farm.cli`, after its `main` group exists.
+how a studio starts.
 """
 
 from __future__ import annotations
 
 import click
 
-from farm.cli import main, one_line_errors
 from farm.db.models import Role
 from farm.settings import Settings
+from farmcli.errors import one_line_errors
 
 
 def _farm():
@@ -30,7 +30,7 @@ def _farm():
     return Farm(settings)
 
 
-@main.group()
+@click.group()
 def tokens() -> None:
     """API tokens: bearer tokens for pipelines, and logins for the dashboard."""
 

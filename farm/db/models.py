@@ -284,6 +284,7 @@ class Shard(Timestamps, Base):
     __table_args__ = (
         UniqueConstraint("job_id", "index"),
         Index(None, "status", "lease_expires"),
+        Index(None, "status", "sent"),  # the outbox: queued shards whose task was never sent
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -299,6 +300,9 @@ class Shard(Timestamps, Base):
     started: Mapped[datetime | None]
     finished: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
+    # When its task was last handed to the broker; None while a queued shard waits to be sent
+    # (see farm/queue/outbox.py). Written with the shard, so a send that fails loses nothing.
+    sent: Mapped[datetime | None]
     version: Mapped[int] = mapped_column(server_default=text("1"))  # see Job.version
     __mapper_args__ = {"eager_defaults": True, "version_id_col": version}  # noqa: RUF012
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
@@ -147,6 +147,10 @@ def derive_seed(base: int, scene: int, variant: int) -> int:
 
 
 _WORD_OR_PUNCTUATION = re.compile(r"\w+|[^\w\s]+")
+# CLIP's pre-tokenizer (letters, single digits, runs of other symbols): BPE makes at least one
+# token of each piece, so counting pieces gives the fewest tokens a prompt can take.
+_CLIP_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
+PROMPT_TOKENS = 77  # CLIP's context, start and end-of-text tokens included
 
 
 def _trigger_problem(prompt: str, class_word: str, trigger: str) -> str | None:
@@ -175,6 +179,53 @@ def _trigger_problem(prompt: str, class_word: str, trigger: str) -> str | None:
             f"{example}"
         )
     return None
+
+
+def _identity_end(prompt: str, tokens: dict[str, int]) -> int | None:
+    """The earliest place the prompt's last identity token can take once each trigger is
+    dropped and its class word repeated `tokens[trigger]` times (None: no trigger).
+
+    Counted in CLIP pieces, the fewest tokens the text can become, so a prompt refused here is
+    refused by every CLIP vocabulary; the exact count, on the preset's own tokenizer, is made
+    again when the prompt is encoded.
+    """
+    length, last = 1, None  # the start-of-text token
+    for index, piece in enumerate(_CLIP_PIECES.findall(prompt.casefold())):
+        count = tokens.get(piece)
+        if count is not None and index > 0:
+            length += count - 1  # the trigger goes; the class word before it repeats
+            last = length - 1
+        else:
+            length += 1
+    return last
+
+
+def _length_problem(prompt: str, styled: str, tokens: dict[str, int]) -> str | None:
+    last = _identity_end(styled, tokens)
+    if last is None or last < PROMPT_TOKENS:
+        return None
+    return (
+        f"too long for its identity tokens: with the style's words, they would end at token "
+        f"{last + 1} or later, but a prompt holds {PROMPT_TOKENS - 1}; shorten the text before "
+        "the class word or use fewer reference photos"
+    )
+
+
+def _trigger_in(negative: str, people: list[Character]) -> Character | None:
+    """Whose trigger word a negative prompt names: the text encoders have no embedding for a
+    trigger outside the identity prompt, so every render of it would fail."""
+    words = {word.casefold() for word in _WORD_OR_PUNCTUATION.findall(negative)}
+    return next((p for p in people if p.trigger.casefold() in words), None)
+
+
+def _negative_problem(negative: str, people: list[Character]) -> str | None:
+    person = _trigger_in(negative, people)
+    if person is None:
+        return None
+    return (
+        f"contains the trigger word {person.trigger!r} of {person.name}: a trigger word belongs "
+        "only right after the class word of a prompt; remove it"
+    )
 
 
 def _cast_problem(prompt: str, people: list[Character]) -> str | None:
@@ -262,8 +313,25 @@ class Story(BaseModel):
 
     @field_validator("style")
     @classmethod
-    def _style_is_canonical(cls, style: str) -> str:
-        return styles.canonical_style(style)
+    def _style_is_canonical(cls, style: str, info: ValidationInfo) -> str:
+        style = styles.canonical_style(style)
+        person = _trigger_in(styles.STYLES[style][1], _people(info))
+        if person is not None:
+            raise PydanticCustomError(
+                "trigger_in_negative",
+                "the negative prompt of style '{style}' contains the trigger word '{trigger}' of "
+                "{name}; choose another trigger word or another style",
+                {"style": style, "trigger": person.trigger, "name": person.name},
+            )
+        return style
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative_has_no_trigger(cls, negative: str, info: ValidationInfo) -> str:
+        problem = _negative_problem(negative, _people(info))
+        if problem is not None:
+            raise PydanticCustomError("trigger_in_negative", "{problem}", {"problem": problem})
+        return negative
 
     @field_validator("aspect")
     @classmethod
@@ -298,14 +366,23 @@ class Story(BaseModel):
         character = info.data.get("character")
         if character is not None and "cast" in info.data:
             people = [character, *info.data["cast"]]
+            tokens = _identity_tokens(people, info)
+            style = info.data.get("style")
             for index, scene in enumerate(scenes):
                 problem = (
                     _trigger_problem(scene.prompt, character.class_word, character.trigger)
                     if len(people) == 1
                     else _cast_problem(scene.prompt, people)
                 )
+                if problem is None and style is not None:
+                    styled, _ = styles.apply_style(style, scene.prompt, "")
+                    problem = _length_problem(scene.prompt, styled, tokens)
                 if problem is not None:
                     problems.append(_problem(problem, (index, "prompt"), scene.prompt))
+                if scene.negative is not None:
+                    problem = _negative_problem(scene.negative, people)
+                    if problem is not None:
+                        problems.append(_problem(problem, (index, "negative"), scene.negative))
         story_variants = info.data.get("variants")
         if story_variants is not None:
             total = sum(scene.variants or story_variants for scene in scenes)
@@ -353,6 +430,21 @@ class Story(BaseModel):
                     seed = (scene.seed + variant) % (MAX_SEED + 1)
                 renders.append(PlannedRender(index, variant, prompt, negative, seed, scene.caption))
         return renders
+
+
+def _people(info: ValidationInfo) -> list[Character]:
+    """The characters validated so far (a field that failed is missing from `info.data`)."""
+    character = info.data.get("character")
+    return [] if character is None else [character, *info.data.get("cast", [])]
+
+
+def _identity_tokens(people: list[Character], info: ValidationInfo) -> dict[str, int]:
+    """Each trigger's ID tokens: photos x 1 (V1) or x 2 (V2); x 1 when the preset is unknown,
+    which keeps `_identity_end` a lower bound."""
+    presets = (info.context or {}).get("presets")
+    preset = presets.get(info.data.get("preset")) if isinstance(presets, Mapping) else None
+    per_photo = 1 if preset is None else preset.tokens_per_photo
+    return {p.trigger.casefold(): len(p.photos) * per_photo for p in people}
 
 
 def _problem(message: str, loc: tuple[str | int, ...], value: Any) -> InitErrorDetails:

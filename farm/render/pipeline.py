@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -38,12 +38,18 @@ from farm.identity.prompt import (
 from farm.identity.tokens import IdentityTokens
 from farm.settings import NOISE_DEVICES
 
-if TYPE_CHECKING:
-    from farm.render.memory import LayerOffload, ModelOffload
-
 log = logging.getLogger(__name__)
 
 MAX_MERGE_STEP = 30  # the reference caps the text-only phase at 30 steps
+
+
+class Offload(Protocol):
+    """Where a VRAM mode keeps the weights that wait off the device (`farm.render.memory`'s
+    `ModelOffload` and `LayerOffload`). Named here by what the pipeline needs of it, so that
+    the pipeline imports nothing of the modules that place and speed it up."""
+
+    def remove(self) -> None:
+        """Every weight back in its model, and no hook left: the mode is undone."""
 
 
 class RenderCancelled(Exception):
@@ -133,7 +139,7 @@ class PhotoMakerPipeline:
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self._device = device if device is not None else unet.device
         # Where offloaded weights wait: set by `farm.render.memory.apply_vram_mode`.
-        self.offload: ModelOffload | LayerOffload | None = None
+        self.offload: Offload | None = None
 
     @property
     def device(self) -> torch.device:

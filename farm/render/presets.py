@@ -60,6 +60,11 @@ class Preset:
     def queue(self) -> str:
         return f"render.{self.name}"
 
+    @property
+    def tokens_per_photo(self) -> int:
+        """ID tokens each reference photo adds to a prompt: one in V1, two in V2."""
+        return 1 if self.version == 1 else 2
+
     def sampling(self, steps: int, guidance: float) -> tuple[int, float]:
         """The steps and guidance a render uses: the story's, unless a fast LoRA fixes them."""
         if self.fast is None:

@@ -73,7 +73,8 @@ class Preset:
 
 
 _REALVIS = "SG161222/RealVisXL_V4.0"  # the reference demo's base model
-TINY_FAST_LORA = "tiny-fast-lora.safetensors"  # written by farm.render.tiny in kohya's layout
+# Written by farm.render.tiny's build_tiny (which spells it too), in kohya's layout.
+TINY_FAST_LORA = "tiny-fast-lora.safetensors"
 
 
 def _fast_v2(name: str, fast: FastLora) -> Preset:

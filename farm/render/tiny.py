@@ -33,7 +33,6 @@ from transformers import (
 from farm.identity.checkpoint import perceiver_dim_head, save_checkpoint
 from farm.identity.encoders import IDEncoderConfig, build_id_encoder
 from farm.render.lora import KOHYA_PREFIX
-from farm.render.presets import TINY_FAST_LORA
 
 # Bump when anything below changes the weights: built folders are keyed by it.
 TINY_BUILD = 3
@@ -245,7 +244,9 @@ def build_tiny(target: Path, seed: int = 0) -> Path:
     for version in (1, 2):
         encoder = build_id_encoder(tiny_id_encoder_config(version))
         save_checkpoint(target / f"photomaker-v{version}.bin", encoder, lora)
-    save_file(tiny_fast_lora(unet), target / TINY_FAST_LORA)
+    # The names the tiny presets look for (checkpoint_file, tiny-fast's TINY_FAST_LORA) are spelt
+    # here, not imported: presets.locate builds through this module, so that would be a circle.
+    save_file(tiny_fast_lora(unet), target / "tiny-fast-lora.safetensors")
     return target
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from farm.errors import InputError
 from farm.identity.tokens import IdentityTokens
 from farm.render.pipeline import RenderCancelled, SceneRender, start_merge_step
+from farm.settings import Settings
 from tests.fixtures.tiny import photos_of
 
 SIZE = dict(height=64, width=64)
@@ -192,3 +194,35 @@ def test_v1_preset_renders_with_one_token_per_photo(tiny_v1):
     assert identity.tokens.shape[:2] == (3, 1)
     images = render(tiny_v1, identity, [("a man img reading", 1)])
     assert images[0].size == (64, 64)
+
+
+def test_device_noise_is_drawn_as_the_reference_demo_draws_it(tiny):
+    """`noise="device"`: each render's generator lives on the pipeline's device and draws in
+    its dtype, as diffusers' `randn_tensor` with the demo's `torch.Generator(device)`."""
+    pipeline = tiny.pipeline
+    pipeline.noise = "device"
+    try:
+        latents, generators = pipeline.prepare_latents([5, 6], 64, 64)
+    finally:
+        pipeline.noise = "cpu"
+    shape = (1, pipeline.unet.config.in_channels, 32, 32)
+    generator = torch.Generator(pipeline.device).manual_seed(6)
+    expected = randn_tensor(
+        shape, generator=generator, device=pipeline.device, dtype=pipeline.dtype
+    )
+    assert torch.equal(latents[1], expected[0])
+    assert generators[1].device == pipeline.device
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "expected"),
+    [
+        ("FARM_PROMPT_TRUNCATION", "Keep-End", "prompt_truncation", "keep-end"),
+        ("FARM_NOISE", "device", "noise", "device"),
+    ],
+)
+def test_fidelity_settings_are_read_and_checked(name, value, field, expected):
+    assert getattr(Settings.from_env({}), field) == ("reference" if field != "noise" else "cpu")
+    assert getattr(Settings.from_env({name: value}), field) == expected
+    with pytest.raises(InputError, match=f"{name} must be one of"):
+        Settings.from_env({name: "sometimes"})

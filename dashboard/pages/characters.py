@@ -73,7 +73,7 @@ def check() -> Response:
     photos = uploaded_photos(request.files.getlist("photo")[:1])
     if not photos:
         raise InputError("photo: send one image file")
-    result = check_photo(faces(), photos[0])
+    result = check_photo(faces(), photos[0], farm().settings.photo_max_pixels)
     return jsonify(
         name=result.name,
         ok=result.ok,

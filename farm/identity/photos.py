@@ -6,6 +6,7 @@ broken input and answers with an `InputError` the sender can act on.
 
 import hashlib
 import io
+import math
 import struct
 import warnings
 from collections.abc import Iterator
@@ -20,6 +21,13 @@ from farm.errors import InputError
 MAX_PHOTO_BYTES = 20 * 1024 * 1024
 MAX_PHOTO_PIXELS = 40_000_000
 MIN_PHOTO_SIDE = 64
+# What a photo is decoded to at most: faces are found and encoded at far less (CLIP sees 224 px,
+# the detectors 640). A constant, not a setting: the same bytes must give the same identity in
+# the dashboard and on every worker. JPEGs are decoded at 1/2, 1/4 or 1/8 scale to fit (libjpeg
+# scales while decoding, so a 36-megapixel photo never exists in memory whole); other formats
+# are decoded whole, up to the caller's `max_pixels`, then reduced.
+DECODED_PIXELS = 4_000_000
+_JPEG_SCALES = (1, 2, 4, 8)
 
 # Pillow's names; the set is closed so a file is judged by its content, never its extension.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
@@ -32,13 +40,33 @@ _FIX_FORMAT = "send it as a JPEG, PNG or WebP file"
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
 
 
-def load_photo(data: bytes, name: str) -> Image.Image:
+def load_photo(data: bytes, name: str, *, max_pixels: int = MAX_PHOTO_PIXELS) -> Image.Image:
     """Decode an uploaded reference photo into an upright RGB image, or refuse it clearly.
 
     Limits are checked on the header before any pixel is decoded, so a tiny file that claims
-    billions of pixels (a decompression bomb) costs nothing. Pillow's own bomb guard is made
-    an error too, so it can never degrade into a mere warning.
+    billions of pixels (a decompression bomb) costs nothing, and a JPEG larger than
+    `DECODED_PIXELS` is decoded at a reduced scale. `max_pixels` caps what the decoder may
+    produce (the dashboard passes its setting). Pillow's own bomb guard is made an error too,
+    so it can never degrade into a mere warning.
     """
+    image = _open(data, name, max_pixels)
+    with _refusing_bad_images(name):
+        image.load()
+        factor = math.ceil(math.sqrt(image.width * image.height / DECODED_PIXELS))
+        if factor > 1:  # a PNG or WebP: decoded whole, kept small
+            image = image.reduce(factor)
+        return _to_rgb(ImageOps.exif_transpose(image))
+
+
+def decoded_pixels(data: bytes, name: str, *, max_pixels: int = MAX_PHOTO_PIXELS) -> int:
+    """How many pixels `load_photo` will decode, from the header alone: what a request's photos
+    cost is known, and refused, before any of them is decoded."""
+    width, height = _open(data, name, max_pixels).size
+    return width * height
+
+
+def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """The photo with its header read and checked, set to decode at most `max_pixels`."""
     if not data:
         raise InputError(f"photo {name!r}: the file is empty; {_FIX_FORMAT}")
     if len(data) > MAX_PHOTO_BYTES:
@@ -49,9 +77,19 @@ def load_photo(data: bytes, name: str) -> Image.Image:
     with _refusing_bad_images(name):
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     _check_size(image.size, name)
-    with _refusing_bad_images(name):
-        image.load()
-        return _to_rgb(ImageOps.exif_transpose(image))
+    width, height = image.size
+    if image.format == "JPEG" and width * height > DECODED_PIXELS:
+        scale = next(s for s in _JPEG_SCALES if width * height <= DECODED_PIXELS * s * s or s == 8)
+        with _refusing_bad_images(name):
+            image.draft(None, (math.ceil(width / scale), math.ceil(height / scale)))
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InputError(
+            f"photo {name!r}: a {width}x{height} {image.format} is over the "
+            f"{max_pixels / 1_000_000:g} megapixel limit for that format; send it as a JPEG "
+            "or a downscaled copy"
+        )
+    return image
 
 
 @contextmanager

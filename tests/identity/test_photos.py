@@ -14,9 +14,11 @@ from PIL import Image
 
 from farm.errors import InputError
 from farm.identity.photos import (
+    DECODED_PIXELS,
     MAX_PHOTO_BYTES,
     clip_pixel_values,
     content_hash,
+    decoded_pixels,
     face_crop,
     load_photo,
 )
@@ -184,3 +186,25 @@ def test_face_crop_keeps_margin_and_stays_inside() -> None:
 
     small = gradient(300, 200)
     assert face_crop(small, (50, 20, 250, 180)).size == (200, 200)  # shrunk only to fit
+
+
+def test_a_huge_jpeg_is_decoded_at_a_reduced_scale_in_bounded_time() -> None:
+    # 6000x6000 (36 megapixels) would be 108 MB of RGB; libjpeg decodes it at 1/4 scale.
+    data = encode(gradient(600, 600).resize((6000, 6000)), "JPEG", quality=80)
+    started = time.perf_counter()
+    photo = load_photo(data, "huge.jpg")
+    assert time.perf_counter() - started < 0.5
+    assert photo.size == (1500, 1500) and photo.mode == "RGB"
+    assert decoded_pixels(data, "huge.jpg") == 1500 * 1500 <= DECODED_PIXELS
+
+
+def test_other_formats_over_the_callers_cap_are_refused_from_the_header() -> None:
+    data = png_with_header(5000, 4000)
+    assert decoded_pixels(data, "big.png") == 20_000_000  # under the farm's bomb guard
+    with pytest.raises(InputError, match=r"'big\.png': a 5000x4000 PNG is over the 16 megapixel"):
+        load_photo(data, "big.png", max_pixels=16_000_000)
+
+
+def test_a_large_png_is_kept_no_larger_than_a_decoded_jpeg() -> None:
+    photo = load_photo(encode(gradient(3000, 2000), "PNG"), "large.png")
+    assert photo.size == (1500, 1000) and photo.width * photo.height <= DECODED_PIXELS

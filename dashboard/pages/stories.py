@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
 from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
@@ -16,6 +15,7 @@ from dashboard.scope import MAX_ID, character_of
 from dashboard.security import principal, requires
 from dashboard.studio import plan_of, story_for, submit
 from farm.db.models import Character, Role
+from farm.documents import parse_document
 from farm.errors import InputError
 from farm.jobs import check_submission
 from farm.render.presets import PRESETS
@@ -24,7 +24,6 @@ from farm.webhooks import check_webhook_url
 
 stories = Blueprint("stories", __name__)
 
-MAX_STORY_FILE = 1024 * 1024
 # Form fields that go into the story as they are; pydantic turns "50" into 50 and names the
 # field when it cannot.
 STORY_FIELDS = ("preset", "style", "steps", "guidance", "style_strength", "seed", "variants")
@@ -67,13 +66,8 @@ def story_from_file(form: MultiDict[str, str]) -> dict[str, Any]:
     upload = request.files.get("story_file")
     if upload is None or not upload.filename:
         raise InputError("story file: choose a YAML or JSON file to upload")
-    raw = upload.read(MAX_STORY_FILE + 1)
-    if len(raw) > MAX_STORY_FILE:
-        raise InputError(f"story file: larger than {MAX_STORY_FILE // 1024} KB")
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))  # JSON is YAML too
-    except (UnicodeDecodeError, yaml.YAMLError) as error:
-        raise InputError(f"story file: not readable as YAML or JSON ({error})") from None
+    limits = farm().settings.document_limits
+    data = parse_document(upload.read(limits.max_bytes + 1), "story file", limits)
     if not isinstance(data, dict):
         raise InputError("story file: a story is a mapping with 'scenes' (and settings) at the top")
     data.pop("character", None)  # the character is the one picked on the page, with its photos

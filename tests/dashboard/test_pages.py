@@ -189,7 +189,7 @@ def test_a_story_file_is_submitted_for_the_chosen_character(studio: Studio, arti
             "story_file": (io.BytesIO(b"scenes: [unclosed"), "story.yaml"),
         },
     )
-    assert broken.status_code == 400 and "not readable as YAML or JSON" in broken.text
+    assert broken.status_code == 400 and "story file: line 2, column 1: invalid YAML" in broken.text
 
 
 def test_the_character_form_explains_each_rejected_photo(studio: Studio, artist):

@@ -66,8 +66,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["faces"] = SharedFaces(farm.settings.models_dir)
 
     metrics.init_app(app)  # first: its clock starts before the login checks may answer
+    errors.init_app(app)  # then control characters are refused before a login reads the database
     security.init_app(app)
-    errors.init_app(app)
     formatting.init_app(app)
     for blueprint in (health, api, live, files, *PAGES):
         app.register_blueprint(blueprint)

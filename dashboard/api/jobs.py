@@ -36,7 +36,8 @@ from dashboard.studio import plan_of, story_for, submit
 from farm.db.models import Job, Render, Role
 from farm.db.states import JobStatus, RenderStatus
 from farm.errors import InputError
-from farm.jobs import cancel_job, retry_job
+from farm.jobs import cancel_job, check_submission, retry_job
+from farm.webhooks import check_webhook_url
 
 ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
@@ -184,12 +185,19 @@ def create_job() -> JobCreated:
 @api.post("/jobs/plan")
 @operation("jobs", role=Role.ARTIST, response=PlanOut, body_schema="JobCreate", errors=(404,))
 def plan_job() -> PlanOut:
-    """How many renders and shards a story would make; nothing is written or sent."""
-    character_id, story, _, _ = job_request(json_body())
+    """How many renders and shards a story would make; nothing is written or sent.
+
+    The priority and the webhook are judged as a submission judges them, so that a plan that
+    passes is a job that will be accepted.
+    """
+    character_id, story, priority, webhook_url = job_request(json_body())
     with farm().sessions() as session:
         character = character_of(session, principal(), character_id)
-        plan = plan_of(farm(), story_for(character, story))
-    return PlanOut(**vars(plan))
+        planned = story_for(character, story)
+    check_submission(planned, priority)
+    if webhook_url:
+        check_webhook_url(webhook_url)
+    return PlanOut(**vars(plan_of(farm(), planned)))
 
 
 @api.get("/jobs/<uuid:job_id>")

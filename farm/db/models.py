@@ -13,10 +13,10 @@ a silent load of a job's 10,000 renders is a bug to see, not to suffer. Load the
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -34,7 +34,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from farm.db.states import JobStatus, RenderStatus, ShardStatus, TransitionError, WorkerStatus
+from farm.db.states import (
+    JOB_MOVES,
+    RENDER_MOVES,
+    SHARD_MOVES,
+    WORKER_MOVES,
+    JobStatus,
+    Move,
+    RenderStatus,
+    ShardStatus,
+    TransitionError,
+    WorkerStatus,
+    moved,
+)
 from farm.db.types import UTCDateTime, sql_now, utcnow
 
 # Stable constraint names, so that a later migration can name what it alters or drops.
@@ -92,13 +104,9 @@ def _status_column(initial: StrEnum) -> Any:
     )
 
 
-def _move(row: Any, to: StrEnum, allowed: Collection[StrEnum]) -> None:
-    if row.status not in allowed:
-        raise TransitionError(
-            f"{type(row).__name__} {row.id} is {row.status}; it cannot become {to} "
-            f"(only a row that is {' or '.join(sorted(allowed))} can)"
-        )
-    row.status = to
+def _move(row: Any, name: str) -> None:
+    """Move `row` by its table's move `name` (farm/db/states.py), or raise TransitionError."""
+    row.status = moved(f"{type(row).__name__} {row.id}", row.status, row.MOVES, name)
 
 
 def new_job_id() -> str:
@@ -196,6 +204,7 @@ class Job(Timestamps, Base):
     """One submitted story: its validated spec, and the state of the whole."""
 
     __tablename__ = "jobs"
+    MOVES: ClassVar[Mapping[str, Move]] = JOB_MOVES
     __table_args__ = (
         Index(None, "status", "created"),
         CheckConstraint("priority BETWEEN 0 AND 9", name="priority_range"),
@@ -241,32 +250,32 @@ class Job(Timestamps, Base):
         """Mark the job running when its first shard starts; later shards leave it as it is."""
         if self.status is JobStatus.RUNNING:
             return
-        _move(self, JobStatus.RUNNING, {JobStatus.QUEUED})
+        _move(self, "start")
         self.started = now or utcnow()
 
     def succeed(self, now: datetime | None = None) -> None:
-        _move(self, JobStatus.SUCCEEDED, {JobStatus.RUNNING})
+        _move(self, "succeed")
         self.finished = now or utcnow()
 
     def fail(self, error: str, now: datetime | None = None) -> None:
-        _move(self, JobStatus.FAILED, {JobStatus.QUEUED, JobStatus.RUNNING})
+        _move(self, "fail")
         self.error = error
         self.finished = now or utcnow()
 
     def request_cancel(self) -> None:
         """Ask the workers to stop: they check the flag before each shard and between renders."""
-        if self.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        if self.status not in JOB_MOVES["cancel"].sources:
             raise TransitionError(f"Job {self.id} is {self.status}; there is nothing to cancel")
         self.cancel_requested = True
 
     def cancel(self, now: datetime | None = None) -> None:
-        _move(self, JobStatus.CANCELLED, {JobStatus.QUEUED, JobStatus.RUNNING})
+        _move(self, "cancel")
         self.cancel_requested = True
         self.finished = now or utcnow()
 
     def reopen(self) -> None:
         """A retry of an ended job: it runs again, for the shards sent again."""
-        _move(self, JobStatus.RUNNING, {JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SUCCEEDED})
+        _move(self, "reopen")
         self.cancel_requested = False
         self.error = None
         self.finished = None
@@ -281,6 +290,7 @@ class Shard(Timestamps, Base):
     """
 
     __tablename__ = "shards"
+    MOVES: ClassVar[Mapping[str, Move]] = SHARD_MOVES
     __table_args__ = (
         UniqueConstraint("job_id", "index"),
         Index(None, "status", "lease_expires"),
@@ -335,7 +345,7 @@ class Shard(Timestamps, Base):
             raise TransitionError(
                 f"Shard {self.id} has used all {self.max_attempts} attempts; fail it instead"
             )
-        _move(self, ShardStatus.RUNNING, {ShardStatus.QUEUED, ShardStatus.RUNNING})
+        _move(self, "start")
         now = now or utcnow()
         self.attempts += 1
         self.worker_id = worker_id
@@ -347,7 +357,7 @@ class Shard(Timestamps, Base):
 
     def renew(self, lease_s: float, now: datetime | None = None) -> None:
         """Extend the lease: the worker's heartbeat while the shard renders."""
-        _move(self, ShardStatus.RUNNING, {ShardStatus.RUNNING})
+        _move(self, "renew")
         self.lease_expires = (now or utcnow()) + timedelta(seconds=lease_s)
 
     def requeue(self, reason: str, now: datetime | None = None) -> ShardStatus:
@@ -356,33 +366,35 @@ class Shard(Timestamps, Base):
         Returns the new status, so that the caller knows whether to send the task again.
         """
         if self.attempts_left:
-            _move(self, ShardStatus.QUEUED, {ShardStatus.RUNNING})
+            _move(self, "requeue")
             self.error = reason
             self.worker_id = None
             self.lease_expires = None
+            self.sent = None  # for the outbox: its task goes out again
         else:
             self.fail(f"{reason} (attempt {self.attempts} of {self.max_attempts})", now)
         return self.status
 
     def succeed(self, now: datetime | None = None) -> None:
-        _move(self, ShardStatus.SUCCEEDED, {ShardStatus.RUNNING})
+        _move(self, "succeed")
         self._end(now)
 
     def fail(self, error: str, now: datetime | None = None) -> None:
-        _move(self, ShardStatus.FAILED, {ShardStatus.QUEUED, ShardStatus.RUNNING})
+        _move(self, "fail")
         self.error = error
         self._end(now)
 
     def cancel(self, now: datetime | None = None) -> None:
-        _move(self, ShardStatus.CANCELLED, {ShardStatus.QUEUED, ShardStatus.RUNNING})
+        _move(self, "cancel")
         self._end(now)
 
     def reopen(self) -> None:
         """A manual retry (`farm retry`): the shard gets a fresh set of attempts."""
-        _move(self, ShardStatus.QUEUED, {ShardStatus.FAILED, ShardStatus.CANCELLED})
+        _move(self, "reopen")
         self.attempts = 0
         self.worker_id = None
         self.finished = None
+        self.sent = None
 
     def _end(self, now: datetime | None) -> None:
         self.finished = now or utcnow()
@@ -393,6 +405,7 @@ class Render(Timestamps, Base):
     """One image: a scene x variant of a job, with what it took to make and where it lies."""
 
     __tablename__ = "renders"
+    MOVES: ClassVar[Mapping[str, Move]] = RENDER_MOVES
     __table_args__ = (
         UniqueConstraint("job_id", "scene_index", "variant"),
         # Progress is one GROUP BY status over a job's rows, found through this index.
@@ -432,11 +445,7 @@ class Render(Timestamps, Base):
 
     def start(self, worker_id: str, device: str, now: datetime | None = None) -> None:
         """Begin rendering; a running render was left by a dead worker, a failed one is retried."""
-        _move(
-            self,
-            RenderStatus.RUNNING,
-            {RenderStatus.QUEUED, RenderStatus.RUNNING, RenderStatus.FAILED},
-        )
+        _move(self, "start")
         self.attempts += 1
         self.worker_id = worker_id
         self.device = device
@@ -458,7 +467,7 @@ class Render(Timestamps, Base):
         qc_seed: int | None = None,
         now: datetime | None = None,
     ) -> None:
-        _move(self, RenderStatus.DONE, {RenderStatus.RUNNING})
+        _move(self, "finish")
         self.storage_key = storage_key
         self.thumb_key = thumb_key
         self.identity_s = identity_s
@@ -471,22 +480,29 @@ class Render(Timestamps, Base):
         self.finished = now or utcnow()
 
     def fail(self, error: str, now: datetime | None = None) -> None:
-        _move(self, RenderStatus.FAILED, {RenderStatus.QUEUED, RenderStatus.RUNNING})
+        _move(self, "fail")
         self.error = error
         self.finished = now or utcnow()
 
     def cancel(self, now: datetime | None = None) -> None:
-        _move(self, RenderStatus.CANCELLED, {RenderStatus.QUEUED, RenderStatus.RUNNING})
+        _move(self, "cancel")
         self.finished = now or utcnow()
 
+    def reopen(self) -> None:
+        """A manual retry: the render waits for its shard's next attempt."""
+        _move(self, "reopen")
+        self.error = None
+        self.finished = None
 
-_LIVE_WORKER = {WorkerStatus.STARTING, WorkerStatus.IDLE, WorkerStatus.BUSY, WorkerStatus.DRAINING}
+
+_LIVE_WORKER = WORKER_MOVES["stop"].sources
 
 
 class Worker(Timestamps, Base):
     """One worker process on one GPU, as it last reported itself."""
 
     __tablename__ = "workers"
+    MOVES: ClassVar[Mapping[str, Move]] = WORKER_MOVES
 
     id: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)  # "host:cuda0"
     hostname: Mapped[str] = mapped_column(String(NAME_LENGTH))
@@ -509,18 +525,18 @@ class Worker(Timestamps, Base):
 
     def ready(self, now: datetime | None = None) -> None:
         """The pipeline is loaded: the worker takes work from now on."""
-        _move(self, WorkerStatus.IDLE, {WorkerStatus.STARTING})
+        _move(self, "ready")
         self.beat(now)
 
     def take(self, shard_id: int, now: datetime | None = None) -> None:
-        _move(self, WorkerStatus.BUSY, {WorkerStatus.IDLE})
+        _move(self, "take")
         self.current_shard_id = shard_id
         self.beat(now)
 
     def release(self, *, done: int, failed: int, now: datetime | None = None) -> None:
         """The shard is over; a draining worker stays draining, on its way out."""
         if self.status is not WorkerStatus.DRAINING:
-            _move(self, WorkerStatus.IDLE, {WorkerStatus.BUSY})
+            _move(self, "release")
         self.current_shard_id = None
         self.renders_done += done
         self.renders_failed += failed
@@ -528,25 +544,21 @@ class Worker(Timestamps, Base):
 
     def drain(self, now: datetime | None = None) -> None:
         """Finish the current shard, take no new one (warm shutdown, scale-down)."""
-        _move(
-            self,
-            WorkerStatus.DRAINING,
-            {WorkerStatus.STARTING, WorkerStatus.IDLE, WorkerStatus.BUSY},
-        )
+        _move(self, "drain")
         self.beat(now)
 
     def resume(self, now: datetime | None = None) -> None:
         """Take work again after a drain (`farm resume`)."""
-        _move(self, WorkerStatus.IDLE, {WorkerStatus.DRAINING})
+        _move(self, "resume")
         self.beat(now)
 
     def stop(self) -> None:
-        _move(self, WorkerStatus.STOPPED, _LIVE_WORKER)
+        _move(self, "stop")
         self.current_shard_id = None
 
     def lose(self) -> None:
         """The reaper's verdict on a worker whose heartbeats stopped; its shard is requeued."""
-        _move(self, WorkerStatus.LOST, _LIVE_WORKER)
+        _move(self, "lose")
         self.current_shard_id = None
 
 

@@ -9,19 +9,27 @@ does, or after `SSE_MAX_S`, when the browser reconnects on its own.
 
 Events: `progress` (status, counts, timings), `render` (one finished render, with its
 thumbnail), `shards` (shards whose state changed), `end`.
+
+Each open stream holds one of the process's threads for as long as it is open, so a process
+serves at most `sse_max_streams` of them, and one login at most `sse_max_streams_per_user`
+(settings); gunicorn_conf gives each process that many threads and more for the pages, which
+therefore always find one free. A stream over a cap is answered 429 at once.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, stream_with_context, url_for
+from flask import Blueprint, Response, abort, current_app, stream_with_context, url_for
+from flask.blueprints import BlueprintSetupState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -44,6 +52,71 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
+class StreamSlots:
+    """The streams this process serves now, in all and per login, counted under a lock:
+    streams open and close on many threads at once."""
+
+    def __init__(self, total: int, per_user: int) -> None:
+        self.total, self.per_user = total, per_user
+        self._lock = threading.Lock()
+        self._open: Counter[str] = Counter()
+
+    def take(self, user: str) -> Callable[[], None]:
+        """A slot for `user`, or a 429; returns its release, which may be called again."""
+        with self._lock:
+            if self._open[user] >= self.per_user:
+                abort(
+                    429,
+                    f"this login has {self.per_user} live progress streams open, the most it "
+                    "may; close some job pages (or their tabs) and reload this one",
+                )
+            if self._open.total() >= self.total:
+                abort(
+                    429,
+                    f"the dashboard serves {self.total} live progress streams, the most it may; "
+                    "reload the page in a minute",
+                )
+            self._open[user] += 1
+        released = threading.Event()
+
+        def release() -> None:
+            with self._lock:
+                if not released.is_set():
+                    released.set()
+                    self._open[user] -= 1
+                    if not self._open[user]:
+                        del self._open[user]
+
+        return release
+
+
+@live.record_once
+def _make_slots(state: BlueprintSetupState) -> None:
+    settings = state.app.extensions["farm"].settings
+    state.app.extensions["streams"] = StreamSlots(
+        settings.sse_max_streams, settings.sse_max_streams_per_user
+    )
+
+
+class _HeldStream:
+    """A stream's events with its slot: the slot is released when the server closes the
+    response (the stream ended, or the browser went away), even if it never started."""
+
+    def __init__(self, events: Iterator[str], release: Callable[[], None]) -> None:
+        self._events, self._release = events, release
+
+    def __iter__(self) -> Iterator[str]:
+        return self._events
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._events, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._release()
+
+
 @live.get("/jobs/<uuid:job_id>/events")
 def job_events(job_id: Any) -> Response:
     with farm().sessions() as session:
@@ -60,8 +133,10 @@ def job_events(job_id: Any) -> Response:
         heartbeat_s=config["SSE_HEARTBEAT_S"],
         max_s=config["SSE_MAX_S"],
     )
+    who = principal()
+    release = current_app.extensions["streams"].take(f"{who.kind}:{who.id}")
     return Response(
-        stream_with_context(events),
+        _HeldStream(stream_with_context(events), release),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -4,15 +4,31 @@ reading SQL every tick when they are not; a heartbeat comment while nothing happ
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
+from collections.abc import Iterator
+from http.client import HTTPConnection, HTTPResponse
+from pathlib import Path
 
 import pytest
 
+from dashboard.app import create_app
 from dashboard.live import JobStream
+from farm.context import Farm
 from farm.events import Events
-from tests.fixtures.dashboard import Studio, finish_renders, make_character, story_body
+from tests.fixtures.dashboard import (
+    SECRET_KEY,
+    Studio,
+    finish_renders,
+    live_server,
+    make_character,
+    make_tokens,
+    story_body,
+    studio_settings,
+)
 from tests.fixtures.services import skip_or_fail
+from tests.fixtures.tasks import TaskRecorder
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -111,3 +127,71 @@ def test_a_job_deleted_while_watched_ends_the_stream(studio: Studio, job_id: str
         session.execute(delete(Job).where(Job.id == job_id))
 
     assert parse(list(events)) == [("end", {"status": "gone"})]
+
+
+# Caps: each open stream holds a server thread, so a process serves a bounded number of them.
+
+
+@pytest.fixture
+def capped(tmp_path: Path, migrated_sqlite: Path) -> Iterator[Studio]:
+    """A dashboard that serves at most 3 streams, 2 per login, with a quick heartbeat: a
+    stream whose browser went away is noticed (and its slot freed) at its next write."""
+    shutil.copyfile(migrated_sqlite, tmp_path / "farm.db")
+    settings = studio_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'farm.db'}", sse_max_streams=3, sse_max_streams_per_user=2
+    )
+    farm = Farm(settings)
+    farm.__dict__["celery"] = TaskRecorder()
+    config = {"TESTING": True, "SECRET_KEY": SECRET_KEY, "FARM": farm, "SSE_HEARTBEAT_S": 0.1}
+    yield Studio(create_app(config), farm, make_tokens(farm), None)
+    farm.close()
+
+
+def open_stream(base: str, token: str, job_id: str) -> tuple[HTTPConnection, HTTPResponse]:
+    """A real stream over HTTP, as a browser's EventSource opens it; its first bytes read."""
+    connection = HTTPConnection(base.removeprefix("http://"), timeout=10)
+    connection.request(
+        "GET",
+        f"/jobs/{job_id}/events",
+        headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
+    )
+    response = connection.getresponse()
+    if response.status == 200:
+        assert response.read(6) == b"retry:"
+    return connection, response
+
+
+def close(stream: tuple[HTTPConnection, HTTPResponse]) -> None:
+    connection, response = stream
+    response.close()  # the socket stays open while its response's file is
+    connection.close()
+
+
+def test_streams_over_the_per_login_and_process_caps_are_429_and_pages_still_answer(
+    capped: Studio,
+):
+    job_id = capped.call("POST", "/api/v1/jobs", json=story_body(make_character(capped))).json["id"]
+    tokens = capped.tokens
+    with live_server(capped.app) as base:
+        viewer = [open_stream(base, tokens["a-viewer"], job_id) for _ in range(2)]
+        third = open_stream(base, tokens["a-viewer"], job_id)
+        artist = open_stream(base, tokens["a-artist"], job_id)
+        admin = open_stream(base, tokens["a-admin"], job_id)
+        page = capped.call("GET", "/api/v1/jobs", "a-viewer")
+
+        assert [response.status for _, response in viewer] == [200, 200]
+        assert third[1].status == 429
+        assert "this login has 2 live progress streams open" in json.load(third[1])["error"]
+        assert artist[1].status == 200
+        assert admin[1].status == 429
+        assert "the dashboard serves 3 live progress streams" in json.load(admin[1])["error"]
+        assert page.status_code == 200
+
+        close(viewer[0])  # a tab closed: its slot is free once the server notices
+        deadline = time.monotonic() + 10
+        while (again := open_stream(base, tokens["a-admin"], job_id))[1].status == 429:
+            close(again)
+            assert time.monotonic() < deadline, "a closed stream kept its slot"
+            time.sleep(0.1)
+        for stream in [*viewer[1:], third, artist, admin, again]:
+            close(stream)

@@ -8,10 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from gunicorn.config import Config
 from prometheus_client.parser import text_string_to_metric_families
 
+from dashboard import gunicorn_conf
 from dashboard.gunicorn_conf import on_starting
 from farm.db.session import make_engine, session_factory
 from farm.logs import FarmHandler
@@ -114,7 +117,7 @@ def test_gunicorn_starts_with_an_empty_multiprocess_folder_and_the_farm_log_form
     root = logging.getLogger()
     level = root.level
     try:
-        on_starting(None)
+        on_starting(SimpleNamespace(cfg=Config()))
         assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(stale.parent)
         assert stale.parent.is_dir() and not any(stale.parent.iterdir())
         assert [h for h in root.handlers if isinstance(h, FarmHandler)]
@@ -123,6 +126,25 @@ def test_gunicorn_starts_with_an_empty_multiprocess_folder_and_the_farm_log_form
         for handler in [h for h in root.handlers if isinstance(h, FarmHandler)]:
             root.removeHandler(handler)
         root.setLevel(level)
+
+
+@pytest.mark.parametrize(("given", "expected"), [(1, 32), (8, 32), (40, 40)])
+def test_gunicorn_gives_each_process_a_thread_per_stream_and_eight_for_pages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: int, expected: int
+):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    monkeypatch.setenv("FARM_SSE_MAX_STREAMS", "24")
+    cfg = Config()
+    cfg.set("threads", given)  # --threads on the command line: raised, never lowered
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        on_starting(SimpleNamespace(cfg=cfg))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+    assert cfg.threads == expected and gunicorn_conf.worker_class == "gthread"
 
 
 # Two dashboard processes, as gunicorn runs them: each counts its own requests into the shared

@@ -1,8 +1,11 @@
 """Jobs: a story planned into renders and shards in one transaction, then sent to the queue of
-its preset; cancelling, retrying and reading progress.
+its preset; reading progress. Cancelling, retrying and every other change of a job's state are
+farm/lifecycle.py's.
 
 Tasks are sent only after the transaction commits (a worker must find the rows it is told
-about), and they carry ids, never objects: the worker re-reads the world.
+about), and they carry ids, never objects: the worker re-reads the world. The shards are
+committed unsent, so a broker that is down at that moment delays the job, never loses it
+(farm/queue/outbox.py).
 """
 
 from __future__ import annotations
@@ -10,20 +13,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from celery import Celery
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.characters import create_character
 from farm.context import Farm
 from farm.db.models import CastMember, Job, Render, Shard, project_or_default
 from farm.db.queries import job_progress
-from farm.db.retry import retried_on_lost_race
-from farm.db.states import JobStatus, RenderStatus, ShardStatus
+from farm.db.states import JobStatus, RenderStatus
 from farm.errors import InputError
 from farm.identity.engine import Photo
 from farm.identity.faces import FaceAnalyzer
-from farm.queue.app import MAX_PRIORITY, RENDER_SHARD, render_queue
+from farm.lifecycle import get_job
+from farm.queue.app import MAX_PRIORITY
+from farm.queue.outbox import ShardTask, send_shards
 from farm.render.presets import get_preset
 from farm.story import Character as StoryCharacter
 from farm.story import PlannedRender, Story
@@ -41,25 +44,6 @@ def thumb_key(job_id: str, scene_index: int, variant: int) -> str:
 def shard_plan(plan: Sequence[PlannedRender], size: int) -> list[Sequence[PlannedRender]]:
     """Consecutive renders, `size` at a time: scenes next to each other share a batch."""
     return [plan[i : i + size] for i in range(0, len(plan), size)]
-
-
-def send_shards(
-    celery: Celery, preset: str, shard_ids: Sequence[int], priority: int, *, job_id: str
-) -> None:
-    for shard_id in shard_ids:
-        celery.send_task(
-            RENDER_SHARD,
-            args=[shard_id],
-            queue=render_queue(preset),
-            # Celery on Redis serves priority 0 first; the farm's 9 is the most urgent.
-            priority=MAX_PRIORITY - priority,
-            # What Flower, `celery events` and the worker's log show instead of "[12]".
-            argsrepr=shard_task_repr(shard_id, job_id, preset, priority),
-        )
-
-
-def shard_task_repr(shard_id: int, job_id: str, preset: str, priority: int) -> str:
-    return f"shard {shard_id} of job {job_id} ({preset}, priority {priority})"
 
 
 @dataclass(frozen=True)
@@ -173,81 +157,10 @@ def submit_story(
         )
         shard_ids = list(session.scalars(select(Shard.id).where(Shard.job_id == job.id)))
         submitted = Submitted(job.id, job.renders_total, len(shard_ids))
-    send_shards(farm.celery, story.preset, shard_ids, priority, job_id=submitted.job_id)
+    # The shards were committed unsent: a broker that is down now leaves them to the reaper.
+    send_shards(farm, [ShardTask(s, submitted.job_id, story.preset, priority) for s in shard_ids])
     farm.events.publish(submitted.job_id, "job.submitted", renders=submitted.renders)
     return submitted
-
-
-def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise InputError(f"no job {job_id!r}")
-    return job
-
-
-@retried_on_lost_race
-def cancel_job(farm: Farm, job_id: str) -> Job:
-    """Queued shards end cancelled at once; a running shard stops at its next render."""
-    with farm.sessions.begin() as session:
-        job = get_job(session, job_id)
-        if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
-            raise InputError(f"job {job_id} is {job.status}; only queued or running jobs cancel")
-        job.request_cancel()
-        queued = list(
-            session.scalars(
-                select(Shard).where(Shard.job_id == job_id, Shard.status == ShardStatus.QUEUED)
-            )
-        )
-        for shard in queued:
-            shard.cancel()
-        session.execute(
-            update(Render)
-            .where(
-                Render.shard_id.in_([s.id for s in queued]), Render.status == RenderStatus.QUEUED
-            )
-            .values(status=RenderStatus.CANCELLED)
-        )
-        running = session.scalar(
-            select(Shard.id).where(Shard.job_id == job_id, Shard.status == ShardStatus.RUNNING)
-        )
-        if running is None:
-            job.cancel()
-    farm.events.publish(job_id, "job.cancel_requested")
-    return job
-
-
-@retried_on_lost_race
-def retry_job(farm: Farm, job_id: str) -> int:
-    """Send the failed (and cancelled) shards of a finished job again; returns how many."""
-    with farm.sessions.begin() as session:
-        job = get_job(session, job_id)
-        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            raise InputError(f"job {job_id} is still {job.status}; retry it once it has ended")
-        shards = list(
-            session.scalars(
-                select(Shard).where(
-                    Shard.job_id == job_id,
-                    Shard.status.in_([ShardStatus.FAILED, ShardStatus.CANCELLED]),
-                )
-            )
-        )
-        if not shards:
-            raise InputError(f"job {job_id} has no failed or cancelled shards to retry")
-        for shard in shards:
-            shard.reopen()
-        session.execute(
-            update(Render)
-            .where(
-                Render.shard_id.in_([s.id for s in shards]),
-                Render.status.in_([RenderStatus.FAILED, RenderStatus.CANCELLED]),
-            )
-            .values(status=RenderStatus.QUEUED, error=None)
-        )
-        job.reopen()
-        ids, preset, priority = [s.id for s in shards], job.preset, job.priority
-    send_shards(farm.celery, preset, ids, priority, job_id=job_id)
-    farm.events.publish(job_id, "job.retried", shards=len(ids))
-    return len(ids)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ class Settings:
     max_attempts: int = 3  # a shard that fails (or kills its worker) this often ends failed
     visibility_timeout_s: int = 4 * 3600  # must exceed the longest shard, or Redis redelivers
     reap_interval_s: int = 60
+    # How long a worker tries again to end a shard while the database is out of reach, before it
+    # leaves the shard to its lease (farm/lifecycle.py); keep it well under `lease_s`.
+    end_retry_s: int = 30
     log_format: str = "text"  # "json": one object per line, for log shippers (farm/logs.py)
     # Worker slot k serves Prometheus metrics on this port + k; None: no metrics server.
     metrics_port: int | None = None
@@ -88,6 +91,7 @@ class Settings:
             max_attempts=_int(env, "FARM_MAX_ATTEMPTS", 3, 1, 20),
             visibility_timeout_s=_int(env, "FARM_VISIBILITY_TIMEOUT", 4 * 3600, 60, 7 * 86400),
             reap_interval_s=_int(env, "FARM_REAP_INTERVAL", 60, 1, 3600),
+            end_retry_s=_int(env, "FARM_END_RETRY_SECONDS", 30, 0, 3600),
             log_format=_choice(env, "FARM_LOG_FORMAT", ("text", "json")),
             metrics_port=_int(env, "FARM_METRICS_PORT", 0, 0, 65535) or None,
             vram_mode=_choice(env, "FARM_VRAM_MODE", VRAM_MODES),

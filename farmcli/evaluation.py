@@ -87,7 +87,7 @@ def _job_samples(settings: Settings, job_id: str) -> tuple[list[tuple[str, bytes
     from farm.db.models import Character, Render
     from farm.db.states import RenderStatus
     from farm.evaluation import Sample
-    from farm.jobs import get_job
+    from farm.lifecycle import get_job
 
     farm = Farm(settings)
     with farm.sessions() as session:

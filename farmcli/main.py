@@ -200,7 +200,7 @@ def status(job_id: str) -> None:
 @one_line_errors
 def cancel(job_id: str) -> None:
     """Cancel JOB_ID: queued shards are skipped, running ones stop at their next render."""
-    from farm.jobs import cancel_job
+    from farm.lifecycle import cancel_job
 
     job = cancel_job(_farm(), job_id)
     click.echo(f"job {job.id} {job.status}")
@@ -211,7 +211,7 @@ def cancel(job_id: str) -> None:
 @one_line_errors
 def retry(job_id: str) -> None:
     """Send the failed and cancelled shards of JOB_ID again."""
-    from farm.jobs import retry_job
+    from farm.lifecycle import retry_job
 
     click.echo(f"{retry_job(_farm(), job_id)} shard(s) sent again")
 
@@ -226,7 +226,7 @@ def fetch(job_id: str, out_dir: Path) -> None:
 
     from farm.db.models import Render
     from farm.db.states import RenderStatus
-    from farm.jobs import get_job
+    from farm.lifecycle import get_job
     from farm.storage.local import LocalStorage
 
     farm = _farm()

@@ -1,5 +1,5 @@
-"""What happens once a job has ended: tell the watchers, then (a task on the control queue, after
-the job's last render) build its comic pages and exports and call its webhook.
+"""What happens once a job has ended (farm.lifecycle.announce_job_end queued this task on the
+control queue): build its comic pages and exports, then call its webhook.
 
 The webhook fires after the outputs exist, so a pipeline that downloads on the webhook finds the
 PDF and the zip in place.
@@ -16,19 +16,12 @@ from farm.comic.pages import PageSize
 from farm.context import Farm
 from farm.db.models import Render
 from farm.db.states import RenderStatus
-from farm.queue.app import CONTROL_QUEUE, FINALIZE_JOB
 from farm.webhooks import send_job_webhook
 
 log = logging.getLogger(__name__)
 
 AUTO_COMIC_MAX_RENDERS = 400  # beyond this, `farm comic JOB` builds them on demand
 AUTO_COMIC_PAGE = PageSize.parse("A4", 150)
-
-
-def announce_job_end(farm: Farm, job_id: str, status: str) -> None:
-    """Called by whoever closed the job (the last shard's worker, or the reaper)."""
-    farm.events.publish(job_id, "job.finished", status=status)
-    farm.celery.send_task(FINALIZE_JOB, args=[job_id], queue=CONTROL_QUEUE, priority=0)
 
 
 def finalize_job(farm: Farm, job_id: str) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Running one shard: claim it in SQL, render its scenes in batches, and hand each batch to the
-worker's finisher (workers/finisher.py), which stores and records it and then ends the shard.
+worker's finisher (workers/finisher.py), which stores and records it and then ends the shard
+(farm/lifecycle.py, where every change of state lives).
 
 Everything here is idempotent, because Celery may deliver a shard twice (a worker died, the
 reaper requeued it): a finished shard is not run again, a render already done is not redone,
@@ -11,28 +12,34 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 from PIL import Image
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from farm.db.models import CastMember, Character, Job, Render, Shard, StoredIdentityTokens, Worker
 from farm.db.retry import retried_on_lost_race
-from farm.db.states import JobStatus, RenderStatus, ShardStatus
+from farm.db.states import RenderStatus, ShardStatus
 from farm.db.types import utcnow
 from farm.errors import InputError
 from farm.identity.cache import identity_key
-from farm.jobs import send_shards
+from farm.lifecycle import (
+    CANCELLED,
+    cancel_shard,
+    close_job,
+    end_shard,
+    fail_render_rows,
+    fail_shard,
+    release_worker,
+    start_renders,
+)
 from farm.logs import log_context
 from farm.metrics import record_render
 from farm.render.pipeline import RenderCancelled, SceneRender
 from farm.render.story_render import RenderSettings
 from farm.story import PlannedRender, Story
-from workers.finalize import announce_job_end
-from workers.finisher import Rendered, ShardRun, renders_by_id
+from workers.finisher import Rendered, ShardRun
 from workers.qc import IdentityCheck
 from workers.runtime import WorkerRuntime
 
@@ -71,7 +78,7 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
     """
     claim = _claim(runtime, shard_id, task_id)
     if isinstance(claim, Ended):
-        _finish_job_if_done(runtime, claim.job_id)
+        close_job(runtime.farm, claim.job_id)
         claim = claim.outcome
     if isinstance(claim, str):
         log.info("shard %s: %s", shard_id, claim)
@@ -86,7 +93,7 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
         try:
             _render(runtime, run, claim)
         except RenderCancelled:
-            error = "cancelled"
+            error = CANCELLED
         except Exception as failure:
             log.exception("shard %s of job %s failed", shard_id, claim.job_id)
             error = f"{type(failure).__name__}: {failure}"
@@ -99,11 +106,12 @@ def _end(runtime: WorkerRuntime, run: ShardRun, error: str | None) -> str:
     """The finisher's last step of a shard, after its last batch is recorded."""
     if error is None and run.store_error is not None:
         error = f"{type(run.store_error).__name__}: {run.store_error}"
+    farm = runtime.farm
     try:
-        outcome = _end_shard(runtime, run.shard_id, run.job_id, error)
+        outcome = end_shard(farm, runtime.name, run.shard_id, run.job_id, error)
         log.info("shard %s: %s", run.shard_id, outcome)
-        _release_worker(runtime, run.shard_id, run.tally.done, run.tally.failed)
-        _finish_job_if_done(runtime, run.job_id)
+        release_worker(farm, runtime.name, run.shard_id, run.tally.done, run.tally.failed)
+        close_job(farm, run.job_id)
     except Exception:
         log.exception(
             "shard %s could not be ended; its lease runs out and the reaper sends it again",
@@ -135,14 +143,15 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
         # Locked too: the first shards of a job, claimed at once, all start the job.
         job = session.get(Job, shard.job_id, with_for_update=True)
         if job.cancel_requested:
-            _cancel_shard(session, shard)
+            cancel_shard(session, shard, now)
             return Ended("cancelled before it started", job.id)
         if not shard.attempts_left:
-            _fail_shard(
+            fail_shard(
                 session,
                 shard,
                 f"gave up after {shard.attempts} attempts; the last one did not finish "
                 f"(the worker died or was killed){': ' + shard.error if shard.error else ''}",
+                now,
             )
             return Ended("failed: attempts exhausted", job.id)
         shard.start(runtime.name, farm.settings.lease_s, task_id=task_id, now=now)
@@ -231,14 +240,16 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
 
     while todo:
         batch, rest = todo[:batch_size], todo[batch_size:]
-        _start_batch(runtime, claim.job_id, [render_id for render_id, _ in batch])
+        ids = [render_id for render_id, _ in batch]
+        if not start_renders(runtime.farm, runtime.name, runtime.device, claim.job_id, ids):
+            raise RenderCancelled("job cancelled")  # between batches: the shard stops
         try:
             result = render([SceneRender(p.prompt, p.negative, p.seed) for _, p in batch])
         except InputError as error:  # a scene that can never render
             if len(batch) > 1:
                 batch_size = 1  # one at a time: the others render, only that one fails
                 continue
-            _fail_renders(runtime, [render_id for render_id, _ in batch], str(error))
+            fail_render_rows(runtime.farm, ids, str(error))
             run.tally.failed += len(batch)
             for _ in batch:
                 record_render(claim.preset, done=False, phases={})
@@ -287,120 +298,3 @@ def _record_identity(
                     seconds=seconds,
                 )
             )
-
-
-def _start_batch(runtime: WorkerRuntime, job_id: str, render_ids: Sequence[int]) -> None:
-    """Mark a batch's renders running, in one transaction with the check that its job was not
-    cancelled meanwhile (then RenderCancelled: the shard stops between batches)."""
-    with runtime.farm.sessions.begin() as session:
-        if session.scalar(select(Job.cancel_requested).where(Job.id == job_id)):
-            raise RenderCancelled("job cancelled")
-        for row in renders_by_id(session, render_ids).values():
-            row.start(runtime.name, runtime.device)
-
-
-def _fail_renders(runtime: WorkerRuntime, render_ids: Sequence[int], error: str) -> None:
-    with runtime.farm.sessions.begin() as session:
-        for row in renders_by_id(session, render_ids).values():
-            row.fail(error)
-
-
-def _cancel_shard(session: Session, shard: Shard) -> None:
-    shard.cancel()
-    session.execute(
-        update(Render)
-        .where(Render.shard_id == shard.id, Render.status.in_(_TODO))
-        .values(status=RenderStatus.CANCELLED, finished=utcnow())
-    )
-
-
-def _fail_shard(session: Session, shard: Shard, error: str) -> None:
-    shard.fail(error)
-    session.execute(
-        update(Render)
-        .where(Render.shard_id == shard.id, Render.status.in_(_TODO))
-        .values(status=RenderStatus.FAILED, error=error, finished=utcnow())
-    )
-
-
-@retried_on_lost_race
-def _end_shard(runtime: WorkerRuntime, shard_id: int, job_id: str, error: str | None) -> str:
-    """Close the shard: succeeded, cancelled, or (on an error) requeued while attempts last."""
-    farm = runtime.farm
-    resend = None
-    with farm.sessions.begin() as session:
-        shard = session.get(Shard, shard_id, with_for_update=True)
-        if shard.status is not ShardStatus.RUNNING or shard.worker_id != runtime.name:
-            return f"lost the shard meanwhile (now {shard.status})"  # reaped while we ran
-        if error is None:
-            failed = session.scalar(
-                select(Render.id).where(
-                    Render.shard_id == shard_id, Render.status == RenderStatus.FAILED
-                )
-            )
-            if failed is None:
-                shard.succeed()
-            else:
-                shard.fail("some scenes could not be rendered; see their errors")
-        elif error == "cancelled":
-            _cancel_shard(session, shard)
-        elif shard.requeue(error) is ShardStatus.QUEUED:
-            job = session.get(Job, job_id)
-            resend = (job.preset, job.priority)
-        else:
-            _fail_shard(session, shard, shard.error or error)
-        outcome = str(shard.status)
-    if resend is not None:
-        send_shards(farm.celery, resend[0], [shard_id], resend[1], job_id=job_id)
-        outcome = "requeued after an error"
-    farm.events.publish(job_id, f"shard.{outcome.split()[0]}", shard=shard_id, error=error)
-    return outcome
-
-
-def _release_worker(runtime: WorkerRuntime, shard_id: int, done: int, failed: int) -> None:
-    """Credit the worker with the shard's renders; it is idle unless it took the next shard
-    while this one was stored."""
-    with runtime.farm.sessions.begin() as session:
-        worker = session.get(Worker, runtime.name)
-        if worker is not None:
-            if worker.current_shard_id == shard_id:
-                worker.current_shard_id = None
-            worker.renders_done += done
-            worker.renders_failed += failed
-            worker.beat()
-
-
-def finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
-    """Close the job once no shard is queued or running; None while work remains.
-
-    The job row is locked, so of two workers ending the last two shards at once exactly one
-    sees the job open and closes it.
-    """
-    job = session.get(Job, job_id, with_for_update=True)
-    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
-        return None
-    open_shard = session.scalar(
-        select(Shard.id).where(
-            Shard.job_id == job_id, Shard.status.in_([ShardStatus.QUEUED, ShardStatus.RUNNING])
-        )
-    )
-    if open_shard is not None:
-        return None
-    statuses = set(session.scalars(select(Shard.status).where(Shard.job_id == job_id)))
-    if job.cancel_requested:
-        job.cancel()
-    elif ShardStatus.FAILED in statuses:
-        if job.status is JobStatus.QUEUED:
-            job.start()
-        job.fail("some shards failed; `farm retry` sends them again")
-    else:
-        job.succeed()
-    return job.status
-
-
-@retried_on_lost_race
-def _finish_job_if_done(runtime: WorkerRuntime, job_id: str) -> None:
-    with runtime.farm.sessions.begin() as session:
-        status = finish_job_if_done(session, job_id)
-    if status is not None:
-        announce_job_end(runtime.farm, job_id, str(status))

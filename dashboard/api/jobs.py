@@ -36,7 +36,8 @@ from dashboard.studio import plan_of, story_for, submit
 from farm.db.models import Job, Render, Role
 from farm.db.states import JobStatus, RenderStatus
 from farm.errors import InputError
-from farm.jobs import cancel_job, check_submission, retry_job
+from farm.jobs import check_submission
+from farm.lifecycle import cancel_job, retry_job
 from farm.webhooks import check_webhook_url
 
 ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)

@@ -26,7 +26,7 @@ from dashboard.scope import job_of, page_number
 from dashboard.security import principal, requires
 from farm.db.models import Character, Job, Render, Role
 from farm.db.states import JobStatus, RenderStatus
-from farm.jobs import cancel_job, retry_job
+from farm.lifecycle import cancel_job, retry_job
 from farm.storage.base import Storage
 
 jobs = Blueprint("jobs", __name__)

@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import SimpleNamespace
 
 import pytest
 
@@ -114,9 +113,9 @@ def test_nothing_listens_is_a_failure_not_an_exception():
 def test_the_webhook_posts_once_the_finished_jobs_outputs_are_built(
     studio: Studio, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ):
+    from farm.lifecycle import close_job
     from farm.queue.app import FINALIZE_JOB
     from workers.finalize import finalize_job
-    from workers.shard import _finish_job_if_done
 
     monkeypatch.setenv("FARM_WEBHOOK_SECRET", "studio-secret")
     character_id = make_character(studio)
@@ -130,7 +129,7 @@ def test_the_webhook_posts_once_the_finished_jobs_outputs_are_built(
 
     sent = []
     monkeypatch.setattr(studio.farm.celery, "send_task", lambda *a, **k: sent.append((a, k)))
-    _finish_job_if_done(SimpleNamespace(farm=studio.farm), job_id)
+    close_job(studio.farm, job_id)
     assert sent[0][0] == (FINALIZE_JOB,) and sent[0][1]["args"] == [job_id]
     assert receiver.received == []  # the webhook waits for the job's outputs
     finalize_job(studio.farm, job_id)  # what the control queue's finalize task runs

@@ -15,11 +15,11 @@ from farm.context import Farm
 from farm.db.models import Job, Render, Shard
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.errors import InputError
-from farm.jobs import cancel_job, render_key, retry_job
+from farm.jobs import render_key
+from farm.lifecycle import cancel_job, finish_job_if_done, retry_job
 from farm.queue.app import RENDER_SHARD
 from tests.farm.conftest import job_rows, make_story, submit
 from tests.fixtures.tasks import SentTask
-from workers.shard import finish_job_if_done
 
 WORKER = "gpu-box:cuda0"
 

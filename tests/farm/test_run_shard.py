@@ -22,7 +22,8 @@ from farm.context import Farm
 from farm.db.models import Job, Shard, Worker
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.db.types import utcnow
-from farm.jobs import cancel_job, render_key, thumb_key
+from farm.jobs import render_key, thumb_key
+from farm.lifecycle import cancel_job
 from farm.render.loading import LoadedPreset
 from tests.farm.conftest import job_rows, make_story, submit
 from workers.runtime import WorkerRuntime

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from farm.context import Farm
-from farm.jobs import send_shards
+from farm.queue.outbox import ShardTask, send_shards
 from farm.settings import Settings
 from tests.fixtures.farm_cluster import REDIS_SERVER_URL, REPO, dedicated_redis_db, free_port
 
@@ -82,7 +82,7 @@ def test_flower_shows_shard_tasks_by_name_with_readable_arguments(flower):
     while not (listed := _tasks(flower_url)):
         assert time.monotonic() < deadline, "Flower listed no task sent in 30 s"
         shard_id += 1
-        send_shards(farm.celery, "tiny", [shard_id], 7, job_id="4f1c9a52-job")
+        send_shards(farm, [ShardTask(shard_id, "4f1c9a52-job", "tiny", 7)])
         time.sleep(1)
 
     task = next(iter(listed.values()))

@@ -1,0 +1,327 @@
+"""The lifecycle of jobs, shards and renders: every change of their state happens here.
+
+A row moves through a method of its model (farm/db/models.py), and many rows at once through
+one statement here; both take the move from the one table in farm/db/states.py, so a bulk
+cancel cannot do what `Render.cancel` forbids. What lives here: starting and ending a shard,
+closing a job once its last shard ended and announcing it, cancelling and retrying a job, and
+the reaper's requeue and fail. Functions take the farm and the name of the worker acting, never
+a worker's runtime, so the CLI, the dashboard and the reaper call the same code as a worker.
+
+Tasks are sent after the transaction that queued their shards commits (farm/queue/outbox.py);
+events are published after it too, since a watcher reacting to one must find SQL agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from farm.context import Farm
+from farm.db.models import Job, Render, Shard, Worker
+from farm.db.retry import retried_on_lost_race
+from farm.db.states import RENDER_MOVES, JobStatus, RenderStatus, ShardStatus
+from farm.db.types import utcnow
+from farm.errors import InputError
+from farm.queue.app import CONTROL_QUEUE, FINALIZE_JOB
+from farm.queue.outbox import ShardTask, send_shards
+
+log = logging.getLogger(__name__)
+
+OPEN_SHARD = (ShardStatus.QUEUED, ShardStatus.RUNNING)
+CANCELLED = "cancelled"  # the error a shard's run ends with when its job was cancelled
+# A shard's ending, tried again while the database is out of reach: first after this, then
+# twice as long each time, up to the cap, within `Settings.end_retry_s` in all.
+END_BACKOFF_S = 0.25
+END_BACKOFF_CAP_S = 8.0
+
+T = TypeVar("T")
+
+
+# --- Renders, many at once -----------------------------------------------------------------
+
+
+def _move_renders(
+    session: Session, name: str, where: ColumnElement[bool], **values: object
+) -> None:
+    """Move every render matched by `where` that move `name` may move, in one statement."""
+    move = RENDER_MOVES[name]
+    session.execute(
+        update(Render)
+        .where(where, Render.status.in_(move.sources))
+        .values(status=move.target, **values)
+    )
+
+
+def cancel_renders(session: Session, shard_ids: Sequence[int], now: datetime) -> None:
+    """What `Render.cancel` does, to the shards' renders that may be cancelled."""
+    _move_renders(session, "cancel", Render.shard_id.in_(shard_ids), finished=now)
+
+
+def fail_renders(session: Session, shard_ids: Sequence[int], error: str, now: datetime) -> None:
+    """What `Render.fail` does, to the shards' renders not yet ended: a failed shard leaves no
+    render waiting. A render that failed already keeps its own error."""
+    _move_renders(session, "fail", Render.shard_id.in_(shard_ids), error=error, finished=now)
+
+
+def reopen_renders(session: Session, shard_ids: Sequence[int]) -> None:
+    """What `Render.reopen` does, to the shards' failed and cancelled renders."""
+    _move_renders(session, "reopen", Render.shard_id.in_(shard_ids), error=None, finished=None)
+
+
+def start_renders(
+    farm: Farm, worker: str, device: str, job_id: str, render_ids: Sequence[int]
+) -> bool:
+    """Mark a batch's renders running, in one transaction with the check that its job was not
+    cancelled meanwhile; False (and nothing marked) when it was."""
+    with farm.sessions.begin() as session:
+        if session.scalar(select(Job.cancel_requested).where(Job.id == job_id)):
+            return False
+        for row in session.scalars(select(Render).where(Render.id.in_(render_ids))):
+            row.start(worker, device)
+    return True
+
+
+def fail_render_rows(farm: Farm, render_ids: Sequence[int], error: str) -> None:
+    """Renders that can never be made (a scene the pipeline refuses): they fail alone."""
+    with farm.sessions.begin() as session:
+        for row in session.scalars(select(Render).where(Render.id.in_(render_ids))):
+            row.fail(error)
+
+
+# --- Shards --------------------------------------------------------------------------------
+
+
+def cancel_shard(session: Session, shard: Shard, now: datetime | None = None) -> None:
+    now = now or utcnow()
+    shard.cancel(now)
+    cancel_renders(session, [shard.id], now)
+
+
+def fail_shard(session: Session, shard: Shard, error: str, now: datetime | None = None) -> None:
+    now = now or utcnow()
+    shard.fail(error, now)
+    fail_renders(session, [shard.id], error, now)
+
+
+def requeue_shard(
+    session: Session, shard: Shard, reason: str, now: datetime | None = None
+) -> ShardTask | None:
+    """Give the shard back (an expired lease, an error); the task to send it again with, or
+    None when its attempts are spent and it failed (its renders with it)."""
+    now = now or utcnow()
+    if shard.requeue(reason, now) is ShardStatus.QUEUED:
+        job = session.get_one(Job, shard.job_id)
+        return ShardTask(shard.id, job.id, job.preset, job.priority)
+    fail_renders(session, [shard.id], shard.error or reason, now)
+    return None
+
+
+def end_shard(farm: Farm, worker: str, shard_id: int, job_id: str, error: str | None) -> str:
+    """Close a shard that `worker` ran: succeeded, cancelled (`error` is CANCELLED), or on an
+    error requeued while attempts last and failed after, with that error. Returns what became
+    of it. Tried again with backoff while the database is out of reach, so an outage of a few
+    seconds does not leave the shard to its lease."""
+    return _while_database_returns(
+        farm, f"ending shard {shard_id}", lambda: _end_shard(farm, worker, shard_id, job_id, error)
+    )
+
+
+@retried_on_lost_race
+def _end_shard(farm: Farm, worker: str, shard_id: int, job_id: str, error: str | None) -> str:
+    resend = None
+    with farm.sessions.begin() as session:
+        shard = session.get_one(Shard, shard_id, with_for_update=True)
+        if shard.status is not ShardStatus.RUNNING or shard.worker_id != worker:
+            return f"lost the shard meanwhile (now {shard.status})"  # reaped while it ran
+        if error is None:
+            failed = session.scalar(
+                select(Render.id).where(
+                    Render.shard_id == shard_id, Render.status == RenderStatus.FAILED
+                )
+            )
+            if failed is None:
+                shard.succeed()
+            else:
+                shard.fail("some scenes could not be rendered; see their errors")
+        elif error == CANCELLED:
+            cancel_shard(session, shard)
+        else:
+            resend = requeue_shard(session, shard, error)
+        outcome = str(shard.status)
+    if resend is not None:
+        send_shards(farm, [resend])
+        outcome = "requeued after an error"
+    farm.events.publish(job_id, f"shard.{outcome.split()[0]}", shard=shard_id, error=error)
+    return outcome
+
+
+def release_worker(farm: Farm, worker: str, shard_id: int, done: int, failed: int) -> None:
+    """Credit the worker with the shard's renders; it is idle unless it took the next shard
+    while this one was stored."""
+
+    def release() -> None:
+        with farm.sessions.begin() as session:
+            row = session.get(Worker, worker)
+            if row is not None:
+                if row.current_shard_id == shard_id:
+                    row.current_shard_id = None
+                row.renders_done += done
+                row.renders_failed += failed
+                row.beat()
+
+    _while_database_returns(farm, f"releasing {worker} from shard {shard_id}", release)
+
+
+def _while_database_returns(farm: Farm, what: str, transaction: Callable[[], T]) -> T:
+    """Run `transaction`, again after a pause while the database cannot be reached, for at
+    most `end_retry_s`; then its last error is raised."""
+    deadline = time.monotonic() + farm.settings.end_retry_s
+    pause = END_BACKOFF_S
+    while True:
+        try:
+            return transaction()
+        except (OperationalError, InterfaceError) as error:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s: the database is out of reach, again in %.2f s: %s", what, pause, error)
+            time.sleep(pause)
+            pause = min(pause * 2, END_BACKOFF_CAP_S)
+
+
+# --- Jobs ----------------------------------------------------------------------------------
+
+
+def finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
+    """Close the job once no shard is queued or running; None while work remains.
+
+    The job row is locked, so of two workers ending the last two shards at once exactly one
+    sees the job open and closes it. A failed job carries the error of its first failed shard,
+    so that `farm status` and the job page say what went wrong, not only that something did.
+    """
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return None
+    open_shard = session.scalar(
+        select(Shard.id).where(Shard.job_id == job_id, Shard.status.in_(OPEN_SHARD))
+    )
+    if open_shard is not None:
+        return None
+    failed = session.execute(
+        select(Shard.index, Shard.error)
+        .where(Shard.job_id == job_id, Shard.status == ShardStatus.FAILED)
+        .order_by(Shard.index)
+    ).all()
+    if job.cancel_requested:
+        job.cancel()
+    elif failed:
+        job.start()  # a job whose only shard failed at its claim never ran
+        index, error = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        job.fail(f"shard {index} failed{more}: {error}; `farm retry` sends what failed again")
+    else:
+        job.succeed()
+    return job.status
+
+
+def close_job(farm: Farm, job_id: str) -> JobStatus | None:
+    """End the job if its last shard has ended, and announce it; what it ended as, or None."""
+
+    @retried_on_lost_race
+    def close() -> JobStatus | None:
+        with farm.sessions.begin() as session:
+            return finish_job_if_done(session, job_id)
+
+    status = _while_database_returns(farm, f"closing job {job_id}", close)
+    if status is not None:
+        announce_job_end(farm, job_id, status)
+    return status
+
+
+def announce_job_end(farm: Farm, job_id: str, status: JobStatus) -> None:
+    """Tell the watchers, and queue the job's finalize task (comic, exports, webhook); called by
+    whoever closed the job: the last shard's worker, the reaper, a cancel."""
+    farm.events.publish(job_id, "job.finished", status=str(status))
+    farm.celery.send_task(FINALIZE_JOB, args=[job_id], queue=CONTROL_QUEUE, priority=0)
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise InputError(f"no job {job_id!r}")
+    return job
+
+
+@retried_on_lost_race
+def cancel_job(farm: Farm, job_id: str) -> Job:
+    """Queued shards end cancelled at once; a running shard stops at its next render."""
+    now = utcnow()
+    with farm.sessions.begin() as session:
+        job = get_job(session, job_id)
+        if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+            raise InputError(f"job {job_id} is {job.status}; only queued or running jobs cancel")
+        job.request_cancel()
+        queued = list(
+            session.scalars(
+                select(Shard).where(Shard.job_id == job_id, Shard.status == ShardStatus.QUEUED)
+            )
+        )
+        for shard in queued:
+            shard.cancel(now)
+        cancel_renders(session, [s.id for s in queued], now)
+        running = session.scalar(
+            select(Shard.id).where(Shard.job_id == job_id, Shard.status == ShardStatus.RUNNING)
+        )
+        if running is None:
+            job.cancel(now)
+    farm.events.publish(job_id, "job.cancel_requested")
+    return job
+
+
+@retried_on_lost_race
+def retry_job(farm: Farm, job_id: str) -> int:
+    """Send the failed (and cancelled) shards of a finished job again; returns how many."""
+    with farm.sessions.begin() as session:
+        job = get_job(session, job_id)
+        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            raise InputError(f"job {job_id} is still {job.status}; retry it once it has ended")
+        shards = list(
+            session.scalars(
+                select(Shard).where(
+                    Shard.job_id == job_id,
+                    Shard.status.in_([ShardStatus.FAILED, ShardStatus.CANCELLED]),
+                )
+            )
+        )
+        if not shards:
+            raise InputError(f"job {job_id} has no failed or cancelled shards to retry")
+        for shard in shards:
+            shard.reopen()
+        reopen_renders(session, [s.id for s in shards])
+        job.reopen()
+        tasks = [ShardTask(s.id, job.id, job.preset, job.priority) for s in shards]
+    send_shards(farm, tasks)
+    farm.events.publish(job_id, "job.retried", shards=len(tasks))
+    return len(tasks)
+
+
+# --- The reaper's part -----------------------------------------------------------------------
+
+
+def reap_expired(
+    session: Session, shard: Shard, now: datetime
+) -> tuple[ShardTask | None, JobStatus | None]:
+    """A shard whose lease expired: requeued (the task to send again), or failed with its
+    renders when no attempt is left, which may end its job (the status it ended as)."""
+    reason = f"lease expired on {shard.worker_id} (no heartbeat since {shard.lease_expires})"
+    task = requeue_shard(session, shard, reason, now)
+    if task is not None:
+        return task, None
+    session.flush()
+    return None, finish_job_if_done(session, shard.job_id)

@@ -30,9 +30,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from farm import styles
 from farm.documents import DEFAULT_LIMITS, DocumentLimits, check_size, parse_document
 from farm.errors import InputError
-from farm.render import styles
 
 MAX_PHOTOS = 16
 MAX_CAST = 4  # people in one story; each costs identity tokens in every prompt

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from farm import styles
 from farm.documents import DocumentLimits
 from farm.errors import InputError
-from farm.render import styles
 from farm.story import (
     MAX_PHOTOS,
     MAX_RENDERS,

@@ -19,7 +19,7 @@ from farm.documents import parse_document
 from farm.errors import InputError
 from farm.jobs import check_submission
 from farm.render.presets import PRESETS
-from farm.render.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLES
+from farm.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLES
 from farm.webhooks import check_webhook_url
 
 stories = Blueprint("stories", __name__)

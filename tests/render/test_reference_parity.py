@@ -31,8 +31,8 @@ from farm.identity.tokens import IdentityTokens
 from farm.render.loading import LoadedPreset, load_preset
 from farm.render.pipeline import SceneRender, StepState, start_merge_step
 from farm.render.presets import get_preset
-from farm.render.styles import STYLES, apply_style
 from farm.render.tiny import TINY_BUILD
+from farm.styles import STYLES, apply_style
 
 from ..identity.reference_photomaker import FuseModule
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from farm import styles
 from farm.errors import InputError
-from farm.render import styles
 
 
 def test_the_reference_styles_are_all_there_in_order():

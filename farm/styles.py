@@ -3,6 +3,8 @@
 The texts are copied verbatim from TencentARC/PhotoMaker (`gradio_demo/style_template.py` and
 `gradio_demo/aspect_ratio_template.py`) because the published results, and our comparisons with
 them, depend on the exact words the text encoders see: a "tidied" template is a different prompt.
+They are part of the story spec (a story names its style and aspect; the dashboard lists them),
+so they live beside `farm/story.py`, not in the GPU package.
 """
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ def submit(
 ) -> Submitted:
     """Plan and queue a story for one of the project's characters, as `farm submit` does."""
     if webhook_url:
-        check_webhook_url(webhook_url)
+        check_webhook_url(webhook_url, farm.settings)
     with farm.sessions() as session:
         character = character_of(session, who, character_id)
         story = story_for(character, data, source)

@@ -7,6 +7,7 @@ PostgreSQL and an S3 endpoint turns the same code into a cluster.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ PROMPT_TRUNCATIONS = ("reference", "keep-end")
 # Where a render's starting noise is drawn: "cpu" (the same picture on any device) or "device"
 # (on the GPU, as the reference demo does: seed-for-seed comparable with it on that GPU).
 NOISE_DEVICES = ("cpu", "device")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _default_data_dir(env: Mapping[str, str]) -> Path:
@@ -70,6 +72,9 @@ class Settings:
     # holds a thread, and gunicorn_conf keeps threads for the pages beyond these.
     sse_max_streams: int = 24
     sse_max_streams_per_user: int = 6
+    # Private ranges a webhook may reach after all (a studio's receiver on its own network),
+    # e.g. FARM_WEBHOOK_ALLOW_NETWORKS=10.20.0.0/16,fd12:3456::/48 (farm/webhooks.py).
+    webhook_allow_networks: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +111,7 @@ class Settings:
             upload_max_pixels=_int(env, "FARM_UPLOAD_MAX_PIXELS", 64_000_000, 1_000_000, 10**9),
             sse_max_streams=_int(env, "FARM_SSE_MAX_STREAMS", 24, 1, 10_000),
             sse_max_streams_per_user=_int(env, "FARM_SSE_MAX_STREAMS_PER_USER", 6, 1, 10_000),
+            webhook_allow_networks=_networks(env, "FARM_WEBHOOK_ALLOW_NETWORKS"),
         )
 
     @property
@@ -125,6 +131,21 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if raw not in choices:
         raise InputError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated CIDRs; a host address without a length is that one address."""
+    networks = []
+    for raw in (env.get(name) or "").split(","):
+        if raw.strip():
+            try:
+                networks.append(ipaddress.ip_network(raw.strip()))
+            except ValueError as error:
+                raise InputError(
+                    f"{name}: {raw.strip()!r} is not a network ({error}); write CIDRs such as "
+                    "10.20.0.0/16,fd12:3456::/48"
+                ) from None
+    return tuple(networks)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

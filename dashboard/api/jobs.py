@@ -197,7 +197,7 @@ def plan_job() -> PlanOut:
         planned = story_for(character, story)
     check_submission(planned, priority)
     if webhook_url:
-        check_webhook_url(webhook_url)
+        check_webhook_url(webhook_url, farm().settings)
     return PlanOut(**vars(plan_of(farm(), planned)))
 
 

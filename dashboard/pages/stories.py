@@ -151,7 +151,7 @@ def preview() -> Response | tuple[Response, int]:
             story = story_for(character_of(session, principal(), character_id), data)
         check_submission(story, priority_of(form))
         if form.get("webhook_url", "").strip():
-            check_webhook_url(form["webhook_url"].strip())
+            check_webhook_url(form["webhook_url"].strip(), farm().settings)
         plan = plan_of(farm(), story)
     except InputError as error:
         return jsonify(error=str(error)), 400

@@ -1,16 +1,26 @@
-"""Rows change state only through the models' methods, which set the timestamps with it."""
+"""Rows change state only through the models' methods, which set the timestamps with it, and
+only by the moves of the one table in farm/db/states.py: every pair of states is checked."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from farm.db.models import Job, Render, Shard, Worker
-from farm.db.states import JobStatus, RenderStatus, ShardStatus, TransitionError, WorkerStatus
+from farm.db.states import (
+    JobStatus,
+    RenderStatus,
+    ShardStatus,
+    TransitionError,
+    WorkerStatus,
+    moved,
+)
 from tests.db.rows import add_job
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -213,3 +223,149 @@ def test_an_impossible_move_raises_and_changes_nothing(row: object, move: object
     with pytest.raises(TransitionError, match=f"is {before}; it cannot become"):
         move(row)  # type: ignore[operator]
     assert row.status is before  # type: ignore[attr-defined]
+
+
+# --- The table of moves, every (from, to) pair -------------------------------------------------
+
+# Each model's methods by the name of their move in its table, with the arguments they need.
+METHODS: dict[type, dict[str, Callable[[Any], object]]] = {
+    Job: {
+        "start": lambda j: j.start(),
+        "succeed": lambda j: j.succeed(),
+        "fail": lambda j: j.fail("error"),
+        "cancel": lambda j: j.cancel(),
+        "reopen": lambda j: j.reopen(),
+    },
+    Shard: {
+        "start": lambda s: s.start("w", 60),
+        "renew": lambda s: s.renew(60),
+        "requeue": lambda s: s.requeue("error"),
+        "succeed": lambda s: s.succeed(),
+        "fail": lambda s: s.fail("error"),
+        "cancel": lambda s: s.cancel(),
+        "reopen": lambda s: s.reopen(),
+    },
+    Render: {
+        "start": lambda r: r.start("w", "cpu"),
+        "finish": lambda r: r.finish("key"),
+        "fail": lambda r: r.fail("error"),
+        "cancel": lambda r: r.cancel(),
+        "reopen": lambda r: r.reopen(),
+    },
+    Worker: {
+        "ready": lambda w: w.ready(),
+        "take": lambda w: w.take(1),
+        "release": lambda w: w.release(done=0, failed=0),
+        "drain": lambda w: w.drain(),
+        "resume": lambda w: w.resume(),
+        "stop": lambda w: w.stop(),
+        "lose": lambda w: w.lose(),
+    },
+}
+# Calls that are no move and no error: a draining worker that ends its shard stays draining.
+STAYS = {(Worker, "release", WorkerStatus.DRAINING)}
+STATES = {Job: JobStatus, Shard: ShardStatus, Render: RenderStatus, Worker: WorkerStatus}
+
+
+def _row(model: type, status: StrEnum) -> Any:
+    """A row in `status`, with the counters its methods add to (unset before a flush)."""
+    counters = {
+        Shard: {"attempts": 0, "max_attempts": 3},
+        Render: {"attempts": 0},
+        Worker: {"renders_done": 0, "renders_failed": 0},
+    }
+    return model(id=1, status=status, **counters.get(model, {}))
+
+
+def test_every_method_is_a_move_of_its_table() -> None:
+    assert {model: set(methods) for model, methods in METHODS.items()} == {
+        model: set(model.MOVES) for model in METHODS
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "source", "target"),
+    [
+        (model, source, target)
+        for model, states in STATES.items()
+        for source in states
+        for target in states
+    ],
+    ids=lambda value: value.__name__ if isinstance(value, type) else str(value),
+)
+def test_every_pair_of_states_is_a_move_of_the_table_or_a_transition_error(
+    model: type, source: StrEnum, target: StrEnum
+) -> None:
+    """Each method that leads to `target` either takes the row there from `source`, when the
+    table allows it, or raises TransitionError and leaves the row as it was."""
+    moves = {name: move for name, move in model.MOVES.items() if move.target is target}
+    for name, move in moves.items():
+        row = _row(model, source)
+        if source in move.sources:
+            METHODS[model][name](row)
+            assert row.status is target, name
+            assert moved("row", source, model.MOVES, name) is target
+        elif (model, name, source) in STAYS:
+            METHODS[model][name](row)
+            assert row.status is source, name
+        else:
+            with pytest.raises(TransitionError, match=f"is {source}; it cannot become {target}"):
+                METHODS[model][name](row)
+            assert row.status is source, name
+            with pytest.raises(TransitionError):
+                moved("row", source, model.MOVES, name)
+    allowed = any(source in move.sources for move in moves.values())
+    assert allowed == ((source, target) in _PAIRS[model])
+
+
+# The pairs each entity may move between, written out: a change to the table changes this too.
+_J, _S, _R, _W = JobStatus, ShardStatus, RenderStatus, WorkerStatus
+_PAIRS = {
+    Job: {
+        (_J.QUEUED, _J.RUNNING),
+        (_J.RUNNING, _J.RUNNING),
+        (_J.RUNNING, _J.SUCCEEDED),
+        (_J.QUEUED, _J.FAILED),
+        (_J.RUNNING, _J.FAILED),
+        (_J.QUEUED, _J.CANCELLED),
+        (_J.RUNNING, _J.CANCELLED),
+        (_J.FAILED, _J.RUNNING),
+        (_J.CANCELLED, _J.RUNNING),
+        (_J.SUCCEEDED, _J.RUNNING),
+    },
+    Shard: {
+        (_S.QUEUED, _S.RUNNING),
+        (_S.RUNNING, _S.RUNNING),
+        (_S.RUNNING, _S.QUEUED),
+        (_S.RUNNING, _S.SUCCEEDED),
+        (_S.QUEUED, _S.FAILED),
+        (_S.RUNNING, _S.FAILED),
+        (_S.QUEUED, _S.CANCELLED),
+        (_S.RUNNING, _S.CANCELLED),
+        (_S.FAILED, _S.QUEUED),
+        (_S.CANCELLED, _S.QUEUED),
+    },
+    Render: {
+        (_R.QUEUED, _R.RUNNING),
+        (_R.RUNNING, _R.RUNNING),
+        (_R.FAILED, _R.RUNNING),
+        (_R.RUNNING, _R.DONE),
+        (_R.QUEUED, _R.FAILED),
+        (_R.RUNNING, _R.FAILED),
+        (_R.QUEUED, _R.CANCELLED),
+        (_R.RUNNING, _R.CANCELLED),
+        (_R.FAILED, _R.QUEUED),
+        (_R.CANCELLED, _R.QUEUED),
+    },
+    Worker: {
+        (_W.STARTING, _W.IDLE),
+        (_W.IDLE, _W.BUSY),
+        (_W.BUSY, _W.IDLE),
+        (_W.STARTING, _W.DRAINING),
+        (_W.IDLE, _W.DRAINING),
+        (_W.BUSY, _W.DRAINING),
+        (_W.DRAINING, _W.IDLE),
+        *((live, _W.STOPPED) for live in (_W.STARTING, _W.IDLE, _W.BUSY, _W.DRAINING)),
+        *((live, _W.LOST) for live in (_W.STARTING, _W.IDLE, _W.BUSY, _W.DRAINING)),
+    },
+}

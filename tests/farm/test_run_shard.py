@@ -24,6 +24,7 @@ from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.db.types import utcnow
 from farm.jobs import render_key, thumb_key
 from farm.lifecycle import cancel_job
+from farm.queue.app import FINALIZE_JOB, RENDER_SHARD
 from farm.render.loading import LoadedPreset
 from tests.farm.conftest import job_rows, make_story, submit
 from workers.runtime import WorkerRuntime
@@ -360,3 +361,37 @@ def test_a_worker_that_stops_ends_the_shards_it_is_still_storing(farm, faces, ru
     job, (shard,), renders = job_rows(farm, job_id)
     assert shard.status is ShardStatus.SUCCEEDED and job.status is JobStatus.SUCCEEDED
     assert all(farm.storage.exists(r.storage_key) for r in renders)
+
+
+class AlwaysRaises:
+    """The pipeline of a scene that breaks it every time, as a trigger word in a negative
+    prompt once did (issue 20): every attempt raises."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise IndexError("index 77 is out of bounds for dimension 1 with size 77")
+
+
+def test_a_job_whose_renders_always_raise_fails_at_its_last_attempt_with_the_error(
+    farm, faces, tiny
+):
+    runtime = runtime_with(farm, replace(tiny, pipeline=AlwaysRaises()))
+    job_id = submit(farm, faces, make_story(2)).job_id
+    _, (shard,), _ = job_rows(farm, job_id)
+    error = "IndexError: index 77 is out of bounds for dimension 1 with size 77"
+
+    # Each attempt is delivered as a worker would get it: the task the last one sent.
+    outcomes = []
+    while sent := [t for t in farm.celery.sent if t.name == RENDER_SHARD]:
+        farm.celery.sent.clear()
+        (task,) = sent
+        outcomes.append(run_shard(runtime, task.args[0]).result(timeout=30))
+
+    assert outcomes == ["requeued after an error", "failed"]  # max_attempts is 2
+    job, (shard,), renders = job_rows(farm, job_id)
+    assert (shard.status, shard.attempts, shard.lease_expires) == (ShardStatus.FAILED, 2, None)
+    assert shard.error == f"{error} (attempt 2 of 2)"
+    assert [(r.status, r.error) for r in renders] == [(RenderStatus.FAILED, shard.error)] * 2
+    assert job.status is JobStatus.FAILED and job.finished is not None
+    assert job.error == f"shard 0 failed: {shard.error}; `farm retry` sends what failed again"
+    assert [t.name for t in farm.celery.sent] == [FINALIZE_JOB]
+    assert worker_counts(farm) == (0, 0, None)

@@ -100,8 +100,9 @@ def csrf_token() -> str:
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after login: a path on this site only, never another host."""
-    if target and target.startswith("/") and not target.startswith("//"):
+    """Where to go after login: a path on this site only, never another host, and nothing
+    that cannot stand in a Location header (a CR or LF there would be a 500, or worse)."""
+    if target and target.isprintable() and target.startswith("/") and not target.startswith("//"):
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and "\\" not in target:
             return target

@@ -75,6 +75,11 @@ class Settings:
     # Private ranges a webhook may reach after all (a studio's receiver on its own network),
     # e.g. FARM_WEBHOOK_ALLOW_NETWORKS=10.20.0.0/16,fd12:3456::/48 (farm/webhooks.py).
     webhook_allow_networks: tuple[IPNetwork, ...] = ()
+    # Failed dashboard logins per client address and per account within the window, before
+    # further logins answer 429 (dashboard/ratelimit.py).
+    login_window_s: int = 900
+    login_failures_per_address: int = 50
+    login_failures_per_account: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +117,9 @@ class Settings:
             sse_max_streams=_int(env, "FARM_SSE_MAX_STREAMS", 24, 1, 10_000),
             sse_max_streams_per_user=_int(env, "FARM_SSE_MAX_STREAMS_PER_USER", 6, 1, 10_000),
             webhook_allow_networks=_networks(env, "FARM_WEBHOOK_ALLOW_NETWORKS"),
+            login_window_s=_int(env, "FARM_LOGIN_WINDOW_SECONDS", 900, 1, 86400),
+            login_failures_per_address=_int(env, "FARM_LOGIN_FAILURES_PER_ADDRESS", 50, 1, 10**6),
+            login_failures_per_account=_int(env, "FARM_LOGIN_FAILURES_PER_ACCOUNT", 10, 1, 10**6),
         )
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,19 +28,24 @@ class Events:
     def __init__(self, url: str | None) -> None:
         self.url = url
         self._client: Any = None
+        # The dashboard's streams ask for the client from many threads at once; two clients
+        # made in a race would leave one to be garbage collected, and redis-py then closes its
+        # pool's sockets under the streams still reading them ("Bad file descriptor").
+        self._client_lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
         return self.url is not None
 
     def _redis(self) -> Any:
-        if self._client is None:
-            import redis
+        with self._client_lock:
+            if self._client is None:
+                import redis
 
-            self._client = redis.Redis.from_url(
-                self.url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
-            )
-        return self._client
+                self._client = redis.Redis.from_url(
+                    self.url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+                )
+            return self._client
 
     def publish(self, job_id: str, kind: str, **fields: Any) -> None:
         if self.url is None:

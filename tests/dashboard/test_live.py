@@ -195,3 +195,23 @@ def test_streams_over_the_per_login_and_process_caps_are_429_and_pages_still_ans
             time.sleep(0.1)
         for stream in [*viewer[1:], third, artist, admin, again]:
             close(stream)
+
+
+def test_streams_that_start_together_share_one_redis_client():
+    # Two clients made in a race left one to be garbage collected, and redis-py then closed its
+    # sockets under the streams reading them: "Bad file descriptor" when many tabs reconnect.
+    events = Events(REDIS_URL)
+    start = threading.Barrier(16)
+    clients = []
+
+    def first_use() -> None:
+        start.wait()
+        clients.append(events._redis())
+
+    threads = [threading.Thread(target=first_use) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert len(clients) == 16 and len({id(client) for client in clients}) == 1

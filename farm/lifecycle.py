@@ -2,10 +2,12 @@
 
 A row moves through a method of its model (farm/db/models.py), and many rows at once through
 one statement here; both take the move from the one table in farm/db/states.py, so a bulk
-cancel cannot do what `Render.cancel` forbids. What lives here: starting and ending a shard,
-closing a job once its last shard ended and announcing it, cancelling and retrying a job, and
-the reaper's requeue and fail. Functions take the farm and the name of the worker acting, never
-a worker's runtime, so the CLI, the dashboard and the reaper call the same code as a worker.
+cancel cannot do what `Render.cancel` forbids. What lives here: a batch's renders starting or
+failing, a shard cancelled, failed, requeued or ended, a job closed once its last shard ended
+and its end announced, a job cancelled or retried, and the reaper's requeue and fail. (Claiming
+a shard stays with the worker's claim, workers/shard.py, in the transaction that reads what the
+shard needs.) Functions take the farm and the name of the worker acting, never a worker's
+runtime, so the CLI, the dashboard and the reaper call the same code as a worker.
 
 Tasks are sent after the transaction that queued their shards commits (farm/queue/outbox.py);
 events are published after it too, since a watcher reacting to one must find SQL agree.
@@ -59,18 +61,18 @@ def _move_renders(
     )
 
 
-def cancel_renders(session: Session, shard_ids: Sequence[int], now: datetime) -> None:
+def _cancel_renders_of(session: Session, shard_ids: Sequence[int], now: datetime) -> None:
     """What `Render.cancel` does, to the shards' renders that may be cancelled."""
     _move_renders(session, "cancel", Render.shard_id.in_(shard_ids), finished=now)
 
 
-def fail_renders(session: Session, shard_ids: Sequence[int], error: str, now: datetime) -> None:
+def _fail_renders_of(session: Session, shard_ids: Sequence[int], error: str, now: datetime) -> None:
     """What `Render.fail` does, to the shards' renders not yet ended: a failed shard leaves no
     render waiting. A render that failed already keeps its own error."""
     _move_renders(session, "fail", Render.shard_id.in_(shard_ids), error=error, finished=now)
 
 
-def reopen_renders(session: Session, shard_ids: Sequence[int]) -> None:
+def _reopen_renders_of(session: Session, shard_ids: Sequence[int]) -> None:
     """What `Render.reopen` does, to the shards' failed and cancelled renders."""
     _move_renders(session, "reopen", Render.shard_id.in_(shard_ids), error=None, finished=None)
 
@@ -88,7 +90,7 @@ def start_renders(
     return True
 
 
-def fail_render_rows(farm: Farm, render_ids: Sequence[int], error: str) -> None:
+def fail_renders(farm: Farm, render_ids: Sequence[int], error: str) -> None:
     """Renders that can never be made (a scene the pipeline refuses): they fail alone."""
     with farm.sessions.begin() as session:
         for row in session.scalars(select(Render).where(Render.id.in_(render_ids))):
@@ -101,13 +103,13 @@ def fail_render_rows(farm: Farm, render_ids: Sequence[int], error: str) -> None:
 def cancel_shard(session: Session, shard: Shard, now: datetime | None = None) -> None:
     now = now or utcnow()
     shard.cancel(now)
-    cancel_renders(session, [shard.id], now)
+    _cancel_renders_of(session, [shard.id], now)
 
 
 def fail_shard(session: Session, shard: Shard, error: str, now: datetime | None = None) -> None:
     now = now or utcnow()
     shard.fail(error, now)
-    fail_renders(session, [shard.id], error, now)
+    _fail_renders_of(session, [shard.id], error, now)
 
 
 def requeue_shard(
@@ -119,7 +121,7 @@ def requeue_shard(
     if shard.requeue(reason, now) is ShardStatus.QUEUED:
         job = session.get_one(Job, shard.job_id)
         return ShardTask(shard.id, job.id, job.preset, job.priority)
-    fail_renders(session, [shard.id], shard.error or reason, now)
+    _fail_renders_of(session, [shard.id], shard.error or reason, now)
     return None
 
 
@@ -274,7 +276,7 @@ def cancel_job(farm: Farm, job_id: str) -> Job:
         )
         for shard in queued:
             shard.cancel(now)
-        cancel_renders(session, [s.id for s in queued], now)
+        _cancel_renders_of(session, [s.id for s in queued], now)
         running = session.scalar(
             select(Shard.id).where(Shard.job_id == job_id, Shard.status == ShardStatus.RUNNING)
         )
@@ -303,7 +305,7 @@ def retry_job(farm: Farm, job_id: str) -> int:
             raise InputError(f"job {job_id} has no failed or cancelled shards to retry")
         for shard in shards:
             shard.reopen()
-        reopen_renders(session, [s.id for s in shards])
+        _reopen_renders_of(session, [s.id for s in shards])
         job.reopen()
         tasks = [ShardTask(s.id, job.id, job.preset, job.priority) for s in shards]
     send_shards(farm, tasks)

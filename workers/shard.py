@@ -29,7 +29,7 @@ from farm.lifecycle import (
     cancel_shard,
     close_job,
     end_shard,
-    fail_render_rows,
+    fail_renders,
     fail_shard,
     release_worker,
     start_renders,
@@ -249,7 +249,7 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
             if len(batch) > 1:
                 batch_size = 1  # one at a time: the others render, only that one fails
                 continue
-            fail_render_rows(runtime.farm, ids, str(error))
+            fail_renders(runtime.farm, ids, str(error))
             run.tally.failed += len(batch)
             for _ in batch:
                 record_render(claim.preset, done=False, phases={})

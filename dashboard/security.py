@@ -2,7 +2,10 @@
 
 Every route needs a logged-in principal unless it is marked `@public`: forgetting a check then
 closes a page instead of opening it. A request authenticates with an `Authorization: Bearer`
-token (pipelines) or with the signed session cookie of a dashboard login (people). Requests on
+token (pipelines) or with the signed session cookie of a dashboard login (people). The cookie
+names the token or account and the session generation it was opened under; a logout bumps
+that generation in the database, so a saved copy of the cookie is refused too, as is any
+session of a token that was revoked or expired or an account that was disabled. Requests on
 a session must carry the session's CSRF token in the form or an `X-CSRF-Token` header; bearer
 requests are exempt, since a browser never adds that header by itself. Every answer carries
 headers that keep pages from running foreign scripts, being framed or sniffed.
@@ -31,7 +34,14 @@ from flask import (
 )
 
 from dashboard.context import farm
-from farm.auth import Principal, account_principal, authenticate_token, token_principal
+from farm.auth import (
+    Principal,
+    TokenExpiredError,
+    account_principal,
+    authenticate_token,
+    end_sessions,
+    token_principal,
+)
 from farm.db.models import Role
 
 View = TypeVar("View", bound=Callable[..., Any])
@@ -84,11 +94,16 @@ def log_in(who: Principal) -> None:
     CSRF token, so a token planted in the browser beforehand is useless afterwards."""
     session.clear()
     session.permanent = True
-    session["principal"] = [who.kind, who.id]
+    session["principal"] = [who.kind, who.id, who.session_generation]
     csrf_token()
 
 
 def log_out() -> None:
+    """End this login everywhere: this browser's cookie, and every saved copy of it."""
+    who = g.get("principal")
+    if who is not None:
+        with farm().sessions.begin() as db:
+            end_sessions(db, who)
     session.clear()
 
 
@@ -123,6 +138,7 @@ def init_app(app: Flask) -> None:
 def _load_principal() -> Response | None:
     g.principal = None
     g.bearer = False
+    g.refusal = None
     if request.endpoint == "static":
         return None  # stylesheets and scripts: no database round trip for them
     header = request.headers.get("Authorization")
@@ -131,16 +147,22 @@ def _load_principal() -> Response | None:
         g.bearer = True
         scheme, _, secret = header.partition(" ")
         if scheme.lower() == "bearer" and secret.strip():
-            with farm().sessions.begin() as db:
-                g.principal = authenticate_token(db, secret.strip())
+            try:
+                with farm().sessions.begin() as db:
+                    g.principal = authenticate_token(db, secret.strip())
+            except TokenExpiredError as expired:
+                g.refusal = str(expired)
         return None
     remembered = session.get("principal")
     if not remembered:
         return None
-    kind, row_id = remembered
-    with farm().sessions() as db:
-        who = (token_principal if kind == "token" else account_principal)(db, row_id)
-    if who is None:  # revoked or disabled since the login: the session ends now
+    who = None
+    if len(remembered) == 3:  # a cookie from before session generations ends here
+        kind, row_id, generation = remembered
+        with farm().sessions() as db:
+            find = token_principal if kind == "token" else account_principal
+            who = find(db, row_id, generation)
+    if who is None:  # logged out, revoked, expired or disabled since: the session ends now
         session.clear()
     g.principal = who
     return None
@@ -152,7 +174,8 @@ def _require_login() -> Response | None:
     if getattr(current_app.view_functions[request.endpoint], "public", False):
         return None
     if g.bearer or request.path.startswith("/api/"):
-        response = jsonify(error="authentication required: send Authorization: Bearer <token>")
+        refusal = g.refusal or "authentication required: send Authorization: Bearer <token>"
+        response = jsonify(error=refusal)
         response.status_code = 401
         response.headers["WWW-Authenticate"] = 'Bearer realm="render-farm"'
         return response

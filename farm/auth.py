@@ -4,6 +4,11 @@ Plain functions on a session, with no web framework inside, so that the dashboar
 the CLI (`farm tokens create`) share one set of rules. A token is shown once, when it is made;
 the farm keeps only its sha256, which is safe for a 256-bit random secret. A password is
 chosen by a person and may be weak, so it gets a slow, salted KDF (scrypt) instead.
+
+A token may expire (`expires`, set when it is made), and then answers 401 with a message that
+says so: whoever sends it holds the secret, so telling them costs nothing. A dashboard session
+remembers the session generation of its token or account; a logout bumps the generation,
+which ends every session opened under the old number, a saved copy of the cookie included.
 """
 
 from __future__ import annotations
@@ -14,14 +19,14 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.db.models import Account, ApiToken, Project, Role
 from farm.db.types import utcnow
-from farm.errors import InputError
+from farm.errors import FarmError, InputError
 
 TOKEN_PREFIX = "rf_"  # makes a leaked token recognisable to secret scanners and people
 PREFIX_SHOWN = 10  # characters of a token kept in clear to tell tokens apart in lists
@@ -32,6 +37,20 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 # Writing last_used on every request would turn reads into writes; a minute is precise enough.
 _LAST_USED_EVERY = timedelta(minutes=1)
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")  # project names too
+LIFETIME = re.compile(r"^([1-9][0-9]{0,4})([mhdw])$")  # "90m", "12h", "30d", "8w"
+_LIFETIME_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+MAX_LIFETIME = timedelta(days=3650)
+
+
+class TokenExpiredError(FarmError):
+    """A real token past its expiry: a 401 that says so, unlike an unknown one."""
+
+    def __init__(self, token: ApiToken) -> None:
+        expires = token.expires.isoformat(timespec="seconds") if token.expires else "?"
+        super().__init__(
+            f"this API token ({token.prefix}..., {token.name!r}) expired at {expires}; "
+            "ask an admin of the project for a new one"
+        )
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,7 @@ class Principal:
     project: str
     role: Role
     label: str  # the token's name or the account's username, for the page header and logs
+    session_generation: int = 0  # what a dashboard session opened now remembers
 
     def may(self, needed: Role) -> bool:
         return self.role.allows(needed)
@@ -84,11 +104,31 @@ def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_token(session: Session, project: Project, role: Role, name: str) -> tuple[ApiToken, str]:
+def parse_lifetime(value: str) -> timedelta:
+    """`30d`, `12h`, `90m` or `8w` as a duration, for `--expires` and the admin form."""
+    found = LIFETIME.match(value.strip().lower())
+    lifetime = timedelta(**{_LIFETIME_UNITS[found[2]]: int(found[1])}) if found else None
+    if lifetime is None or lifetime > MAX_LIFETIME:
+        raise InputError(
+            f"expires {value!r} is not a lifetime: write a number and a unit, m(inutes), "
+            "h(ours), d(ays) or w(eeks), e.g. 30d, up to 10 years"
+        )
+    return lifetime
+
+
+def create_token(
+    session: Session,
+    project: Project,
+    role: Role,
+    name: str,
+    expires: datetime | None = None,
+) -> tuple[ApiToken, str]:
     """A new token and its secret; the secret is returned here once and stored nowhere."""
     name = name.strip()
     if not 1 <= len(name) <= 80:
         raise InputError(f"a token's name needs 1 to 80 characters, got {len(name)}")
+    if expires is not None and expires <= utcnow():
+        raise InputError(f"expires {expires.isoformat()} is in the past; a token must live a while")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
         project_id=project.id,
@@ -96,6 +136,7 @@ def create_token(session: Session, project: Project, role: Role, name: str) -> t
         role=role,
         prefix=secret[:PREFIX_SHOWN],
         secret_sha256=secret_hash(secret),
+        expires=expires,
     )
     session.add(token)
     session.flush()
@@ -104,7 +145,8 @@ def create_token(session: Session, project: Project, role: Role, name: str) -> t
 
 def authenticate_token(session: Session, secret: str) -> Principal | None:
     """The principal of a live token, or None for an unknown or revoked one (the caller says
-    401 without telling which: that would help someone guessing)."""
+    401 without telling which: that would help someone guessing). Raises TokenExpiredError
+    for an expired one. Notes the use, at most once a minute so reads stay reads."""
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
         return None
     token = session.scalars(
@@ -113,17 +155,29 @@ def authenticate_token(session: Session, secret: str) -> Principal | None:
     if token is None or token.revoked is not None:
         return None
     now = utcnow()
+    if token.expired(now):
+        raise TokenExpiredError(token)
     if token.last_used is None or now - token.last_used > _LAST_USED_EVERY:
         token.last_used = now
-    return _principal(session, "token", token.id, token.project_id, token.role, token.name)
+    return _principal(session, token)
 
 
-def token_principal(session: Session, token_id: int) -> Principal | None:
-    """The principal of a dashboard session opened with a token, while the token lives."""
+def token_principal(session: Session, token_id: int, generation: int) -> Principal | None:
+    """The principal of a dashboard session opened with a token under `generation`, while the
+    token lives and no logout has ended that generation."""
     token = session.get(ApiToken, token_id)
-    if token is None or token.revoked is not None:
+    if token is None or token.revoked is not None or token.expired():
         return None
-    return _principal(session, "token", token.id, token.project_id, token.role, token.name)
+    if token.session_generation != generation:
+        return None
+    return _principal(session, token)
+
+
+def end_sessions(session: Session, who: Principal) -> None:
+    """End every dashboard session of `who`'s token or account, this one and saved copies."""
+    row = session.get(ApiToken if who.kind == "token" else Account, who.id)
+    if row is not None and row.session_generation == who.session_generation:
+        row.session_generation += 1
 
 
 def hash_password(password: str) -> str:
@@ -177,27 +231,27 @@ def authenticate_password(session: Session, username: str, password: str) -> Pri
     if not verify_password(password, account.password_hash):
         return None
     account.last_login = utcnow()
-    return _principal(
-        session, "account", account.id, account.project_id, account.role, account.username
-    )
+    return _principal(session, account)
 
 
-def account_principal(session: Session, account_id: int) -> Principal | None:
-    """The principal of a dashboard session opened with a password, while the account lives."""
+def account_principal(session: Session, account_id: int, generation: int) -> Principal | None:
+    """The principal of a dashboard session opened with a password under `generation`, while
+    the account lives and no logout has ended that generation."""
     account = session.get(Account, account_id)
     if account is None or account.disabled is not None:
         return None
-    return _principal(
-        session, "account", account.id, account.project_id, account.role, account.username
+    if account.session_generation != generation:
+        return None
+    return _principal(session, account)
+
+
+def _principal(session: Session, row: ApiToken | Account) -> Principal:
+    kind, label = ("token", row.name) if isinstance(row, ApiToken) else ("account", row.username)
+    project = session.get(Project, row.project_id)
+    assert project is not None, f"{kind} {row.id} names project {row.project_id}, which is gone"
+    return Principal(
+        kind, row.id, row.project_id, project.name, row.role, label, row.session_generation
     )
-
-
-def _principal(
-    session: Session, kind: str, row_id: int, project_id: int, role: Role, label: str
-) -> Principal:
-    project = session.get(Project, project_id)
-    assert project is not None, f"{kind} {row_id} names project {project_id}, which is gone"
-    return Principal(kind, row_id, project_id, project.name, role, label)
 
 
 def _check_password(password: str) -> None:

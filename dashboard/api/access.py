@@ -20,8 +20,9 @@ from dashboard.api.schemas import (
 from dashboard.context import farm
 from dashboard.scope import owned
 from dashboard.security import principal
-from farm.auth import create_account, create_token
+from farm.auth import create_account, create_token, parse_lifetime
 from farm.db.models import Account, ApiToken, Project, Role
+from farm.db.types import utcnow
 
 
 def token_out(token: ApiToken) -> TokenOut:
@@ -33,6 +34,7 @@ def token_out(token: ApiToken) -> TokenOut:
         created=token.created,
         last_used=token.last_used,
         revoked=token.revoked,
+        expires=token.expires,
     )
 
 
@@ -74,7 +76,8 @@ def new_token(body: TokenCreate) -> TokenCreated:
     """Make a token in the project; its secret is in this answer and nowhere else."""
     with farm().sessions.begin() as session:
         project = session.get(Project, principal().project_id)
-        token, secret = create_token(session, project, body.role, body.name)
+        expires = utcnow() + parse_lifetime(body.expires_in) if body.expires_in else None
+        token, secret = create_token(session, project, body.role, body.name, expires)
         return TokenCreated(**token_out(token).model_dump(), secret=secret)
 
 

@@ -246,6 +246,9 @@ class MeOut(BaseModel):
 class TokenCreate(Closed):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
     role: Role
+    expires_in: str | None = Field(
+        None, description="How long the token lives, e.g. 30d, 12h, 90m, 8w; null: until revoked."
+    )
 
 
 class TokenOut(BaseModel):
@@ -254,8 +257,9 @@ class TokenOut(BaseModel):
     role: Role
     prefix: str = Field(description="The start of the secret, to recognise the token by.")
     created: datetime
-    last_used: datetime | None
+    last_used: datetime | None = Field(description="Noted at most once a minute.")
     revoked: datetime | None
+    expires: datetime | None
 
 
 class TokenCreated(TokenOut):

@@ -8,8 +8,9 @@ from sqlalchemy import select
 from dashboard.context import farm
 from dashboard.scope import owned
 from dashboard.security import principal, requires
-from farm.auth import create_account, create_token, parse_role
+from farm.auth import create_account, create_token, parse_lifetime, parse_role
 from farm.db.models import Account, ApiToken, Project, Role
+from farm.db.types import utcnow
 from farm.errors import InputError
 
 admin = Blueprint("admin", __name__, url_prefix="/admin")
@@ -49,7 +50,10 @@ def new_token() -> tuple[str, int]:
         with farm().sessions.begin() as session:
             project = session.get(Project, principal().project_id)
             role = parse_role(request.form.get("role", ""))
-            token, secret = create_token(session, project, role, request.form.get("name", ""))
+            lifetime = request.form.get("expires", "").strip()
+            expires = utcnow() + parse_lifetime(lifetime) if lifetime else None
+            name = request.form.get("name", "")
+            token, secret = create_token(session, project, role, name, expires)
             made = (token.name, secret)
     except InputError as error:
         return _page(400, error=str(error))

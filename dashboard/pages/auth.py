@@ -9,7 +9,7 @@ from dashboard.context import farm
 from dashboard.errors import error_response, wants_json
 from dashboard.ratelimit import login_limits, retry_message
 from dashboard.security import log_in, log_out, public, safe_next
-from farm.auth import authenticate_password, authenticate_token
+from farm.auth import TokenExpiredError, authenticate_password, authenticate_token
 
 auth = Blueprint("auth", __name__)
 
@@ -25,14 +25,17 @@ def login() -> str | Response | tuple[str, int]:
     wait_s = login_limits().wait_s(address, username)
     if wait_s:
         return _too_many(wait_s)
-    with farm().sessions.begin() as session:
-        if form.get("token"):
-            who = authenticate_token(session, form["token"].strip())
-        else:
-            who = authenticate_password(session, username or "", form.get("password", ""))
+    message = "That token or username and password did not match a live login."
+    try:
+        with farm().sessions.begin() as session:
+            if form.get("token"):
+                who = authenticate_token(session, form["token"].strip())
+            else:
+                who = authenticate_password(session, username or "", form.get("password", ""))
+    except TokenExpiredError as expired:
+        who, message = None, str(expired)
     if who is None:
         login_limits().failed(address, username)
-        message = "That token or username and password did not match a live login."
         return render_template("login.html", next=form.get("next", ""), error=message), 401
     log_in(who)
     flash(f"Logged in as {who.label} ({who.role} in {who.project}).")

@@ -562,6 +562,23 @@ class Worker(Timestamps, Base):
         self.current_shard_id = None
 
 
+class ReaperRun(Timestamps, Base):
+    """The reaper's last scheduled run: one row per farm, which every run overwrites.
+
+    Nothing else shows a reaper that stopped (its beat died, no worker takes the control queue)
+    until a dead worker's shards sit unrequeued; `farm workers` and `/readyz` read this row
+    (farm/queue/beat.py). `interval_s` is the schedule the run was made on, so a reader judges
+    staleness by the reaper's own interval, not by its own settings.
+    """
+
+    __tablename__ = "reaper_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)  # always 1
+    last_run: Mapped[datetime]
+    worker_id: Mapped[str] = mapped_column(String(NAME_LENGTH))  # the worker that ran it
+    interval_s: Mapped[int]
+
+
 class Role(StrEnum):
     """What a token or an account may do; each role may do all that the ones before it may."""
 
@@ -614,13 +631,20 @@ class ApiToken(Timestamps, Base):
     role: Mapped[Role] = _role_column()
     prefix: Mapped[str] = mapped_column(String(16))  # the secret's start, to recognise it by
     secret_sha256: Mapped[str] = mapped_column(String(HASH_LENGTH), unique=True)
-    last_used: Mapped[datetime | None]
+    last_used: Mapped[datetime | None]  # written at most once a minute (farm/auth.py)
     revoked: Mapped[datetime | None]
+    expires: Mapped[datetime | None]  # None: until revoked
+    # Bumped by a logout: dashboard sessions opened with the token carry the number they were
+    # opened under, and one that no longer matches has ended (a saved cookie stops working).
+    session_generation: Mapped[int] = mapped_column(default=0, server_default=text("0"))
 
     def revoke(self, now: datetime | None = None) -> None:
         """Refuse the token from now on; the row stays, so its history can still be read."""
         if self.revoked is None:
             self.revoked = now or utcnow()
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires is not None and self.expires <= (now or utcnow())
 
 
 class Account(Timestamps, Base):
@@ -635,6 +659,7 @@ class Account(Timestamps, Base):
     role: Mapped[Role] = _role_column()
     last_login: Mapped[datetime | None]
     disabled: Mapped[datetime | None]
+    session_generation: Mapped[int] = mapped_column(default=0, server_default=text("0"))
 
     def disable(self, now: datetime | None = None) -> None:
         if self.disabled is None:

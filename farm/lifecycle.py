@@ -248,7 +248,7 @@ def close_job(farm: Farm, job_id: str) -> JobStatus | None:
 
 def announce_job_end(farm: Farm, job_id: str, status: JobStatus) -> None:
     """Tell the watchers, and queue the job's finalize task (comic, exports, webhook); called by
-    whoever closed the job: the last shard's worker, the reaper, a cancel."""
+    whoever closed the job: the last shard's worker, or the reaper."""
     farm.events.publish(job_id, "job.finished", status=str(status))
     farm.celery.send_task(FINALIZE_JOB, args=[job_id], queue=CONTROL_QUEUE, priority=0)
 

@@ -5,6 +5,10 @@ running shards of every preset (the truth about work), the broker knows the mess
 in `render.<preset>`, per priority on Redis (`farm.queue.depths`). A queue with shards queued
 in SQL but no message in the broker has lost its tasks, which the reaper sends again.
 `farm workers` and `farm queues` print the same rows.
+
+Workers are shared, their work is not: a project sees which shard and job a worker is on only
+when the job is its own; another project's work shows as a busy worker with no ids, which
+would otherwise tell one studio the job ids (and so the activity) of another.
 """
 
 from __future__ import annotations
@@ -22,29 +26,35 @@ from farm.queue.depths import queue_depths
 from farm.render.presets import PRESETS
 
 
-def workers(session: Session) -> list[WorkerOut]:
+def workers(session: Session, project_id: int | None = None) -> list[WorkerOut]:
+    """Every worker, with the ids of its current work where that work is `project_id`'s;
+    None: every project's (the operator's `farm workers`)."""
     now = utcnow()
     rows = session.execute(
-        select(Worker, Shard.job_id)
+        select(Worker, Shard.job_id, Job.project_id)
         .outerjoin(Shard, Shard.id == Worker.current_shard_id)
+        .outerjoin(Job, Job.id == Shard.job_id)
         .order_by(Worker.id)
     ).all()
-    return [
-        WorkerOut(
-            id=w.id,
-            hostname=w.hostname,
-            device=w.device,
-            presets=list(w.presets),
-            status=str(w.status),
-            current_shard_id=w.current_shard_id,
-            current_job_id=job_id,
-            heartbeat_age_s=round((now - w.last_heartbeat).total_seconds(), 1),
-            renders_done=w.renders_done,
-            renders_failed=w.renders_failed,
-            started=w.started,
+    listed = []
+    for w, job_id, owner in rows:
+        shown = project_id is None or owner == project_id
+        listed.append(
+            WorkerOut(
+                id=w.id,
+                hostname=w.hostname,
+                device=w.device,
+                presets=list(w.presets),
+                status=str(w.status),
+                current_shard_id=w.current_shard_id if shown else None,
+                current_job_id=job_id if shown else None,
+                heartbeat_age_s=round((now - w.last_heartbeat).total_seconds(), 1),
+                renders_done=w.renders_done,
+                renders_failed=w.renders_failed,
+                started=w.started,
+            )
         )
-        for w, job_id in rows
-    ]
+    return listed
 
 
 def queues(farm: Farm, session: Session) -> list[QueueOut]:

@@ -12,6 +12,7 @@ from dashboard import farm_state
 from dashboard.api import api, operation
 from dashboard.api.schemas import QueueList, WorkerList
 from dashboard.context import farm
+from dashboard.security import principal
 from farm.db.models import Role, Worker
 from farm.db.states import WorkerStatus
 
@@ -19,9 +20,10 @@ from farm.db.states import WorkerStatus
 @api.get("/workers")
 @operation("farm", response=WorkerList)
 def list_workers() -> WorkerList:
-    """Every worker: device, state, current shard and job, heartbeat age, renders done."""
+    """Every worker: device, state, current shard and job (of the caller's project only;
+    another project's work shows as busy with no ids), heartbeat age, renders done."""
     with farm().sessions() as session:
-        rows = farm_state.workers(session)
+        rows = farm_state.workers(session, principal().project_id)
     return WorkerList(items=rows)
 
 

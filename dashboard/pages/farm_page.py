@@ -7,6 +7,7 @@ from flask import Blueprint, render_template
 
 from dashboard import farm_state
 from dashboard.context import farm
+from dashboard.security import principal
 
 farm_page = Blueprint("farm_page", __name__)
 
@@ -17,7 +18,7 @@ STALE_HEARTBEAT_S = 30
 @farm_page.get("/farm")
 def index() -> str:
     with farm().sessions() as session:
-        workers = farm_state.workers(session)
+        workers = farm_state.workers(session, principal().project_id)
         queues = farm_state.queues(farm(), session)
     return render_template(
         "farm.html", workers=workers, queues=queues, stale_after=STALE_HEARTBEAT_S

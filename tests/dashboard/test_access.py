@@ -170,3 +170,39 @@ def test_health_probes_need_no_login(tmp_path):
     unready = client.get("/readyz")
     assert unready.status_code == 503 and unready.json["broker"].startswith("unavailable")
     studio.farm.close()
+
+
+def test_another_teams_work_shows_as_busy_without_its_ids(studio: Studio):
+    from sqlalchemy import select
+
+    from farm.db.models import Shard, Worker
+    from farm.db.states import WorkerStatus
+
+    character_id = make_character(studio, "a-artist")
+    job_id = studio.call("POST", "/api/v1/jobs", "a-artist", json=story_body(character_id)).json[
+        "id"
+    ]
+    with studio.farm.sessions.begin() as session:
+        shard_id = session.scalars(select(Shard.id).where(Shard.job_id == job_id)).first()
+        session.add(
+            Worker(
+                id="gpu-box:cuda0",
+                hostname="gpu-box",
+                device="cuda:0",
+                presets=["tiny"],
+                status=WorkerStatus.BUSY,
+                current_shard_id=shard_id,
+            )
+        )
+
+    (seen_by_a,) = studio.call("GET", "/api/v1/workers", "a-viewer").json["items"]
+    (seen_by_b,) = studio.call("GET", "/api/v1/workers", "b-viewer").json["items"]
+
+    assert (seen_by_a["current_shard_id"], seen_by_a["current_job_id"]) == (shard_id, job_id)
+    assert seen_by_b["status"] == "busy"
+    assert (seen_by_b["current_shard_id"], seen_by_b["current_job_id"]) == (None, None)
+    client = studio.client()
+    studio.log_in(client, "b-viewer")
+    page = client.get("/farm").text
+    assert "gpu-box:cuda0" in page and "another project's work" in page
+    assert job_id not in page and f"shard {shard_id}" not in page

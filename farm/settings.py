@@ -24,6 +24,7 @@ PROMPT_TRUNCATIONS = ("reference", "keep-end")
 # Where a render's starting noise is drawn: "cpu" (the same picture on any device) or "device"
 # (on the GPU, as the reference demo does: seed-for-seed comparable with it on that GPU).
 NOISE_DEVICES = ("cpu", "device")
+MAX_STREAMS = 90  # live progress streams per dashboard process (see Settings.sse_max_streams)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -69,7 +70,8 @@ class Settings:
     photo_max_pixels: int = 16_000_000
     upload_max_pixels: int = 64_000_000
     # Live progress streams one dashboard process serves at once, and one login of them: each
-    # holds a thread, and gunicorn_conf keeps threads for the pages beyond these.
+    # holds a thread, and gunicorn_conf keeps threads for the pages beyond these. At most
+    # MAX_STREAMS: each also holds a Redis connection, from redis-py's pool of 100 a process.
     sse_max_streams: int = 24
     sse_max_streams_per_user: int = 6
     # Private ranges a webhook may reach after all (a studio's receiver on its own network),
@@ -114,8 +116,8 @@ class Settings:
             document_max_depth=_int(env, "FARM_DOCUMENT_MAX_DEPTH", documents.MAX_DEPTH, 4, 200),
             photo_max_pixels=_int(env, "FARM_PHOTO_MAX_PIXELS", 16_000_000, 1_000_000, 10**9),
             upload_max_pixels=_int(env, "FARM_UPLOAD_MAX_PIXELS", 64_000_000, 1_000_000, 10**9),
-            sse_max_streams=_int(env, "FARM_SSE_MAX_STREAMS", 24, 1, 10_000),
-            sse_max_streams_per_user=_int(env, "FARM_SSE_MAX_STREAMS_PER_USER", 6, 1, 10_000),
+            sse_max_streams=_int(env, "FARM_SSE_MAX_STREAMS", 24, 1, MAX_STREAMS),
+            sse_max_streams_per_user=_int(env, "FARM_SSE_MAX_STREAMS_PER_USER", 6, 1, MAX_STREAMS),
             webhook_allow_networks=_networks(env, "FARM_WEBHOOK_ALLOW_NETWORKS"),
             login_window_s=_int(env, "FARM_LOGIN_WINDOW_SECONDS", 900, 1, 86400),
             login_failures_per_address=_int(env, "FARM_LOGIN_FAILURES_PER_ADDRESS", 50, 1, 10**6),

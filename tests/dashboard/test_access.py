@@ -3,18 +3,36 @@ changes nothing, another team's rows are 404 as if they did not exist."""
 
 from __future__ import annotations
 
+import re
+import threading
 from dataclasses import replace
+from io import BytesIO
+from typing import Any
 
 import pytest
+from PIL import Image
+from sqlalchemy import select
 
-from farm.db.models import Role
+from farm.auth import create_account, create_token, ensure_project
+from farm.db.models import Role, Shard, Worker
+from farm.db.states import WorkerStatus
 from farm.queue.app import make_celery
-from tests.dashboard.routes import NOWHERE, ROUTES, Route
+from tests.dashboard.routes import (
+    ACCESS,
+    NOWHERE,
+    ROUTES,
+    Access,
+    MappedRoute,
+    Route,
+    bare_app,
+    mapped_routes,
+)
 from tests.fixtures.dashboard import (
     Studio,
     finish_renders,
     make_character,
     make_studio,
+    photo_files,
     story_body,
 )
 
@@ -163,7 +181,10 @@ def test_health_probes_need_no_login(tmp_path):
     assert client.get("/healthz").json == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json == {"status": "ready", "database": "ok", "storage": "ok", "broker": "ok"}
+    assert ready.json == {
+        **{"status": "ready", "database": "ok", "storage": "ok", "broker": "ok"},
+        **{"reaper": "never ran", "reaper_last_run_s": None},
+    }
 
     nowhere = replace(studio.farm.settings, broker_url="redis://127.0.0.1:9/0")  # port 9: closed
     studio.farm.__dict__["celery"] = make_celery(nowhere)
@@ -173,11 +194,6 @@ def test_health_probes_need_no_login(tmp_path):
 
 
 def test_another_teams_work_shows_as_busy_without_its_ids(studio: Studio):
-    from sqlalchemy import select
-
-    from farm.db.models import Shard, Worker
-    from farm.db.states import WorkerStatus
-
     character_id = make_character(studio, "a-artist")
     job_id = studio.call("POST", "/api/v1/jobs", "a-artist", json=story_body(character_id)).json[
         "id"
@@ -206,3 +222,195 @@ def test_another_teams_work_shows_as_busy_without_its_ids(studio: Studio):
     page = client.get("/farm").text
     assert "gpu-box:cuda0" in page and "another project's work" in page
     assert job_id not in page and f"shard {shard_id}" not in page
+
+
+# Every rule of the URL map, for every caller -------------------------------------------------
+
+MAPPED = mapped_routes(bare_app())
+CALLERS = [None, "b-viewer", "b-artist", "b-admin", "a-viewer", "a-artist", "a-admin"]
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Routes that take away what routes after them need go last: the walk is one pass over one farm.
+LAST = ("DELETE api.delete_character", "POST characters.delete", "POST auth.logout")
+SSE_READ_S = 5.0
+
+
+def test_every_route_of_the_url_map_has_an_access_rule():
+    mapped = {route.key for route in MAPPED}
+    assert sorted(mapped - ACCESS.keys()) == [], (
+        "say who may call these in tests/dashboard/routes.py"
+    )
+    assert sorted(ACCESS.keys() - mapped) == [], "these rules name routes that are gone"
+
+
+def test_the_api_rules_agree_with_the_openapi_document():
+    documented = {str(route): route.role for route in ROUTES}
+    for route in MAPPED:
+        if route.rule.startswith("/api/") and route.key != "GET api.openapi_json":  # not in itself
+            path = re.sub(r"<(?:[^:<>]+:)?(\w+)>", r"{\1}", route.rule)
+            assert documented[f"{route.method} {path}"] == ACCESS[route.key].role, route
+
+
+@pytest.fixture
+def team_a_rows(studio: Studio) -> dict[str, dict[str, object]]:
+    """A value for every path parameter, naming rows of team A; per route where the route
+    destroys its row (a character of its own for each deletion)."""
+    character_id = make_character(studio, "a-artist")
+    job_id = studio.call("POST", "/api/v1/jobs", "a-artist", json=story_body(character_id)).json[
+        "id"
+    ]
+    finish_renders(studio, job_id)
+    render_id = studio.call("GET", f"/api/v1/jobs/{job_id}/renders", "a-viewer").json["items"][0][
+        "id"
+    ]
+    studio.farm.storage.put(f"jobs/{job_id}/comic/page-001.png", tiny_png(), "image/png")
+    with studio.farm.sessions.begin() as session:
+        project = ensure_project(session, "team-a")
+        token_id = create_token(session, project, Role.VIEWER, "a spare")[0].id
+        account = create_account(session, project, "a-spare", "a spare password", Role.VIEWER)
+        session.add(
+            Worker(
+                id="old-box:cuda1",
+                hostname="old-box",
+                device="cuda:0",
+                presets=["tiny"],
+                status=WorkerStatus.STOPPED,
+            )
+        )
+        account_id = account.id
+    values: dict[str, object] = {
+        "character_id": character_id,
+        "position": 0,
+        "job_id": job_id,
+        "render_id": render_id,
+        "number": 0,
+        "token_id": token_id,
+        "account_id": account_id,
+        "worker_id": "old-box:cuda1",
+        "filename": "style.css",
+    }
+    per_route = {key: values for key in ACCESS}
+    deletions = {
+        "DELETE api.delete_character": "newton_0.jpg",
+        "POST characters.delete": "newton_3.jpg",
+    }
+    for key, photo in deletions.items():  # other photos: the same ones would find the same row
+        form = {"name": photo, "class_word": "man", "photos": photo_files(photo)}
+        made = studio.call("POST", "/api/v1/characters", "a-artist", data=form)
+        per_route[key] = {**values, "character_id": made.json["id"]}
+    return per_route
+
+
+def tiny_png() -> bytes:
+    out = BytesIO()
+    Image.new("RGB", (4, 4)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_every_route_answers_every_caller_by_its_rule(
+    studio: Studio, team_a_rows: dict[str, dict[str, object]]
+):
+    """Anonymous, three roles of team A and three of team B on every route of the URL map:
+    pages and files through a logged-in session, the API with bearer tokens, the live stream
+    read for a moment. A route that changes something is called by one caller that may (the
+    smallest role of team A), after every caller that may not."""
+    sessions = {}
+    for who in CALLERS[1:]:
+        client = studio.client()
+        sessions[who] = (client, studio.log_in(client, who))
+    order = sorted(MAPPED, key=lambda r: (r.key in LAST, LAST.index(r.key) if r.key in LAST else 0))
+    wrong = []
+    for route in order:
+        access = ACCESS[route.key]
+        url = route.url(team_a_rows[route.key])
+        changed = False
+        for who in CALLERS:
+            may = access.role is None or (who is not None and _role(who).allows(access.role))
+            elsewhere = access.owner is not None and who is not None and who[0] != "a"
+            changes = route.method in UNSAFE and access.role is not None and may and not elsewhere
+            if changes and (changed or who[0] != "a"):
+                continue  # one change per route, by team A's smallest role that may
+            status, body, location = _request(studio, sessions, route, url, who)
+            expected = _expected(route, access, who, may, elsewhere)
+            problem = _judge(expected, route.method, status, location)
+            if expected == "allowed" and route.key == "GET live.job_events":
+                problem = problem or (None if body.startswith("retry:") else "no event stream")
+            if problem:
+                caller = who or "anonymous"
+                wrong.append(f"{route} as {caller}: {problem} ({status}: {body[:120]!r})")
+            changed = changed or changes
+    assert wrong == [], "\n".join(wrong)
+
+
+def _role(who: str) -> Role:
+    return Role(who.split("-", 1)[1])
+
+
+def _expected(
+    route: MappedRoute, access: Access, who: str | None, may: bool, elsewhere: bool
+) -> str:
+    if access.role is None:
+        return "public"
+    if who is None:
+        return "401" if route.rule.startswith("/api/") else "login"
+    if not may:
+        return "403"
+    return "404" if elsewhere else "allowed"
+
+
+def _judge(expected: str, method: str, status: int, location: str) -> str | None:
+    to_login = status == 302 and location.startswith("/login?next=")  # as _require_login sends
+    if status >= 500 and status != 503:  # 503: a probe saying a service is down is honest
+        return "a server error"
+    if expected == "public":
+        if to_login or status == 403 or (method == "GET" and status >= 400 and status != 503):
+            return "refused on a public route"
+        return None  # a login posted empty is a 400 or 401: the form's answer, not a refusal
+    if expected == "login":
+        return None if to_login else "expected a redirect to /login"
+    if expected in ("401", "403", "404"):
+        return None if str(status) == expected else f"expected {expected}"
+    if to_login or status in (401, 403, 404):
+        return "refused, but this caller may"
+    return None
+
+
+def _request(
+    studio: Studio, sessions: dict[str, Any], route: MappedRoute, url: str, who: str | None
+) -> tuple[int, str, str]:
+    """One request as `who`; the answer's status, the start of its body and its Location."""
+    headers: dict[str, str] = {}
+    kwargs: dict[str, object] = {}
+    if route.rule.startswith("/api/"):
+        client = studio.client()
+        if who is not None:
+            headers["Authorization"] = f"Bearer {studio.tokens[who]}"
+        if route.method in UNSAFE:
+            kwargs["json"] = {}
+    else:
+        client, csrf = sessions[who] if who is not None else (studio.client(), "")
+        if route.method in UNSAFE:
+            headers["X-CSRF-Token"] = csrf
+            kwargs["data"] = {}
+    response = client.open(url, method=route.method, headers=headers, buffered=False, **kwargs)
+    try:
+        if response.mimetype == "text/event-stream":
+            body = _first_chunk(response)
+        else:
+            textual = response.is_json or response.mimetype.startswith("text/")
+            body = (
+                response.get_data(as_text=True)
+                if textual
+                else f"({len(response.get_data())} bytes)"
+            )
+        return response.status_code, body, response.headers.get("Location", "")
+    finally:
+        response.close()
+
+
+def _first_chunk(response: Any) -> str:
+    """The stream's first event, waited for at most SSE_READ_S: a stream never blocks the walk."""
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(next(iter(response.response))), daemon=True)
+    reader.start()
+    reader.join(SSE_READ_S)
+    return got[0].decode() if got else "(no event within the read timeout)"

@@ -53,13 +53,17 @@ def worker_state(worker: WorkerOut) -> str:
 @click.command()
 @one_line_errors
 def workers() -> None:
-    """Workers: state, device, presets, current shard and job, heartbeat age, renders."""
+    """Workers: state, device, presets, current shard and job, heartbeat age, renders; and
+    when the reaper last ran, which requeues the shards of those that die."""
     from dashboard import farm_state
+    from farm.queue.beat import reaper_liveness
 
     with Farm().sessions() as session:
         rows = farm_state.workers(session)
+        reaper = reaper_liveness(session)
     if not rows:
         click.echo("no workers have registered")
+        click.echo(reaper.line())
         return
     table = [
         (
@@ -78,6 +82,7 @@ def workers() -> None:
     headers = ("WORKER", "STATE", "DEVICE", "PRESETS", "SHARD", "JOB", "BEAT", "DONE", "FAILED")
     for line in _table(headers, table):
         click.echo(line)
+    click.echo(reaper.line())
 
 
 @click.command()

@@ -89,9 +89,16 @@ def render_shard(task: Task, shard_id: int) -> str:
 
 @app.task(name=REAP)
 def reap() -> dict[str, list]:
+    """The scheduled reap; recorded once done, which is the reaper's liveness
+    (farm/queue/beat.py), so a reap that raises is not counted as one that ran."""
+    from farm.db.types import utcnow
+    from farm.queue.beat import record_reap
     from workers.reaper import reap as reap_now
 
-    reaped = reap_now(runtime().farm)
+    worker = runtime()
+    reaped = reap_now(worker.farm)
+    with worker.farm.sessions.begin() as session:
+        record_reap(session, worker.name, worker.farm.settings.reap_interval_s, utcnow())
     return {
         "requeued": reaped.requeued,
         "failed": reaped.failed,

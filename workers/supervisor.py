@@ -4,6 +4,9 @@ Pinning with `CUDA_VISIBLE_DEVICES` (rather than `cuda:N` inside one process) ke
 leak or an out-of-memory on one card from touching the others, and lets every process believe
 it owns `cuda:0`. Signals are passed on, so a SIGTERM from Kubernetes becomes Celery's warm
 shutdown in every child: the current shard finishes, nothing new is taken.
+
+With `--beat` (and in `farm up`) the reaper's schedule runs as one more child, Celery beat on
+its own, which the supervisor starts again whenever it dies (`SupervisedBeat`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +34,10 @@ from workers.cores import WORKER_CORES, cores_spec
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# The reaper's beat: the wait before its first restart, doubled while it keeps dying soon after
+# starting (a broker that refuses it must not become a busy loop), up to the second figure.
+BEAT_BACKOFF_S = (1.0, 60.0)
+BEAT_STEADY_S = 60.0  # a beat that ran this long died of something new: the wait starts over
 
 
 @dataclass(frozen=True)
@@ -75,11 +84,9 @@ def parse_devices(spec: str) -> list[DeviceSlot]:
     return [DeviceSlot(i, g) for i, g in enumerate(indices)]
 
 
-def worker_command(
-    slot: DeviceSlot, presets: Sequence[str], beat: bool, loglevel: str
-) -> list[str]:
+def worker_command(slot: DeviceSlot, presets: Sequence[str], loglevel: str) -> list[str]:
     queues = [render_queue(p) for p in presets] + [CONTROL_QUEUE]
-    command = [
+    return [
         sys.executable,
         "-m",
         "celery",
@@ -99,11 +106,25 @@ def worker_command(
         "--without-gossip",
         "--without-mingle",
     ]
-    if beat:
-        schedule = Settings.from_env().data_dir / "celerybeat-schedule"
-        schedule.parent.mkdir(parents=True, exist_ok=True)
-        command += ["--beat", "--schedule", str(schedule)]
-    return command
+
+
+def beat_command(loglevel: str) -> list[str]:
+    """Celery beat, which sends the reaper's task on its schedule (farm/queue/app.py) for a
+    worker to run: one per farm."""
+    schedule = Settings.from_env().data_dir / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "beat",
+        "--schedule",
+        str(schedule),
+        "--loglevel",
+        loglevel,
+    ]
 
 
 def cpu_shares(count: int, threads: int | None, cores: Sequence[int]) -> list[list[int]]:
@@ -130,6 +151,80 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class SupervisedBeat:
+    """The reaper's beat as a child of the supervisor, started again whenever it dies.
+
+    Embedded in a worker (`celery worker --beat`) it was a child that nobody watched: once it
+    died no reap was sent again, and a dead worker's shards stayed running with nobody to
+    requeue them. Here each death is logged with its exit status and the beat is restarted
+    after a wait (`BEAT_BACKOFF_S`). A thread watches it, so the supervisor's main thread keeps
+    waiting on the workers; the thread also starts it, and lives as long as it is supervised,
+    because the kernel's parent-death signal follows the thread that forked.
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        env: dict[str, str],
+        *,
+        backoff_s: tuple[float, float] = BEAT_BACKOFF_S,
+        steady_s: float = BEAT_STEADY_S,
+    ) -> None:
+        self.command, self.env = command, env
+        self.backoff_s, self.steady_s = backoff_s, steady_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # a stop never races a restart
+        self._watcher = threading.Thread(target=self._watch, name="beat-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._watcher.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes] | None:
+        with self._lock:
+            if self._stopping.is_set():
+                return None
+            self.process = subprocess.Popen(self.command, env=self.env, preexec_fn=_die_with_parent)
+        log.info("started the reaper's beat (pid %s)", self.process.pid)
+        return self.process
+
+    def _watch(self) -> None:
+        wait_s = self.backoff_s[0]
+        while (process := self._spawn()) is not None:
+            started = time.monotonic()
+            code = process.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started >= self.steady_s:
+                wait_s = self.backoff_s[0]
+            self.restarts += 1
+            log.warning(
+                "the reaper's beat (pid %s) exited with status %s; starting it again in %g s",
+                process.pid,
+                code,
+                wait_s,
+            )
+            if self._stopping.wait(wait_s):
+                return
+            wait_s = min(wait_s * 2, self.backoff_s[1])
+
+    def halt(self, signum: int = signal.SIGTERM) -> None:
+        """Pass `signum` on to the beat and start it no more; returns at once (a signal
+        handler calls it)."""
+        with self._lock:
+            self._stopping.set()
+            process = self.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signum)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Halt the beat and wait for it to end."""
+        self.halt()
+        if self._watcher.is_alive():
+            self._watcher.join(timeout_s)
+
+
 def run_workers(
     devices: str,
     presets: Sequence[str],
@@ -141,12 +236,16 @@ def run_workers(
 ) -> int:
     children: list[subprocess.Popen[bytes]] = []
     stopping: list[int] = []
+    beat_env = {**os.environ, "FARM_WORKER_PRESETS": ",".join(presets)}
+    reaper = SupervisedBeat(beat_command(loglevel), beat_env) if beat else None
 
     def forward(signum: int, _frame: object) -> None:
         stopping.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
+        if reaper is not None:
+            reaper.halt(signum)
 
     # Before anything slow: a SIGTERM during start-up must stop the children started so far.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -162,7 +261,7 @@ def run_workers(
             strict=True,
         )
     )
-    for index, slot in enumerate(slots):
+    for slot in slots:
         env = {
             **os.environ,
             "CUDA_VISIBLE_DEVICES": slot.cuda_index if slot.cuda_index is not None else "",
@@ -179,7 +278,7 @@ def run_workers(
                 env[WORKER_CORES] = cores_spec(cores)
         if stopping:
             break
-        command = worker_command(slot, presets, beat and index == 0, loglevel)
+        command = worker_command(slot, presets, loglevel)
         children.append(subprocess.Popen(command, env=env, preexec_fn=_die_with_parent))
         log.info(
             "started worker %s (pid %s)%s",
@@ -187,7 +286,11 @@ def run_workers(
             children[-1].pid,
             f" rendering on cores {env[WORKER_CORES]}" if WORKER_CORES in env else "",
         )
+    if reaper is not None and not stopping:
+        reaper.start()
     codes = [child.wait() for child in children]
+    if reaper is not None:
+        reaper.stop()
     log.info("workers exited with %s", codes)
     return max((abs(c) for c in codes), default=0)
 

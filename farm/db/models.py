@@ -562,6 +562,23 @@ class Worker(Timestamps, Base):
         self.current_shard_id = None
 
 
+class ReaperRun(Timestamps, Base):
+    """The reaper's last scheduled run: one row per farm, which every run overwrites.
+
+    Nothing else shows a reaper that stopped (its beat died, no worker takes the control queue)
+    until a dead worker's shards sit unrequeued; `farm workers` and `/readyz` read this row
+    (farm/queue/beat.py). `interval_s` is the schedule the run was made on, so a reader judges
+    staleness by the reaper's own interval, not by its own settings.
+    """
+
+    __tablename__ = "reaper_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)  # always 1
+    last_run: Mapped[datetime]
+    worker_id: Mapped[str] = mapped_column(String(NAME_LENGTH))  # the worker that ran it
+    interval_s: Mapped[int]
+
+
 class Role(StrEnum):
     """What a token or an account may do; each role may do all that the ones before it may."""
 

@@ -24,6 +24,7 @@ TABLES = {
     "api_tokens",
     "accounts",
     "job_cast",
+    "reaper_runs",
 }
 
 

@@ -66,7 +66,11 @@ def render_in_process(env: dict[str, str], tiny: LoadedPreset, job_id: str) -> N
 def test_submit_status_fetch_cancel(env, tiny, tmp_path):
     story = str(EXAMPLES / "story.yaml")
     assert farm_cli(env, "db", "upgrade").output == f"database at revision {head()}\n"
-    assert farm_cli(env, "workers").output == "no workers have registered\n"
+    assert farm_cli(env, "workers").output.splitlines() == [
+        "no workers have registered",
+        "reaper: has never run; start one beat for the farm "
+        "(farm worker --beat, farm up, or the chart's beat)",
+    ]
 
     job_id = farm_cli(env, "submit", story).stdout.strip()
     assert UUID.fullmatch(job_id)
@@ -85,7 +89,8 @@ def test_submit_status_fetch_cancel(env, tiny, tmp_path):
         f"  shard   0 succeeded on {WORKER} (attempt 1/3)",
         f"  shard   1 succeeded on {WORKER} (attempt 1/3)",
     ]
-    header, line = farm_cli(env, "workers").stdout.splitlines()
+    header, line, reaper = farm_cli(env, "workers").stdout.splitlines()
+    assert reaper.startswith("reaper: has never run")  # no beat in this test
     assert header.split() == [
         *("WORKER", "STATE", "DEVICE", "PRESETS", "SHARD", "JOB", "BEAT", "DONE", "FAILED")
     ]

@@ -5,10 +5,13 @@ with is captured (no process is started) and checked."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +22,8 @@ from workers import supervisor
 from workers.cores import pin_render_thread, unpin_thread
 from workers.supervisor import (
     DeviceSlot,
+    SupervisedBeat,
+    beat_command,
     cpu_shares,
     parse_devices,
     run_workers,
@@ -62,14 +67,54 @@ def test_bad_devices_are_refused(spec, hint):
 
 
 def test_worker_command_pins_queues_concurrency_and_pool():
-    command = worker_command(DeviceSlot(1, "3"), ["tiny", "photomaker-v2"], False, "INFO")
+    command = worker_command(DeviceSlot(1, "3"), ["tiny", "photomaker-v2"], "INFO")
     assert command[:5] == [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
     options = dict(zip(command[6::2], command[7::2], strict=False))
     assert options["--queues"] == "render.tiny,render.photomaker-v2,farm.control"
     assert (options["--concurrency"], options["--pool"]) == ("1", "prefork")
     assert options["--hostname"] == "cuda3@%h"
-    assert "--beat" not in command
-    assert "--beat" in worker_command(DeviceSlot(0, None), ["tiny"], True, "INFO")
+    assert "--beat" not in command  # the reaper's beat is a child of its own (SupervisedBeat)
+
+
+def test_the_beat_runs_on_its_own_with_the_farms_schedule_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("FARM_DATA_DIR", str(tmp_path))
+    command = beat_command("INFO")
+    assert command[:6] == [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat"]
+    assert command[command.index("--schedule") + 1] == str(tmp_path / "celerybeat-schedule")
+
+
+def _next_process(beat: SupervisedBeat, after: subprocess.Popen | None) -> subprocess.Popen:
+    deadline = time.monotonic() + 10
+    while beat.process is after or beat.process is None or beat.process.poll() is not None:
+        assert time.monotonic() < deadline, "the beat was not started again"
+        time.sleep(0.05)
+    return beat.process
+
+
+def test_a_dead_beat_is_started_again_after_a_wait_that_doubles(caplog):
+    """The reaper's beat, killed twice: started again each time, the wait logged and doubled;
+    stopped, it is ended and started no more."""
+    caplog.set_level(logging.INFO, logger="workers.supervisor")
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    beat = SupervisedBeat(sleeper, dict(os.environ), backoff_s=(0.2, 0.4), steady_s=60)
+    beat.start()
+    try:
+        first = _next_process(beat, None)
+        first.kill()
+        second = _next_process(beat, first)
+        second.kill()
+        third = _next_process(beat, second)
+    finally:
+        beat.stop()
+    assert third.poll() is not None and beat.process is third and beat.restarts == 2
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        f"started the reaper's beat (pid {first.pid})",
+        f"the reaper's beat (pid {first.pid}) exited with status -9; starting it again in 0.2 s",
+        f"started the reaper's beat (pid {second.pid})",
+        f"the reaper's beat (pid {second.pid}) exited with status -9; starting it again in 0.4 s",
+        f"started the reaper's beat (pid {third.pid})",
+    ]
 
 
 class FakeChild:
@@ -109,16 +154,40 @@ def started(monkeypatch) -> tuple[list[FakeChild], dict[int, Any]]:
 def test_each_gpu_child_sees_only_its_gpu(started):
     children, handlers = started
 
-    assert run_workers("2,3", ["tiny"], beat=True) == 15  # the worst exit status
+    assert run_workers("2,3", ["tiny"]) == 15  # the worst exit status
 
     assert [c.env["CUDA_VISIBLE_DEVICES"] for c in children] == ["2", "3"]
     assert [c.env["FARM_WORKER_SLOT"] for c in children] == ["2", "3"]  # named after the GPU
     assert all(c.env["FARM_WORKER_PRESETS"] == "tiny" for c in children)
     assert all("FARM_DEVICE" not in c.env for c in children)
-    assert ["--beat" in c.command for c in children] == [True, False]  # one beat per farm
     # SIGTERM from Kubernetes reaches every child: Celery's warm shutdown in each.
     handlers[signal.SIGTERM](signal.SIGTERM, None)
     assert [c.signals for c in children] == [[signal.SIGTERM], [signal.SIGTERM]]
+
+
+def test_with_beat_one_supervised_beat_lives_as_long_as_the_workers(started, monkeypatch):
+    children, handlers = started
+    said: list[object] = []
+
+    class Beat:
+        def __init__(self, command: list[str], env: dict[str, str]) -> None:
+            said.append(("made", command[5], env["FARM_WORKER_PRESETS"]))
+
+        def start(self) -> None:
+            said.append("start")
+
+        def halt(self, signum: int) -> None:
+            said.append(("halt", signum))
+
+        def stop(self) -> None:
+            said.append("stop")
+
+    monkeypatch.setattr(supervisor, "SupervisedBeat", Beat)
+    run_workers("2,3", ["tiny"], beat=True)
+    assert len(children) == 2 and not any("--beat" in c.command for c in children)
+    assert said == [("made", "beat", "tiny"), "start", "stop"]  # one beat per farm
+    handlers[signal.SIGINT](signal.SIGINT, None)
+    assert said[-1] == ("halt", signal.SIGINT)  # a signal reaches the beat as well
 
 
 def test_cpu_children_see_no_gpu(started):

@@ -101,7 +101,8 @@ def test_workers_says_what_each_one_does_and_whether_it_may_be_stopped(farm, fac
     add_worker(farm, "c:cuda0", WorkerStatus.LOST, silent_s=3600)
     add_worker(farm, "d:cpu0", WorkerStatus.STARTING)
 
-    header, *lines = farm_cli(farm, "workers").stdout.splitlines()
+    header, *lines, reaper = farm_cli(farm, "workers").stdout.splitlines()
+    assert reaper.startswith("reaper: has never run")
     assert header.split() == [
         *("WORKER", "STATE", "DEVICE", "PRESETS", "SHARD", "JOB", "BEAT", "DONE", "FAILED")
     ]

@@ -33,7 +33,10 @@ def test_readyz_goes_unready_while_the_database_is_down(
 ):
     studio = make_studio(tmp_path, postgres_server.url, record_tasks=False)
     client = studio.client()
-    everything_ok = {"status": "ready", "database": "ok", "storage": "ok", "broker": "ok"}
+    everything_ok = {
+        **{"status": "ready", "database": "ok", "storage": "ok", "broker": "ok"},
+        **{"reaper": "never ran", "reaper_last_run_s": None},  # no beat here: not unready
+    }
     assert (client.get("/readyz").status_code, client.get("/readyz").json) == (200, everything_ok)
 
     postgres_server.stop()
@@ -42,6 +45,7 @@ def test_readyz_goes_unready_while_the_database_is_down(
     assert down.json["status"] == "unready"
     assert down.json["database"].startswith("unavailable: OperationalError")
     assert (down.json["storage"], down.json["broker"]) == ("ok", "ok")
+    assert "reaper" not in down.json  # read from the database, which is down
     assert client.get("/healthz").status_code == 200  # unready, never unhealthy
 
     postgres_server.start()

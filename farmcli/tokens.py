@@ -44,21 +44,36 @@ def tokens() -> None:
 )
 @click.option("--project", required=True, help="The team's project, created if new.")
 @click.option("--name", default=None, help="What the token is for (default: '<role> token').")
+@click.option(
+    "--expires",
+    default=None,
+    metavar="LIFETIME",
+    help="How long it lives: 90m, 12h, 30d or 8w (default: until revoked).",
+)
 @one_line_errors
-def tokens_create(role: str, project: str, name: str | None) -> None:
+def tokens_create(role: str, project: str, name: str | None, expires: str | None) -> None:
     """Make a token and print its secret, which is shown this once and stored only hashed."""
-    from farm.auth import create_token, ensure_project
+    from farm.auth import create_token, ensure_project, parse_lifetime
+    from farm.db.types import utcnow
 
+    ends = utcnow() + parse_lifetime(expires) if expires is not None else None
     farm = _farm()
     try:
         with farm.sessions.begin() as session:
             token, secret = create_token(
-                session, ensure_project(session, project), Role(role), name or f"{role} token"
+                session,
+                ensure_project(session, project),
+                Role(role),
+                name or f"{role} token",
+                ends,
             )
             token_id = token.id
     finally:
         farm.close()
-    click.echo(f"token {token_id} ({role} in project {project!r}); keep it secret:", err=True)
+    until = f", expires {ends.isoformat(timespec='seconds')}" if ends else ""
+    click.echo(
+        f"token {token_id} ({role} in project {project!r}{until}); keep it secret:", err=True
+    )
     click.echo(secret)
 
 
@@ -66,7 +81,8 @@ def tokens_create(role: str, project: str, name: str | None) -> None:
 @click.option("--project", default=None, help="Only this project's tokens.")
 @one_line_errors
 def tokens_list(project: str | None) -> None:
-    """Every token: id, project, role, name, the start of its secret, when last used."""
+    """Every token: id, project, role, state, the start of its secret, when last used and
+    when it expires, name."""
     from sqlalchemy import select
 
     from farm.db.models import ApiToken, Project
@@ -82,10 +98,11 @@ def tokens_list(project: str | None) -> None:
         farm.close()
     for token, project_name in rows:
         used = token.last_used.isoformat(timespec="seconds") if token.last_used else "never"
-        state = "revoked" if token.revoked else "live"
+        state = "revoked" if token.revoked else "expired" if token.expired() else "live"
+        ends = token.expires.isoformat(timespec="seconds") if token.expires else "never"
         click.echo(
             f"{token.id:5d} {project_name:16} {token.role:7} {state:8} {token.prefix}... "
-            f"used {used}  {token.name}"
+            f"used {used}  expires {ends}  {token.name}"
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import inspect, text
@@ -9,6 +11,7 @@ from sqlalchemy import inspect, text
 from farm.db.migrate import current, downgrade, upgrade
 from farm.db.models import Character, Job
 from farm.db.session import make_engine, session_factory
+from farm.db.types import utcnow
 from farmcli.main import main
 from tests.db.rows import add_job
 
@@ -101,3 +104,29 @@ def test_jobs_table_stays_indexed_by_project(database_url: str):
     engine.dispose()
     assert indexes["ix_jobs_project_id_created"] == ["project_id", "created"]
     assert Job.__table__.c.project_id.nullable is False
+
+
+def test_farm_tokens_create_expires(farm_env: str):
+    upgrade(farm_env)
+    runner = CliRunner()
+
+    made = runner.invoke(
+        main, ["tokens", "create", "--role", "viewer", "--project", "p", "--expires", "30d"]
+    )
+
+    assert made.exit_code == 0, made.output
+    assert ", expires 20" in made.stderr
+    listed = runner.invoke(main, ["tokens", "list"]).output
+    assert "live" in listed and "expires never" not in listed
+    engine = make_engine(farm_env)
+    with session_factory(engine)() as session:
+        from farm.db.models import ApiToken
+
+        token = session.get(ApiToken, 1)
+        left = token.expires - utcnow()
+        assert timedelta(days=29, hours=23) < left <= timedelta(days=30)
+    engine.dispose()
+    bad = runner.invoke(
+        main, ["tokens", "create", "--role", "viewer", "--project", "p", "--expires", "soon"]
+    )
+    assert bad.exit_code == 2 and "e.g. 30d" in bad.output

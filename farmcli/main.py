@@ -61,7 +61,7 @@ def render(
     from farm.story import load_story
 
     settings = Settings.from_env()
-    story = load_story(story_file, presets=PRESETS)
+    story = load_story(story_file, presets=PRESETS, limits=settings.document_limits)
     if preset is not None:
         story = story.model_copy(update={"preset": get_preset(preset).name})
     loaded = load_preset(
@@ -154,7 +154,7 @@ def submit(story_file: Path, priority: int, preset: str | None) -> None:
     from farm.story import load_story
 
     farm = _farm()
-    story = load_story(story_file, presets=PRESETS)
+    story = load_story(story_file, presets=PRESETS, limits=farm.settings.document_limits)
     if preset is not None:
         story = story.model_copy(update={"preset": get_preset(preset).name})
     faces = open_face_analyzer("dlib", farm.settings.models_dir)

@@ -94,3 +94,29 @@ def test_a_database_out_of_reach_is_one_line(tmp_path):
     assert result.stderr.startswith("error: cannot reach the database (")
     assert result.stderr.endswith("check FARM_DATABASE_URL and the server\n")
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["render", "submit"])
+def test_a_story_file_nested_100000_deep_is_one_line(tmp_path, command):
+    deep = tmp_path / "deep.json"
+    deep.write_bytes(b'{"scenes": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    args = ["--out", str(tmp_path / "out")] if command == "render" else []
+    result = farm(command, str(deep), *args, data_dir=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {deep}: nested more than 32 levels deep; a story needs 3 " + (
+        "(the story, its scenes, a scene)\n"
+    )
+
+
+def test_the_story_size_limit_is_a_setting(tmp_path):
+    env = {**os.environ, "FARM_DATA_DIR": str(tmp_path), "FARM_DOCUMENT_MAX_BYTES": "1024"}
+    result = subprocess.run(
+        [str(FARM), "render", str(EXAMPLES / "story.yaml"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "bytes is over the 1,024-byte limit for a document" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -25,7 +25,7 @@ import uuid
 from collections import deque
 from typing import Any
 
-from flask import current_app
+from flask import current_app, request
 
 from dashboard.context import farm
 from farm.settings import Settings
@@ -143,6 +143,20 @@ def login_limits() -> LoginLimits:
     if limits is None:
         limits = current_app.extensions["login_limits"] = LoginLimits.from_settings(farm().settings)
     return limits
+
+
+def client_address() -> str:
+    """The address a login comes from. Behind a proxy every request comes from the proxy,
+    and one person's typos would lock out everyone; each trusted proxy appends the address it
+    saw to X-Forwarded-For, so the entry `trusted_proxies` from the right is the client's
+    (entries further left are whatever the client chose to send)."""
+    hops = farm().settings.trusted_proxies
+    if hops:
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")
+        seen = [address.strip() for address in forwarded if address.strip()]
+        if len(seen) >= hops:
+            return seen[-hops]
+    return request.remote_addr or "unknown"
 
 
 def retry_message(wait_s: int) -> str:

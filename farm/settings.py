@@ -82,6 +82,9 @@ class Settings:
     login_window_s: int = 900
     login_failures_per_address: int = 50
     login_failures_per_account: int = 10
+    # Proxies in front of the dashboard that append to X-Forwarded-For (an Ingress: 1); the
+    # client address the login limits count is read that many entries from its right.
+    trusted_proxies: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +125,7 @@ class Settings:
             login_window_s=_int(env, "FARM_LOGIN_WINDOW_SECONDS", 900, 1, 86400),
             login_failures_per_address=_int(env, "FARM_LOGIN_FAILURES_PER_ADDRESS", 50, 1, 10**6),
             login_failures_per_account=_int(env, "FARM_LOGIN_FAILURES_PER_ACCOUNT", 10, 1, 10**6),
+            trusted_proxies=_int(env, "FARM_TRUSTED_PROXIES", 0, 0, 10),
         )
 
     @property

@@ -7,7 +7,7 @@ from werkzeug.wrappers import Response
 
 from dashboard.context import farm
 from dashboard.errors import error_response, wants_json
-from dashboard.ratelimit import login_limits, retry_message
+from dashboard.ratelimit import client_address, login_limits, retry_message
 from dashboard.security import log_in, log_out, public, safe_next
 from farm.auth import TokenExpiredError, authenticate_password, authenticate_token
 
@@ -20,7 +20,7 @@ def login() -> str | Response | tuple[str, int]:
     if request.method == "GET":
         return render_template("login.html", next=request.args.get("next", ""))
     form = request.form
-    address = request.remote_addr or "unknown"
+    address = client_address()
     username = None if form.get("token") else form.get("username", "").strip()
     wait_s = login_limits().wait_s(address, username)
     if wait_s:

@@ -135,6 +135,19 @@ def test_without_redis_one_process_keeps_the_windows(studio: Studio):
     assert attempt(client, "alice", PASSWORD).status_code == 429
 
 
+def test_behind_a_proxy_the_client_is_read_from_x_forwarded_for(limited: Studio):
+    limited.farm.settings = replace(limited.farm.settings, trusted_proxies=1)
+    client = limited.client()
+    proxy = "10.0.0.5"  # every request arrives from the Ingress
+    for n in range(5):
+        forwarded = {"X-Forwarded-For": f"192.0.2.{n}, 203.0.113.9"}  # the first part is made up
+        assert attempt(client, f"user{n}", "wrong", proxy, headers=forwarded).status_code == 401
+
+    assert attempt(client, "bob", PASSWORD, proxy, headers=forwarded).status_code == 429
+    other = {"X-Forwarded-For": "203.0.113.10"}  # another person behind the same Ingress
+    assert attempt(client, "bob", PASSWORD, proxy, headers=other).status_code == 302
+
+
 def test_a_next_with_a_line_break_is_ignored_not_a_500(studio: Studio):
     client = studio.client()
     client.get("/login")

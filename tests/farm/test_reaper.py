@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import select, update
 
 from farm.context import Farm
 from farm.db.models import Job, Shard, Worker
@@ -119,3 +120,28 @@ def test_a_worker_silent_for_a_lease_is_lost(farm, status):
     with farm.sessions() as session:
         statuses = dict(session.execute(select(Worker.id, Worker.status)).all())
     assert statuses == {DEAD: WorkerStatus.LOST, LIVE: status}
+
+
+def refuse_sends(task: SentTask) -> None:
+    raise BrokerError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+def test_shards_never_sent_are_sent_by_the_reaper_and_a_dry_run_only_reports_them(farm, faces):
+    farm.celery.on_send = refuse_sends  # the broker is down at the submission
+    job_id = submit(farm, faces, make_story(3), priority=6).job_id
+    farm.celery.on_send = None
+    _, shards, _ = job_rows(farm, job_id)
+    assert [s.sent for s in shards] == [None, None] and farm.celery.sent == []
+    with farm.sessions.begin() as session:  # their sender had a whole reaper interval
+        session.execute(
+            update(Shard)
+            .where(Shard.job_id == job_id)
+            .values(updated=utcnow() - timedelta(seconds=farm.settings.reap_interval_s + 1))
+        )
+
+    assert reap(farm, dry_run=True).unsent == [s.id for s in shards]
+    assert farm.celery.sent == [] and all(s.sent is None for s in job_rows(farm, job_id)[1])
+
+    assert reap(farm).unsent == [s.id for s in shards]
+    assert farm.celery.sent == [SentTask(RENDER_SHARD, [s.id], "render.tiny", 3) for s in shards]
+    assert all(s.sent is not None for s in job_rows(farm, job_id)[1])

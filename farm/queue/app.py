@@ -87,7 +87,7 @@ def make_celery(settings: Settings, presets: list[str] | None = None) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         # Events let Flower (and `celery events`) follow each task from the moment it is sent,
-        # with the readable arguments that `farm.jobs.send_shards` gives it. They need a
+        # with the readable arguments that `farm.queue.outbox.send_shards` gives it. They need a
         # broker that fans out; on the embedded SQL broker nobody could read them.
         worker_send_task_events=on_redis,
         task_send_sent_event=on_redis,

@@ -145,6 +145,10 @@ def _responses(op: Operation, has_path_params: bool, method: str) -> dict[str, A
         responses["409"] = {"description": "The row changed meanwhile; read it again", **error}
     if op.body_type == "multipart/form-data":
         responses["413"] = {"description": "The upload is over the size limit", **error}
+    # Any route: a control character in the path or the query (dashboard/errors.py).
+    responses.setdefault(
+        "400", {"description": "A control character in the path or query", **error}
+    )
     return responses
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import ast
 import re
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from farm.db.models import Render, Shard
-from farm.db.states import RenderStatus, ShardStatus
-from farm.lifecycle import cancel_job, cancel_shard, finish_job_if_done, retry_job
+from farm.db.states import RenderStatus, ShardStatus, TransitionError
+from farm.lifecycle import cancel_job, cancel_shard, fail_shard, finish_job_if_done, retry_job
 from tests.farm.conftest import job_rows, make_story, submit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,3 +127,30 @@ def test_a_cancelled_shard_leaves_its_failed_render_failed(farm, faces):
     assert [(r.status, r.error, r.finished) for r in renders] == [
         (RenderStatus.QUEUED, None, None)
     ] * 2
+
+
+@pytest.mark.parametrize("source", list(RenderStatus))
+@pytest.mark.parametrize("move", ["cancel", "fail"])
+def test_a_shards_renders_move_in_bulk_exactly_as_one_render_would(farm, faces, move, source):
+    """For a render in each state, ending its shard moves it in one statement where the
+    render's own method would, to the same state, and leaves it where the method refuses."""
+    job_id = submit(farm, faces, make_story(1)).job_id
+    _, (shard,), (render,) = job_rows(farm, job_id)
+    with farm.sessions.begin() as session:
+        session.get(Shard, shard.id).start(WORKER, 60)
+        session.execute(update(Render).where(Render.id == render.id).values(status=source))
+
+    one = Render(id=render.id, status=source)  # what the render's own method makes of it
+    with suppress(TransitionError):
+        one.cancel() if move == "cancel" else one.fail(ERROR)
+    with farm.sessions.begin() as session:
+        row = session.get_one(Shard, shard.id)
+        if move == "cancel":
+            cancel_shard(session, row)
+        else:
+            fail_shard(session, row, ERROR)
+
+    _, _, (render,) = job_rows(farm, job_id)
+    assert render.status is one.status
+    assert (render.finished is not None) == (one.finished is not None)
+    assert render.error == one.error

@@ -33,6 +33,9 @@ from farm.settings import Settings
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "farm:login-failures:"
+# Windows one process keeps without Redis before it drops those that have aged out: failures
+# from ever new addresses must not grow the dashboard's memory without end.
+MEMORY_WINDOWS = 10_000
 
 # KEYS: the windows; ARGV: now (ms), window (ms), then each window's limit. Trims each window
 # and returns the milliseconds until every window is under its limit again (0: go ahead).
@@ -107,6 +110,8 @@ class LoginLimits:
         now = time.time()
         if self._redis is None:
             with self._lock:
+                if len(self._memory) >= MEMORY_WINDOWS:
+                    self._forget_aged(now)
                 for key, _ in windows:
                     self._memory.setdefault(key, deque()).append(now)
             return
@@ -118,6 +123,11 @@ class LoginLimits:
                 pipe.execute()
         except Exception as error:
             log.warning("a failed login was not counted, Redis unreachable: %s", error)
+
+    def _forget_aged(self, now: float) -> None:
+        aged = [key for key, times in self._memory.items() if times[-1] <= now - self.window_s]
+        for key in aged:
+            del self._memory[key]
 
     def _memory_wait(self, key: str, limit: int, now: float) -> float:
         times = self._memory.get(key)

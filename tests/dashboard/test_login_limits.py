@@ -164,3 +164,18 @@ def test_a_next_with_a_line_break_is_ignored_not_a_500(studio: Studio):
     assert response.status_code == 302
     assert response.headers["Location"] == "/jobs"  # the default, not the bad target
     assert "planted" not in response.headers.get("Set-Cookie", "")
+
+
+def test_without_redis_aged_windows_are_dropped(monkeypatch: pytest.MonkeyPatch):
+    from dashboard import ratelimit
+
+    monkeypatch.setattr(ratelimit, "MEMORY_WINDOWS", 3)
+    limits = ratelimit.LoginLimits(window_s=1, per_address=5, per_account=5)
+    for n in range(3):
+        limits.failed(f"192.0.2.{n}", None)
+    time.sleep(1.1)
+
+    limits.failed("192.0.2.99", None)
+
+    assert limits.wait_s("192.0.2.99", None) == 0
+    assert len(limits._memory) == 1

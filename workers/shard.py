@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from farm.db.models import CastMember, Character, Job, Render, Shard, StoredIdentityTokens, Worker
 from farm.db.retry import retried_on_lost_race
-from farm.db.states import RenderStatus, ShardStatus
+from farm.db.states import RENDER_MOVES, ShardStatus
 from farm.db.types import utcnow
 from farm.errors import InputError
 from farm.identity.cache import identity_key
@@ -46,7 +46,7 @@ from workers.runtime import WorkerRuntime
 log = logging.getLogger(__name__)
 
 _ENDED = (ShardStatus.SUCCEEDED, ShardStatus.FAILED, ShardStatus.CANCELLED)
-_TODO = (RenderStatus.QUEUED, RenderStatus.RUNNING, RenderStatus.FAILED)
+_TODO = RENDER_MOVES["start"].sources  # the renders a shard's run still makes
 
 
 @dataclass(frozen=True)

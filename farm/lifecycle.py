@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -250,7 +251,16 @@ def announce_job_end(farm: Farm, job_id: str, status: JobStatus) -> None:
     """Tell the watchers, and queue the job's finalize task (comic, exports, webhook); called by
     whoever closed the job: the last shard's worker, or the reaper."""
     farm.events.publish(job_id, "job.finished", status=str(status))
-    farm.celery.send_task(FINALIZE_JOB, args=[job_id], queue=CONTROL_QUEUE, priority=0)
+    try:
+        farm.celery.send_task(FINALIZE_JOB, args=[job_id], queue=CONTROL_QUEUE, priority=0)
+    except (BrokerError, OSError) as error:  # the job's end stands: SQL has it
+        log.error(
+            "job %s ended %s, but the broker took no finalize task (%s): its comic, exports "
+            "and webhook are not made",
+            job_id,
+            status,
+            error,
+        )
 
 
 def get_job(session: Session, job_id: str) -> Job:

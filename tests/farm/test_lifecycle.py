@@ -9,12 +9,21 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import update
 
 from farm.db.models import Render, Shard
-from farm.db.states import RenderStatus, ShardStatus, TransitionError
-from farm.lifecycle import cancel_job, cancel_shard, fail_shard, finish_job_if_done, retry_job
+from farm.db.states import JobStatus, RenderStatus, ShardStatus, TransitionError
+from farm.lifecycle import (
+    cancel_job,
+    cancel_shard,
+    close_job,
+    fail_shard,
+    finish_job_if_done,
+    retry_job,
+)
 from tests.farm.conftest import job_rows, make_story, submit
+from tests.fixtures.tasks import SentTask
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("farm", "workers", "dashboard", "farmcli")
@@ -154,3 +163,20 @@ def test_a_shards_renders_move_in_bulk_exactly_as_one_render_would(farm, faces, 
     assert render.status is one.status
     assert (render.finished is not None) == (one.finished is not None)
     assert render.error == one.error
+
+
+def test_a_job_ends_even_when_the_broker_refuses_its_finalize_task(farm, faces, caplog):
+    job_id = submit(farm, faces, make_story(1)).job_id
+    _, (shard,), _ = job_rows(farm, job_id)
+    with farm.sessions.begin() as session:
+        session.get(Shard, shard.id).start(WORKER, 60)
+        fail_shard(session, session.get_one(Shard, shard.id), ERROR)
+
+    def refuse(task: SentTask) -> None:
+        raise BrokerError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    farm.celery.on_send = refuse
+
+    assert close_job(farm, job_id) is JobStatus.FAILED
+    assert job_rows(farm, job_id)[0].status is JobStatus.FAILED
+    assert f"job {job_id} ended failed, but the broker took no finalize task" in caplog.text

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -32,8 +31,7 @@ from farm.db.retry import retried_on_lost_race
 from farm.db.states import RENDER_MOVES, JobStatus, RenderStatus, ShardStatus
 from farm.db.types import utcnow
 from farm.errors import InputError
-from farm.queue.app import CONTROL_QUEUE, FINALIZE_JOB
-from farm.queue.outbox import ShardTask, send_shards
+from farm.queue.outbox import ShardTask, send_finalize, send_shards
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +219,7 @@ def finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
         .where(Shard.job_id == job_id, Shard.status == ShardStatus.FAILED)
         .order_by(Shard.index)
     ).all()
+    job.finalize_pending = True  # in this transaction: the end is announced, now or by the reaper
     if job.cancel_requested:
         job.cancel()
     elif failed:
@@ -249,18 +248,10 @@ def close_job(farm: Farm, job_id: str) -> JobStatus | None:
 
 def announce_job_end(farm: Farm, job_id: str, status: JobStatus) -> None:
     """Tell the watchers, and queue the job's finalize task (comic, exports, webhook); called by
-    whoever closed the job: the last shard's worker, or the reaper."""
+    whoever closed the job (the last shard's worker, or the reaper), after its commit. A broker
+    that is down leaves the finalize pending, for the reaper."""
     farm.events.publish(job_id, "job.finished", status=str(status))
-    try:
-        farm.celery.send_task(FINALIZE_JOB, args=[job_id], queue=CONTROL_QUEUE, priority=0)
-    except (BrokerError, OSError) as error:  # the job's end stands: SQL has it
-        log.error(
-            "job %s ended %s, but the broker took no finalize task (%s): its comic, exports "
-            "and webhook are not made",
-            job_id,
-            status,
-            error,
-        )
+    send_finalize(farm, job_id)
 
 
 def get_job(session: Session, job_id: str) -> Job:

@@ -7,8 +7,9 @@ because claiming is idempotent.
 It also sends the queued shards whose task never reached the broker (the outbox of
 farm/queue/outbox.py: the broker was down when they were queued), and sends again those whose
 task the broker lost (a Redis restarted without persistence forgets its queues). Such shards
-would wait forever, since only running shards have a lease to expire. The state changes
-themselves are farm/lifecycle.py's.
+would wait forever, since only running shards have a lease to expire. Likewise it sends the
+finalize task of a job that ended while the broker was down. The state changes themselves are
+farm/lifecycle.py's.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from farm.db.types import utcnow
 from farm.lifecycle import announce_job_end, reap_expired
 from farm.queue.app import render_queue
 from farm.queue.depths import queue_depths
-from farm.queue.outbox import ShardTask, send_shards, send_unsent, unsent_shards
+from farm.queue.outbox import (
+    ShardTask,
+    pending_finalizes,
+    send_finalize,
+    send_shards,
+    send_unsent,
+    unsent_shards,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,7 @@ class Reaped:
     lost_workers: list[str] = field(default_factory=list)
     unsent: list[int] = field(default_factory=list)  # queued, but the send never happened
     resent: list[int] = field(default_factory=list)  # queued, but the broker held no task
+    finalized: list[str] = field(default_factory=list)  # jobs ended, finalize never sent
 
 
 def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
@@ -97,15 +106,20 @@ def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
         reaped.resent.append(task.shard_id)
         if not dry_run:
             send_shards(farm, [task])
-    if reaped.requeued or reaped.failed or reaped.lost_workers or reaped.unsent or reaped.resent:
+    for job_id in pending_finalizes(farm, settled):
+        if not dry_run and not send_finalize(farm, job_id):
+            break  # the broker is still down: the next pass tries again
+        reaped.finalized.append(job_id)
+    if any(vars(reaped).values()):
         log.warning(
             "reaper: requeued %s, failed %s, lost workers %s, sent unsent %s, "
-            "resent lost tasks of %s",
+            "resent lost tasks of %s, sent the finalize of jobs %s",
             reaped.requeued,
             reaped.failed,
             reaped.lost_workers,
             reaped.unsent,
             reaped.resent,
+            reaped.finalized,
         )
     return reaped
 

@@ -225,6 +225,9 @@ class Job(Timestamps, Base):
     started: Mapped[datetime | None]
     finished: Mapped[datetime | None]
     cancel_requested: Mapped[bool] = mapped_column(server_default=false())
+    # The job ended and its finalize task (comic, exports, webhook) is not sent yet: set in the
+    # transaction that ends it, cleared once the broker took the task (farm/queue/outbox.py).
+    finalize_pending: Mapped[bool] = mapped_column(server_default=false(), index=True)
     # Optimistic locking: workers on SQLite cannot lock rows, so two that race to change the
     # same job or shard are told (StaleDataError) instead of one silently undoing the other.
     version: Mapped[int] = mapped_column(server_default=text("1"))
@@ -277,6 +280,7 @@ class Job(Timestamps, Base):
         """A retry of an ended job: it runs again, for the shards sent again."""
         _move(self, "reopen")
         self.cancel_requested = False
+        self.finalize_pending = False  # the end it was for no longer stands
         self.error = None
         self.finished = None
 

@@ -1,4 +1,4 @@
-"""Sending shards to the broker, with the shards table as the outbox.
+"""Sending shards and finalize tasks to the broker, with the farm's tables as the outbox.
 
 A shard is written unsent (`sent` empty) in the transaction that queues it: a submission, a
 requeue, a retry. Once that transaction commits its task goes to the broker, then the shard is
@@ -6,6 +6,9 @@ marked sent. A broker that is down at that moment fails the send, never the subm
 is in SQL, and the reaper's next pass (`send_unsent`) sends what was left unsent once the broker
 answers again. A shard sent twice (the mark was lost, or the reaper raced a slow sender) is
 harmless: claiming is idempotent.
+
+A job's end goes the same way: the transaction that ends it sets `finalize_pending`, and the
+flag is cleared once its finalize task (comic, exports, webhook) is sent.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from farm.context import Farm
 from farm.db.models import Job, Shard
-from farm.db.states import ShardStatus
+from farm.db.states import JobStatus, ShardStatus
 from farm.db.types import utcnow
-from farm.queue.app import MAX_PRIORITY, RENDER_SHARD, render_queue
+from farm.queue.app import CONTROL_QUEUE, FINALIZE_JOB, MAX_PRIORITY, RENDER_SHARD, render_queue
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +100,38 @@ def send_unsent(farm: Farm, settled: datetime) -> list[int]:
     """Drain the outbox: send the shards `unsent_shards` finds; returns those sent."""
     tasks = unsent_shards(farm, settled)
     return send_shards(farm, tasks) if tasks else []
+
+
+def send_finalize(farm: Farm, job_id: str) -> bool:
+    """Send the finalize task of a job that ended, then clear its `finalize_pending`; False when
+    the broker took no task (logged: the reaper sends it)."""
+    try:
+        farm.celery.send_task(FINALIZE_JOB, args=[job_id], queue=CONTROL_QUEUE, priority=0)
+    except (BrokerError, OSError) as error:
+        log.warning(
+            "the broker took no finalize task of job %s (%s); the reaper sends it", job_id, error
+        )
+        return False
+    try:
+        with farm.sessions.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(finalize_pending=False))
+    except SQLAlchemyError as error:  # sent, but still pending: finalized twice, harmlessly
+        log.warning("job %s's finalize task was sent but not marked sent: %s", job_id, error)
+    return True
+
+
+def pending_finalizes(farm: Farm, settled: datetime) -> list[str]:
+    """The jobs that ended before `settled` and whose finalize task was never sent: their
+    closer had its chance, and the broker was down (or the closer died)."""
+    with farm.sessions() as session:
+        return list(
+            session.scalars(
+                select(Job.id)
+                .where(
+                    Job.finalize_pending.is_(True),
+                    Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED]),
+                    Job.updated < settled,
+                )
+                .order_by(Job.finished)
+            )
+        )

@@ -6,13 +6,14 @@ from __future__ import annotations
 import ast
 import re
 from contextlib import suppress
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import update
 
-from farm.db.models import Render, Shard
+from farm.db.models import Job, Render, Shard
 from farm.db.states import JobStatus, RenderStatus, ShardStatus, TransitionError
 from farm.lifecycle import (
     cancel_job,
@@ -22,8 +23,10 @@ from farm.lifecycle import (
     finish_job_if_done,
     retry_job,
 )
+from farm.queue.app import CONTROL_QUEUE, FINALIZE_JOB
 from tests.farm.conftest import job_rows, make_story, submit
 from tests.fixtures.tasks import SentTask
+from workers.reaper import reap
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("farm", "workers", "dashboard", "farmcli")
@@ -32,6 +35,7 @@ HOMES = {Path("farm/lifecycle.py"), Path("farm/db/models.py")}
 _SQL_SET_STATUS = re.compile(r"\bSET\s+status\b", re.IGNORECASE)
 WORKER = "gpu-box:cuda0"
 ERROR = "IndexError: list index out of range"
+HOUR = timedelta(hours=1)
 
 
 def _is_status(node: ast.expr) -> bool:
@@ -165,7 +169,7 @@ def test_a_shards_renders_move_in_bulk_exactly_as_one_render_would(farm, faces, 
     assert render.error == one.error
 
 
-def test_a_job_ends_even_when_the_broker_refuses_its_finalize_task(farm, faces, caplog):
+def test_a_job_ends_when_the_broker_refuses_its_finalize_task_and_the_reaper_sends_it(farm, faces):
     job_id = submit(farm, faces, make_story(1)).job_id
     _, (shard,), _ = job_rows(farm, job_id)
     with farm.sessions.begin() as session:
@@ -175,8 +179,16 @@ def test_a_job_ends_even_when_the_broker_refuses_its_finalize_task(farm, faces, 
     def refuse(task: SentTask) -> None:
         raise BrokerError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    farm.celery.on_send = refuse
+    farm.celery.on_send, farm.celery.sent = refuse, []
+    assert close_job(farm, job_id) is JobStatus.FAILED  # the end stands, without its finalize
+    job, _, _ = job_rows(farm, job_id)
+    assert job.status is JobStatus.FAILED and job.finalize_pending
 
-    assert close_job(farm, job_id) is JobStatus.FAILED
-    assert job_rows(farm, job_id)[0].status is JobStatus.FAILED
-    assert f"job {job_id} ended failed, but the broker took no finalize task" in caplog.text
+    farm.celery.on_send = None
+    assert reap(farm).finalized == []  # its closer had a whole reaper interval first
+    with farm.sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(updated=job.updated - HOUR))
+    assert reap(farm).finalized == [job_id]
+    assert farm.celery.sent == [SentTask(FINALIZE_JOB, [job_id], CONTROL_QUEUE, 0)]
+    assert not job_rows(farm, job_id)[0].finalize_pending
+    assert reap(farm).finalized == []

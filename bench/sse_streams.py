@@ -6,15 +6,17 @@ then has a thread per stream it may serve and eight more for pages (dashboard/li
 run opens the cap's number of streams on one job, plus `--extra` more that must be refused
 with a 429, then times page requests (the job list page, the job list API, /healthz) one after
 another for `--hold-s` seconds while every stream stays open. A cap passes when all of its
-streams opened, every extra one was refused, and the slowest page answered within a second;
-the largest passing cap is the figure. Caps stop at 90 (FARM_SSE_MAX_STREAMS's most): each
-stream also holds a Redis connection, and redis-py's pool has 100 per process. Prints a line
-per cap and writes them to a JSON file.
+streams opened, every extra one was refused, the slowest page answered within a second, and
+once the streams were closed every slot came free again; the largest passing cap is the
+figure. Caps stop at 90 (FARM_SSE_MAX_STREAMS's most): each stream also holds a Redis
+connection, and redis-py's pool has 100 per process. Prints a line per cap and writes them to
+a JSON file.
 
     .venv/bin/python bench/sse_streams.py [--caps 24,48,90] [--hold-s 5] [--out FILE]
 
 Needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (trust auth), as on CI. Every
-request goes to 127.0.0.1; each run is bounded by `--hold-s` and a start-up timeout.
+request goes to 127.0.0.1; each run is bounded by `--hold-s` and time-outs (start-up 60 s,
+slots freed 30 s).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ REDIS_URL = "redis://127.0.0.1:6379/13"
 PAGES = ("/jobs", "/api/v1/jobs", "/healthz")
 PAGE_LIMIT_S = 1.0
 START_TIMEOUT_S = 60.0
+FREED_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Run:
     page_p50_ms: float
     page_p95_ms: float
     page_max_ms: float
+    slots_freed_s: float | None
     passed: bool
 
 
@@ -219,6 +223,7 @@ async def measure(base: str, token: str, job_id: str, cap: int, extra: int, hold
     latencies = await asyncio.to_thread(time_pages, base, token, hold_s)
     for _, writer in [*opened, *refused]:
         writer.close()
+    freed_s = await slots_freed(port, token, job_id, cap)
     ms = sorted(1000 * s for s in latencies)
     streams = sum(status == 200 for status, _ in opened)
     refused_429 = sum(status == 429 for status, _ in refused)
@@ -232,8 +237,36 @@ async def measure(base: str, token: str, job_id: str, cap: int, extra: int, hold
         page_p50_ms=round(statistics.median(ms), 1),
         page_p95_ms=round(ms[int(0.95 * (len(ms) - 1))], 1),
         page_max_ms=round(ms[-1], 1),
-        passed=streams == cap and refused_429 == extra and ms[-1] < 1000 * PAGE_LIMIT_S,
+        slots_freed_s=freed_s,
+        passed=streams == cap
+        and refused_429 == extra
+        and ms[-1] < 1000 * PAGE_LIMIT_S
+        and freed_s is not None,
     )
+
+
+async def slots_freed(port: int, token: str, job_id: str, cap: int) -> float | None:
+    """Seconds until, the streams closed, all `cap` slots can be held again (the server notices
+    a closed stream at its next write: the heartbeat, every 15 s); None after 30 s."""
+    started = time.perf_counter()
+    held: list[asyncio.StreamWriter] = []
+    try:
+        while time.perf_counter() - started < FREED_TIMEOUT_S:
+            tries = await asyncio.gather(
+                *(open_stream(port, token, job_id) for _ in range(cap - len(held)))
+            )
+            for status, writer in tries:
+                if status == 200:
+                    held.append(writer)
+                else:
+                    writer.close()
+            if len(held) == cap:
+                return round(time.perf_counter() - started, 1)
+            await asyncio.sleep(0.5)
+        return None
+    finally:
+        for writer in held:
+            writer.close()
 
 
 def main() -> None:
@@ -266,7 +299,8 @@ def main() -> None:
                 f"cap {cap:4d} ({run.threads} threads): {run.streams_opened} streams open in "
                 f"{run.open_s} s, {run.extra_refused_429}/{args.extra} extra refused 429; "
                 f"pages p50 {run.page_p50_ms} ms, p95 {run.page_p95_ms} ms, max "
-                f"{run.page_max_ms} ms over {run.page_requests} requests -> "
+                f"{run.page_max_ms} ms over {run.page_requests} requests; slots free again "
+                f"{run.slots_freed_s} s after the streams closed -> "
                 f"{'pass' if run.passed else 'FAIL'}",
                 flush=True,
             )

@@ -37,7 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),
     "PAGE_SIZE": 50,
     "SSE_POLL_S": 1.0,  # how often the stream reads SQL when Redis events are not configured
-    "SSE_HEARTBEAT_S": 15.0,  # a comment line that keeps proxies from closing a quiet stream
+    # A comment line that keeps proxies from closing a quiet stream; a closed tab's stream is
+    # noticed at its next write, which frees its slot (dashboard/live.py): so not much longer.
+    "SSE_HEARTBEAT_S": 5.0,
     "SSE_MAX_S": 300.0,  # then the browser reconnects: no thread waits forever on a lost tab
 }
 

@@ -23,9 +23,9 @@ from celery import Celery
 from sqlalchemy import select
 
 from farm.context import Farm
-from farm.db.models import Job, Shard, Worker
+from farm.db.models import Worker
 from farm.db.queries import expired_leases
-from farm.db.states import JobStatus, ShardStatus, WorkerStatus
+from farm.db.states import JobStatus, WorkerStatus
 from farm.db.types import utcnow
 from farm.lifecycle import announce_job_end, reap_expired
 from farm.queue.app import render_queue
@@ -33,6 +33,7 @@ from farm.queue.depths import queue_depths
 from farm.queue.outbox import (
     ShardTask,
     pending_finalizes,
+    queued_shards,
     send_finalize,
     send_shards,
     send_unsent,
@@ -134,21 +135,9 @@ def orphaned_shards(farm: Farm, now: datetime) -> list[ShardTask]:
     but not yet claimed may be sent twice, which claiming makes harmless.
     """
     settled = now - timedelta(seconds=2 * farm.settings.reap_interval_s)
-    with farm.sessions() as session:
-        rows = session.execute(
-            select(Shard.id, Job.id, Job.preset, Job.priority)
-            .join(Job, Job.id == Shard.job_id)
-            .where(
-                Shard.status == ShardStatus.QUEUED,
-                Shard.sent.is_not(None),  # the unsent ones are `send_unsent`'s
-                Shard.updated < settled,
-                Job.cancel_requested.is_(False),
-            )
-            .order_by(Shard.id)
-        ).all()
-    if not rows:
+    tasks = queued_shards(farm, settled, sent=True)  # the unsent ones are `send_unsent`'s
+    if not tasks:
         return []
-    tasks = [ShardTask(*row) for row in rows]
     empty = _empty_queues(farm.celery, sorted({task.preset for task in tasks}))
     return [task for task in tasks if task.preset in empty]
 

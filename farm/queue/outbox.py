@@ -81,13 +81,19 @@ def shard_task_repr(task: ShardTask) -> str:
 def unsent_shards(farm: Farm, settled: datetime) -> list[ShardTask]:
     """The queued shards never sent, last written before `settled`: their sender had its
     chance and failed (the broker was down), or died between its commit and its send."""
+    return queued_shards(farm, settled, sent=False)
+
+
+def queued_shards(farm: Farm, settled: datetime, *, sent: bool) -> list[ShardTask]:
+    """The queued shards of live jobs, last written before `settled`, whose task was handed
+    to the broker (`sent`) or never was."""
     with farm.sessions() as session:
         rows = session.execute(
             select(Shard.id, Job.id, Job.preset, Job.priority)
             .join(Job, Job.id == Shard.job_id)
             .where(
                 Shard.status == ShardStatus.QUEUED,
-                Shard.sent.is_(None),
+                Shard.sent.is_not(None) if sent else Shard.sent.is_(None),
                 Shard.updated < settled,
                 Job.cancel_requested.is_(False),
             )

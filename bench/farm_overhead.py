@@ -47,8 +47,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
+from bench.databases import postgres_database  # noqa: E402
 from farm.context import Farm  # noqa: E402
 from farm.db.migrate import upgrade  # noqa: E402
 from farm.db.models import StoredIdentityTokens, Worker  # noqa: E402
@@ -62,7 +63,6 @@ from farm.render.story_render import character_photos, render_story  # noqa: E40
 from farm.settings import Settings  # noqa: E402
 from farm.story import Story, load_story  # noqa: E402
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_DB = 14
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -139,21 +139,6 @@ def moto_server():
     finally:
         process.terminate()
         process.wait(10)
-
-
-@contextmanager
-def postgres_database():
-    name = f"farm_bench_{os.getpid()}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def story_of(renders: int, workdir: Path) -> Path:
@@ -336,7 +321,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="farm-bench-"))
     models_dir = workdir / "models"
     story_path = story_of(args.renders, workdir)
-    with moto_server() as (s3, moto_pid), postgres_database() as database_url:
+    with moto_server() as (s3, moto_pid), postgres_database("farm_bench") as database_url:
         env = {
             **os.environ,
             "FARM_DATA_DIR": str(workdir / "data"),

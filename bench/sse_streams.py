@@ -41,8 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text  # noqa: E402
 
+from bench.databases import postgres_database  # noqa: E402
 from farm.auth import create_token, ensure_project  # noqa: E402
 from farm.context import Farm  # noqa: E402
 from farm.db.migrate import upgrade  # noqa: E402
@@ -51,7 +51,6 @@ from farm.jobs import plan_job  # noqa: E402
 from farm.settings import Settings  # noqa: E402
 from farm.story import parse_story  # noqa: E402
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/13"
 PAGES = ("/jobs", "/api/v1/jobs", "/healthz")
 PAGE_LIMIT_S = 1.0
@@ -72,21 +71,6 @@ class Run:
     page_max_ms: float
     slots_freed_s: float | None
     passed: bool
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    name = f"farm_bench_sse_{os.getpid()}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def seed(settings: Settings) -> tuple[str, str]:
@@ -279,7 +263,7 @@ def main() -> None:
     caps = [int(cap) for cap in args.caps.split(",")]
 
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory() as tmp, postgres_database() as database_url:
+    with tempfile.TemporaryDirectory() as tmp, postgres_database("farm_bench_sse") as database_url:
         workdir = Path(tmp)
         env = {
             **os.environ,

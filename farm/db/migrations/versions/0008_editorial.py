@@ -1,4 +1,4 @@
-"""Reserved for issue 14 (content-addressed renders, revisions, re-roll, pick); the session building it fills this in.
+"""Reserved for issue 14 (content-addressed renders, revisions, picks); filled in by its work.
 
 Revision ID: 0008
 Revises: 0007

@@ -1,4 +1,4 @@
-"""Reserved for issue 14 (preview approval, job names); the session building it fills this in.
+"""Reserved for issue 14 (preview approval, job names); filled in by its work.
 
 Revision ID: 0009
 Revises: 0008

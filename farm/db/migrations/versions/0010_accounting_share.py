@@ -1,4 +1,4 @@
-"""Reserved for issue 17 (accounting, fair share, priority, pause); the session building it fills this in.
+"""Reserved for issue 17 (accounting, fair share, priority, pause); filled in by its work.
 
 Revision ID: 0010
 Revises: 0009

@@ -1,4 +1,4 @@
-"""Reserved for issue 17 (interruptions, checkpoints, blocklist); the session building it fills this in.
+"""Reserved for issue 17 (interruptions, checkpoints, blocklist); filled in by its work.
 
 Revision ID: 0011
 Revises: 0010

@@ -1,4 +1,4 @@
-"""Reserved for issue 16 (consistent self-attention); the session building it fills this in.
+"""Reserved for issue 16 (consistent self-attention); filled in by its work.
 
 Revision ID: 0012
 Revises: 0011

@@ -1,4 +1,4 @@
-"""Reserved for issue 16 (outfits, locations, control images); the session building it fills this in.
+"""Reserved for issue 16 (outfits, locations, control images); filled in by its work.
 
 Revision ID: 0013
 Revises: 0012

@@ -1,4 +1,4 @@
-"""Reserved for issue 15 (the first hour); the session building it fills this in.
+"""Reserved for issue 15 (the first hour); filled in by its work.
 
 Revision ID: 0014
 Revises: 0013

@@ -33,9 +33,8 @@ from transformers import (
 from farm.identity.checkpoint import perceiver_dim_head, save_checkpoint
 from farm.identity.encoders import IDEncoderConfig, build_id_encoder
 from farm.render.lora import KOHYA_PREFIX
+from farm.render.presets import TINY_BUILD
 
-# Bump when anything below changes the weights: built folders are keyed by it.
-TINY_BUILD = 3
 TEXT_WIDTH = 32  # each text encoder; fused width = 2 x 32
 # Words that should be one token each (as in CLIP's real vocabulary), so that class words are
 # single tokens and prompts stay short; everything else falls back to byte-level pieces.

@@ -212,8 +212,16 @@ class Job(Timestamps, Base):
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_job_id)
+    # What people call the job (the story's title, or its character and date); downloads are
+    # named after it (farm/job_names.py). Empty only for a row made by hand, without plan_job.
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), default="")
     character_id: Mapped[int] = mapped_column(ForeignKey("characters.id"), index=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), default=_IN_DEFAULT_PROJECT)
+    # Set on the fast, low-resolution job that renders the preview of a job submitted with
+    # `approval: preview`: the job it is the preview of (farm/approval.py).
+    preview_of: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
     status: Mapped[JobStatus] = _status_column(JobStatus.QUEUED)
     preset: Mapped[str] = mapped_column(String(64))
     # Celery's range; the middle by default, so that a submission can go either way.

@@ -29,6 +29,9 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A job submitted with `approval: preview`: its preview job renders, then it waits, holding
+    # no GPU, until scenes are approved for full quality (farm/approval.py).
+    AWAITING_APPROVAL = "awaiting_approval"
 
 
 class ShardStatus(StrEnum):
@@ -72,13 +75,16 @@ _J, _S, _R, _W = JobStatus, ShardStatus, RenderStatus, WorkerStatus
 _LIVE = {_W.STARTING, _W.IDLE, _W.BUSY, _W.DRAINING}
 
 # A job runs from its first shard's start (a later start leaves it running) until no shard is
-# open; a retry (`farm retry`) runs it again.
+# open; a retry (`farm retry`) runs it again. A job awaiting approval runs the scenes approved
+# ("approve") and awaits again once they are done while scenes remain unapproved ("await").
 JOB_MOVES: Mapping[str, Move] = {
     "start": Move({_J.QUEUED, _J.RUNNING}, _J.RUNNING),
     "succeed": Move({_J.RUNNING}, _J.SUCCEEDED),
     "fail": Move({_J.QUEUED, _J.RUNNING}, _J.FAILED),
-    "cancel": Move({_J.QUEUED, _J.RUNNING}, _J.CANCELLED),
-    "reopen": Move({_J.FAILED, _J.CANCELLED, _J.SUCCEEDED}, _J.RUNNING),
+    "cancel": Move({_J.QUEUED, _J.RUNNING, _J.AWAITING_APPROVAL}, _J.CANCELLED),
+    "reopen": Move({_J.FAILED, _J.CANCELLED, _J.SUCCEEDED, _J.AWAITING_APPROVAL}, _J.RUNNING),
+    "approve": Move({_J.AWAITING_APPROVAL}, _J.QUEUED),
+    "await": Move({_J.QUEUED, _J.RUNNING}, _J.AWAITING_APPROVAL),
 }
 # A running shard starts again when a redelivered task takes over from a dead worker.
 SHARD_MOVES: Mapping[str, Move] = {

@@ -31,6 +31,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from farm import styles
+from farm.composition import Location, Name, Outfit, Shot, compose_prompt, worn_outfits
+from farm.controls import SceneControl
 from farm.documents import DEFAULT_LIMITS, DocumentLimits, check_size, parse_document
 from farm.errors import InputError
 
@@ -93,6 +95,10 @@ class Character(BaseModel):
     face_crop: bool = Field(
         default=False, description="Crop the photos around the face for the CLIP branch."
     )
+    outfits: dict[Name, Outfit] = Field(
+        default_factory=dict,
+        description="Named outfits (clothes, hair, props) a scene may put this character in.",
+    )
 
     @field_validator("trigger")
     @classmethod
@@ -121,6 +127,16 @@ class Scene(BaseModel):
     )
     variants: Variants | None = Field(default=None, description="Overrides the story's.")
     wide: bool = Field(default=False, description="A double-width panel on comic pages.")
+    outfit: Name | dict[str, Name] | None = Field(
+        default=None,
+        description="The character's outfit by name, or trigger -> outfit name for each "
+        "character of the cast who wears one.",
+    )
+    location: Name | None = Field(default=None, description="One of the story's locations.")
+    shot: Shot | None = Field(default=None, description="The framing, in words.")
+    control: SceneControl | None = Field(
+        default=None, description="A pose, depth or edge map that steers the composition."
+    )
 
 
 @dataclass(frozen=True)
@@ -267,6 +283,9 @@ class Story(BaseModel):
         description="Other people who may share a scene with the character, each with its own "
         "trigger word (e.g. 'a man img1 and a woman img2 at a table').",
     )
+    locations: dict[Name, Location] = Field(
+        default_factory=dict, description="Recurring places, named, that scenes are set in."
+    )
     preset: Annotated[str, StringConstraints(min_length=1)]
     style: str = Field(default=styles.DEFAULT_STYLE, description="A style name or its slug.")
     negative_prompt: Annotated[str, StringConstraints(max_length=1000)] = (
@@ -368,14 +387,18 @@ class Story(BaseModel):
             people = [character, *info.data["cast"]]
             tokens = _identity_tokens(people, info)
             style = info.data.get("style")
+            locations = info.data.get("locations", {})
             for index, scene in enumerate(scenes):
+                dressing = _dressing_problems(scene, people, locations)
+                problems += [_problem(text, (index, *loc), value) for text, loc, value in dressing]
                 problem = (
                     _trigger_problem(scene.prompt, character.class_word, character.trigger)
                     if len(people) == 1
                     else _cast_problem(scene.prompt, people)
                 )
-                if problem is None and style is not None:
-                    styled, _ = styles.apply_style(style, scene.prompt, "")
+                if problem is None and style is not None and not dressing:
+                    composed = _composed_prompt(scene, people, locations)
+                    styled, _ = styles.apply_style(style, composed, "")
                     problem = _length_problem(scene.prompt, styled, tokens)
                 if problem is not None:
                     problems.append(_problem(problem, (index, "prompt"), scene.prompt))
@@ -421,7 +444,8 @@ class Story(BaseModel):
         renders = []
         for index, scene in enumerate(self.scenes):
             negative = self.negative_prompt if scene.negative is None else scene.negative
-            prompt, negative = styles.apply_style(self.style, scene.prompt, negative)
+            composed = _composed_prompt(scene, self.characters, self.locations)
+            prompt, negative = styles.apply_style(self.style, composed, negative)
             for variant in range(scene.variants or self.variants):
                 if scene.seed is None:
                     seed = derive_seed(self.seed, index, variant)
@@ -430,6 +454,56 @@ class Story(BaseModel):
                     seed = (scene.seed + variant) % (MAX_SEED + 1)
                 renders.append(PlannedRender(index, variant, prompt, negative, seed, scene.caption))
         return renders
+
+
+def _dressing_problems(
+    scene: Scene, people: list[Character], locations: Mapping[str, Location]
+) -> list[tuple[str, tuple[str, ...], Any]]:
+    """The outfits and the location a scene names that the story does not define."""
+    problems: list[tuple[str, tuple[str, ...], Any]] = []
+    by_trigger = {p.trigger: p for p in people}
+    for trigger, name in worn_outfits(scene.outfit, people[0].trigger).items():
+        person = by_trigger.get(trigger)
+        if person is None:
+            known = ", ".join(repr(t) for t in by_trigger)
+            problems.append(
+                (
+                    f"no character has the trigger {trigger!r}; the story's are {known}",
+                    ("outfit",),
+                    scene.outfit,
+                )
+            )
+        elif name not in person.outfits:
+            defined = ", ".join(repr(o) for o in person.outfits) or "none"
+            problems.append(
+                (
+                    f"the character {person.name} has no outfit {name!r} (defined: {defined}); "
+                    "add it under the character's outfits or fix the name",
+                    ("outfit",),
+                    scene.outfit,
+                )
+            )
+    if scene.location is not None and scene.location not in locations:
+        defined = ", ".join(repr(name) for name in locations) or "none"
+        problems.append(
+            (
+                f"the story has no location {scene.location!r} (defined: {defined}); add it under "
+                "locations or fix the name",
+                ("location",),
+                scene.location,
+            )
+        )
+    return problems
+
+
+def _composed_prompt(
+    scene: Scene, people: list[Character], locations: Mapping[str, Location]
+) -> str:
+    """The scene's prompt with what it wears, where it is and its framing (farm.composition)."""
+    worn = worn_outfits(scene.outfit, people[0].trigger)
+    outfits = [p.outfits[worn[p.trigger]] for p in people if p.trigger in worn]
+    location = None if scene.location is None else locations[scene.location]
+    return compose_prompt(scene.prompt, outfits, location, scene.shot)
 
 
 def _people(info: ValidationInfo) -> list[Character]:

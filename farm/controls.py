@@ -1,0 +1,207 @@
+"""Control images: a scene's pose, depth or edge map, from the story to a worker's pipeline.
+
+A scene names its image one of three ways, and each way in resolves it to bytes before anything
+is written: a path relative to the story file (`farm render`, `farm submit`), the name of a file
+uploaded with the story (the dashboard's form), or a `data:` URL inside the JSON body (the API).
+Each image is judged like a reference photo (`farm.identity.photos`: a JPEG, PNG or WebP within
+the pixel limits) and must have the render's size exactly, since the map is laid over the
+latents pixel for pixel and a resized skeleton would move the pose. A submitted job stores each
+image once, named by its SHA-256, under `jobs/<job>/controls/`, and its story refers to it as
+`sha256:<hex>`, which is how workers, retries and `farm gc` find it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+from PIL import Image
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo
+from pydantic_core import PydanticCustomError
+
+from farm.errors import InputError
+from farm.identity.photos import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS, content_hash, load_photo
+from farm.storage.base import Storage
+
+if TYPE_CHECKING:
+    from farm.story import Story
+
+STORED = "sha256:"
+_STORED_REF = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DATA_URL = re.compile(r"^data:image/(png|jpeg|webp);base64,", re.IGNORECASE)
+
+
+class ControlType(StrEnum):
+    """What the map shows; each type has its own ControlNet or T2I-Adapter."""
+
+    OPENPOSE = "openpose"
+    DEPTH = "depth"
+    CANNY = "canny"
+
+
+def _image_is_file(image: str, info: ValidationInfo) -> str:
+    # As a story's photos: a path is checked only when the caller says where paths start.
+    source_dir = (info.context or {}).get("source_dir")
+    if source_dir is not None and not (is_data_url(image) or is_stored(image)):
+        path = Path(source_dir) / image
+        if not path.is_file():
+            raise PydanticCustomError(
+                "control_not_a_file", "control image {path} is not a file", {"path": str(path)}
+            )
+    return image
+
+
+class SceneControl(BaseModel):
+    """A scene's pose or framing, given as a map image and how strongly it steers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: Annotated[str, StringConstraints(min_length=1), AfterValidator(_image_is_file)] = Field(
+        description="A path relative to the story file, the name of a file uploaded with the "
+        "story, a data:image/png;base64 URL, or sha256:<hex> once stored."
+    )
+    type: ControlType
+    scale: float = Field(
+        default=1.0,
+        ge=0,
+        le=2,
+        description="controlnet_conditioning_scale: 0 is no control, 1 the model's own strength.",
+    )
+
+
+@dataclass(frozen=True)
+class ControlImage:
+    """One control image, judged and named by its content."""
+
+    data: bytes
+    sha256: str
+    width: int
+    height: int
+
+    @property
+    def ref(self) -> str:
+        return STORED + self.sha256
+
+
+def control_key(job_id: str, sha256: str) -> str:
+    """Content-addressed within the job: two scenes with one pose share an object, and the
+    object lives exactly as long as the job (the `jobs/` rule of `farm gc`)."""
+    return f"jobs/{job_id}/controls/{sha256}"
+
+
+def is_stored(image: str) -> bool:
+    return bool(_STORED_REF.match(image))
+
+
+def is_data_url(image: str) -> bool:
+    return bool(_DATA_URL.match(image))
+
+
+def judge_control_image(data: bytes, where: str, size: tuple[int, int]) -> ControlImage:
+    """The image as the renders will use it, or an `InputError` naming the scene and the fix."""
+    width, height = size
+    try:
+        image = load_photo(data, where, max_pixels=MAX_PHOTO_PIXELS)
+    except InputError as error:
+        raise InputError(str(error).replace("photo ", "control image ", 1)) from None
+    if image.size != size:
+        raise InputError(
+            f"control image {where!r}: {image.width}x{image.height}, but the story renders "
+            f"{width}x{height}; a control map must have the render's size exactly (resize or "
+            "re-export it at that size)"
+        )
+    return ControlImage(data, content_hash(data), width, height)
+
+
+def _data_url_bytes(image: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(image.split(",", 1)[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{where}: the data URL is not valid base64") from None
+
+
+def control_images(story: Story, files: Mapping[str, bytes]) -> dict[str, ControlImage]:
+    """Every control image the story names, by its `image` string, read and judged.
+
+    `files` holds what came with the story, by the name the story uses (a path for a story
+    file, a file name for a form). Every problem is reported at once, one line per scene.
+    """
+    found: dict[str, ControlImage] = {}
+    problems: list[str] = []
+    size = story.render_size()
+    for index, scene in enumerate(story.scenes):
+        if scene.control is None or scene.control.image in found:
+            continue
+        image = scene.control.image
+        where = f"scenes[{index}].control.image"
+        try:
+            if is_stored(image):
+                raise InputError(
+                    f"{where}: {image[:20]}... names an image stored with another job; send "
+                    "the image itself (a file, or a data: URL)"
+                )
+            if is_data_url(image):
+                data = _data_url_bytes(image, where)
+            elif image in files:
+                data = files[image]
+            else:
+                raise InputError(
+                    f"{where}: no image {image!r} came with the story; upload it with the story "
+                    "(by that file name) or give it as a data:image/png;base64 URL"
+                )
+            name = "data URL" if is_data_url(image) else image
+            found[image] = judge_control_image(data, f"{where} ({name})", size)
+        except InputError as error:
+            problems.append(str(error))
+    if problems:
+        raise InputError("\n".join(problems))
+    return found
+
+
+def files_beside(story: Story) -> dict[str, bytes]:
+    """The control images a story file names by path, read from beside it (the CLI's way)."""
+    base = story.source_dir or Path()
+    files = {}
+    for scene in story.scenes:
+        control = scene.control
+        if control is None or is_data_url(control.image) or is_stored(control.image):
+            continue
+        path = base / control.image
+        if path.is_file():  # a missing one is named by `control_images`
+            with path.open("rb") as file:  # one byte over the limit is enough to refuse it
+                files[control.image] = file.read(MAX_PHOTO_BYTES + 1)
+    return files
+
+
+def with_stored_refs(story: Story, images: Mapping[str, ControlImage]) -> Story:
+    """The story as a job keeps it: every control image named by its stored content."""
+    if not images:
+        return story
+    data = story.model_dump(mode="json")
+    for scene in data["scenes"]:
+        control = scene.get("control")
+        if control is not None:
+            control["image"] = images[control["image"]].ref
+    return type(story).model_validate(data)
+
+
+def store_controls(storage: Storage, job_id: str, images: Mapping[str, ControlImage]) -> None:
+    """Put each image once under its content key (a retry rewrites the same bytes)."""
+    for image in {image.sha256: image for image in images.values()}.values():
+        storage.put(control_key(job_id, image.sha256), image.data, _content_type(image.data))
+
+
+def _content_type(data: bytes) -> str:
+    return {b"\x89PNG": "image/png", b"RIFF": "image/webp"}.get(data[:4], "image/jpeg")
+
+
+def decode_control(data: bytes, where: str) -> Image.Image:
+    """A stored control image as RGB pixels (a worker's read: the bytes were judged at
+    submission, so this only fails on storage that changed under the farm)."""
+    return load_photo(data, where, max_pixels=MAX_PHOTO_PIXELS)

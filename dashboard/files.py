@@ -20,6 +20,7 @@ from dashboard.context import farm
 from dashboard.scope import MAX_ID, character_of, job_of, render_of
 from dashboard.security import principal
 from farm.db.models import CharacterPhoto
+from farm.recipe import render_filename
 from farm.storage.base import Storage
 
 files = Blueprint("files", __name__, url_prefix="/files")
@@ -110,7 +111,7 @@ def render_download(render_id: int) -> Any:
         render, _ = render_of(session, principal(), render_id)
     if render.storage_key is None:
         abort(404, f"render {render_id} is not finished")
-    return send_object(render.storage_key, f"{render.scene_index:04d}-v{render.variant}.png")
+    return send_object(render.storage_key, render_filename(render.scene_index, render.variant))
 
 
 @files.get("/renders/<int:render_id>/thumb")

@@ -27,6 +27,7 @@ from farm.identity.faces import FaceAnalyzer
 from farm.lifecycle import get_job
 from farm.queue.app import MAX_PRIORITY
 from farm.queue.outbox import ShardTask, send_shards
+from farm.recipe import render_filename, render_stem
 from farm.render.presets import get_preset
 from farm.story import Character as StoryCharacter
 from farm.story import PlannedRender, Story
@@ -34,11 +35,11 @@ from farm.story import PlannedRender, Story
 
 def render_key(job_id: str, scene_index: int, variant: int) -> str:
     """Deterministic: re-running a shard overwrites the same objects, never adds copies."""
-    return f"jobs/{job_id}/renders/{scene_index:04d}-v{variant}.png"
+    return f"jobs/{job_id}/renders/{render_filename(scene_index, variant)}"
 
 
 def thumb_key(job_id: str, scene_index: int, variant: int) -> str:
-    return f"jobs/{job_id}/thumbs/{scene_index:04d}-v{variant}.webp"
+    return f"jobs/{job_id}/thumbs/{render_stem(scene_index, variant)}.webp"
 
 
 def shard_plan(plan: Sequence[PlannedRender], size: int) -> list[Sequence[PlannedRender]]:

@@ -88,6 +88,7 @@ def _job_samples(settings: Settings, job_id: str) -> tuple[list[tuple[str, bytes
     from farm.db.states import RenderStatus
     from farm.evaluation import Sample
     from farm.lifecycle import get_job
+    from farm.recipe import render_stem
 
     farm = Farm(settings)
     with farm.sessions() as session:
@@ -103,7 +104,7 @@ def _job_samples(settings: Settings, job_id: str) -> tuple[list[tuple[str, bytes
         )
     samples = [
         Sample(
-            f"{r.scene_index:04d}-v{r.variant}",
+            render_stem(r.scene_index, r.variant),
             Image.open(io.BytesIO(farm.storage.get(r.storage_key))).convert("RGB"),
             r.prompt,
         )

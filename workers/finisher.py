@@ -35,7 +35,7 @@ from farm.db.models import Render
 from farm.jobs import render_key, thumb_key
 from farm.logs import log_context
 from farm.metrics import record_render
-from farm.render.story_render import RenderSettings, png_bytes
+from farm.recipe import RenderSettings, png_bytes
 from farm.story import PlannedRender
 from workers.cores import unpin_thread
 from workers.qc import Checked, IdentityCheck
@@ -72,7 +72,7 @@ class ShardRun:
 @dataclass(frozen=True)
 class Rendered:
     """A render made, waiting to be scored (unless its identity check ran already), stored and
-    recorded."""
+    recorded: the last of a render's three shapes (planned, row, rendered) before its PNG."""
 
     render_id: int
     planned: PlannedRender
@@ -81,16 +81,6 @@ class Rendered:
     identity_s: float
     denoise_s: float | None
     decode_s: float | None
-
-
-@dataclass(frozen=True)
-class Stored:
-    """A render in storage, waiting for its row to be finished."""
-
-    item: Rendered
-    key: str
-    thumb: str
-    upload_s: float
 
 
 def renders_by_id(session: Session, render_ids: Sequence[int]) -> dict[int, Render]:
@@ -153,46 +143,50 @@ class Finisher:
             # safe to share between threads. What is stored does not depend on a score it
             # cannot retry.
             checked = [item.checked or _scored(check, item) for item in rendered]
-            stored = [upload.result() for upload in uploads]  # the first error, raised here
-            self._record(run, stored, checked)
+            upload_s = [upload.result() for upload in uploads]  # the first error, raised here
+            self._record(run, rendered, checked, upload_s)
         except Exception as error:
             log.exception("job %s: a batch of shard %s was not stored", run.job_id, run.shard_id)
             run.store_error = error
 
-    def _upload(self, run: ShardRun, item: Rendered) -> Stored:
+    def _upload(self, run: ShardRun, item: Rendered) -> float:
+        """Store the render's PNG and thumbnail; returns the seconds it took."""
         started = time.perf_counter()
         planned = item.planned
         image, seed = (
             (item.checked.image, item.checked.seed) if item.checked else (item.image, planned.seed)
         )
-        key = render_key(run.job_id, planned.scene_index, planned.variant)
-        thumb = thumb_key(run.job_id, planned.scene_index, planned.variant)
+        key, thumb = _keys(run, item)
         with log_context(render=item.render_id):
             png = png_bytes(image, replace(planned, seed=seed), run.settings)
             self.farm.storage.put(key, png, "image/png")
             self.farm.storage.put(thumb, _thumbnail(image), "image/webp")
-        return Stored(item, key, thumb, time.perf_counter() - started)
+        return time.perf_counter() - started
 
-    def _record(self, run: ShardRun, stored: list[Stored], scores: list[Checked]) -> None:
+    def _record(
+        self,
+        run: ShardRun,
+        rendered: list[Rendered],
+        scores: list[Checked],
+        upload_s: list[float],
+    ) -> None:
         """One transaction for the batch's rows, then the counts, metrics and events."""
         with self.farm.sessions.begin() as session:
-            rows = renders_by_id(session, [one.item.render_id for one in stored])
-            for one, checked in zip(stored, scores, strict=True):
-                item = one.item
+            rows = renders_by_id(session, [item.render_id for item in rendered])
+            for item, checked, uploaded in zip(rendered, scores, upload_s, strict=True):
                 rows[item.render_id].finish(
-                    one.key,
-                    one.thumb,
+                    *_keys(run, item),
                     identity_s=item.identity_s,
                     denoise_s=item.denoise_s,
                     decode_s=item.decode_s,
-                    upload_s=one.upload_s,
+                    upload_s=uploaded,
                     face_similarity=checked.similarity,
                     qc_retries=checked.retries,
                     qc_seed=checked.seed if checked.seed != item.planned.seed else None,
                 )
-        run.tally.done += len(stored)
-        for one in stored:
-            item = one.item
+        run.tally.done += len(rendered)
+        for item, uploaded in zip(rendered, upload_s, strict=True):
+            key, thumb = _keys(run, item)
             record_render(
                 run.preset,
                 done=True,
@@ -200,7 +194,7 @@ class Finisher:
                     "identity": item.identity_s,
                     "denoise": item.denoise_s,
                     "decode": item.decode_s,
-                    "upload": one.upload_s,
+                    "upload": uploaded,
                 },
             )
             self.farm.events.publish(
@@ -209,9 +203,19 @@ class Finisher:
                 render=item.render_id,
                 scene=item.planned.scene_index,
                 variant=item.planned.variant,
-                key=one.key,
-                thumb=one.thumb,
+                key=key,
+                thumb=thumb,
             )
+
+
+def _keys(run: ShardRun, item: Rendered) -> tuple[str, str]:
+    """Where a render's PNG and thumbnail go: fixed by its place in the job, so a rerun of
+    the shard overwrites them."""
+    planned = item.planned
+    return (
+        render_key(run.job_id, planned.scene_index, planned.variant),
+        thumb_key(run.job_id, planned.scene_index, planned.variant),
+    )
 
 
 def _scored(check: IdentityCheck, item: Rendered) -> Checked:

@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 from sqlalchemy import select
@@ -36,8 +36,8 @@ from farm.lifecycle import (
 )
 from farm.logs import log_context
 from farm.metrics import record_render
-from farm.render.pipeline import RenderCancelled, SceneRender
-from farm.render.story_render import RenderSettings
+from farm.recipe import RenderSettings
+from farm.render.pipeline import RenderCancelled
 from farm.story import PlannedRender, Story
 from workers.finisher import Rendered, ShardRun
 from workers.qc import IdentityCheck
@@ -218,16 +218,6 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
         member_photos = runtime.photos.of(member)
         identities[trigger] = loaded.identity.tokens_for(member_photos, crop=member.face_crop)
         class_words[trigger] = member.class_word
-    render = functools.partial(  # splits a batch, then offloads, on out-of-memory errors
-        loaded.render,
-        identities=identities,
-        height=settings.height,
-        width=settings.width,
-        steps=settings.steps,
-        guidance=settings.guidance,
-        style_strength=settings.style_strength,
-        class_words=class_words,
-    )
     check = IdentityCheck(
         loaded.identity, runtime.references, photos, story.min_face_similarity, story.qc_retries
     )
@@ -236,7 +226,8 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
     per_render_identity_s = identity_s / max(len(claim.renders), 1)
 
     def render_again(planned: PlannedRender, seed: int) -> Image.Image:
-        return render([SceneRender(planned.prompt, planned.negative, seed)]).images[0]
+        again = replace(planned, seed=seed)
+        return loaded.render([again], settings, identities, class_words).images[0]
 
     while todo:
         batch, rest = todo[:batch_size], todo[batch_size:]
@@ -244,7 +235,8 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
         if not start_renders(runtime.farm, runtime.name, runtime.device, claim.job_id, ids):
             raise RenderCancelled("job cancelled")  # between batches: the shard stops
         try:
-            result = render([SceneRender(p.prompt, p.negative, p.seed) for _, p in batch])
+            # Splits a batch, then offloads, on out-of-memory errors.
+            result = loaded.render([p for _, p in batch], settings, identities, class_words)
         except InputError as error:  # a scene that can never render
             if len(batch) > 1:
                 batch_size = 1  # one at a time: the others render, only that one fails

@@ -17,6 +17,8 @@ from xml.etree import ElementTree
 
 from PIL import Image
 
+from farm.recipe import render_filename
+
 # Pages are photographs with lettering: 4:4:4 chroma at high quality keeps the captions crisp
 # at a tenth of a PNG's size.
 JPEG_OPTIONS = {"quality": 92, "subsampling": 0}
@@ -107,7 +109,7 @@ class RenderFile:
     @property
     def name(self) -> str:
         # The same name as in object storage and in `farm fetch`'s folder.
-        return f"{self.scene:04d}-v{self.variant}.png"
+        return render_filename(self.scene, self.variant)
 
 
 def renders_zip(renders: Iterable[RenderFile], *, job_id: str, title: str = "") -> bytes:

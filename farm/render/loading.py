@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,11 @@ from farm.identity.checkpoint import encoder_from_checkpoint, read_checkpoint
 from farm.identity.engine import IdentityEngine
 from farm.identity.faces import open_face_analyzer
 from farm.identity.tokens import IdentityTokens
+from farm.recipe import RenderSettings
 from farm.render.acceleration import accelerate, compile_wanted, is_compiled
 from farm.render.lora import fuse_unet_lora, read_lora_file
 from farm.render.memory import VramMode, apply_vram_mode, choose_vram_mode, release_cached_memory
-from farm.render.pipeline import PhotoMakerPipeline, RenderResult, SceneRender
+from farm.render.pipeline import PhotoMakerPipeline, RenderResult, Scene, SceneRender
 from farm.render.presets import FastLora, ModelFiles, Preset, locate
 from farm.render.schedulers import scheduler_for
 
@@ -40,14 +41,36 @@ class LoadedPreset:
     vram_mode: VramMode = VramMode.FULL
     max_batch: int | None = None  # learnt from out-of-memory errors; None: no limit seen yet
 
-    def render(self, scenes: Sequence[SceneRender], **kwargs: Any) -> RenderResult:
-        """Render `scenes` (keyword arguments as for the pipeline), in one batch if it fits.
+    def check(
+        self,
+        scenes: Sequence[Scene],
+        settings: RenderSettings,
+        identities: Mapping[str, IdentityTokens],
+        class_words: Mapping[str, str] | None = None,
+    ) -> None:
+        """Raise `InputError` for any of `scenes` that cannot render, before a model runs."""
+        self.pipeline.check_inputs(
+            scenes, identities, **_sampling(settings), class_words=class_words
+        )
+
+    def render(
+        self,
+        scenes: Sequence[Scene],
+        settings: RenderSettings,
+        identities: Mapping[str, IdentityTokens],
+        class_words: Mapping[str, str] | None = None,
+        **hooks: Any,
+    ) -> RenderResult:
+        """Render `scenes` with `settings`, in one batch if it fits; `hooks` are the pipeline's
+        other keyword arguments (its step callback, its cancel check).
 
         On CUDA out-of-memory the batch is halved, and the smaller size kept for later calls;
         at batch 1 the VRAM mode steps down (full, model-offload, sequential-offload, each
         starting again from whole batches); only batch 1 failing in the lowest mode raises.
         Every render draws from its own generator, so none of this changes a pixel.
         """
+        kwargs = {"identities": identities, "class_words": class_words, **_sampling(settings)}
+        kwargs.update(hooks)
         images = []
         timings: dict[str, float] = {}
         todo = list(scenes)
@@ -67,7 +90,7 @@ class LoadedPreset:
             todo = todo[size:]
         return RenderResult(images, timings)
 
-    def _attempt(self, batch: list[SceneRender], kwargs: dict[str, Any]) -> RenderResult | None:
+    def _attempt(self, batch: list[Scene], kwargs: dict[str, Any]) -> RenderResult | None:
         """The batch's result, or None if the GPU ran out of memory. Returning (not raising)
         drops the error's traceback, and with it the tensors its frames still hold."""
         try:
@@ -227,15 +250,20 @@ def warm_up(loaded: LoadedPreset) -> float:
     preset = loaded.preset
     width, height = preset.size
     _, guidance = preset.sampling(1, preset.guidance)
+    settings = RenderSettings(preset.name, width, height, 1, guidance, "", 20.0)
     sizes = {preset.batch_size, 1} if is_compiled(loaded.pipeline.unet) else {preset.batch_size}
     for size in sorted(sizes, reverse=True):
         renders = [SceneRender("a photo of a person img", "", seed) for seed in range(size)]
-        loaded.render(
-            renders,
-            identities={"img": identity},
-            height=height,
-            width=width,
-            steps=1,
-            guidance=guidance,
-        )
+        loaded.render(renders, settings, {"img": identity})
     return time.perf_counter() - started
+
+
+def _sampling(settings: RenderSettings) -> dict[str, Any]:
+    """The pipeline's keyword arguments for `settings`: the one place they are spelt out."""
+    return {
+        "height": settings.height,
+        "width": settings.width,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "style_strength": settings.style_strength,
+    }

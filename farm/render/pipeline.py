@@ -56,13 +56,28 @@ class RenderCancelled(Exception):
     """The caller asked to stop (a cancelled job); nothing of the batch is returned."""
 
 
-@dataclass(frozen=True)
-class SceneRender:
-    """One image to make: its styled prompt (with trigger words), negative and seed.
+class Scene(Protocol):
+    """One image to make, as the pipeline reads it: its styled prompt (with trigger words),
+    negative and seed. The farm passes its planned renders (`farm.story.PlannedRender`) as they
+    are, so a render has one shape from the story to the PNG.
 
     As in diffusers, a negative of None means "no negative": zeros where the model's config
     says `force_zeros_for_empty_prompt` (SDXL's does); "" is a prompt and is encoded.
     """
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def negative(self) -> str | None: ...
+
+    @property
+    def seed(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class SceneRender:
+    """A `Scene` for callers without a story: benchmarks, the warm-up, tests."""
 
     prompt: str
     negative: str | None
@@ -229,7 +244,7 @@ class PhotoMakerPipeline:
 
     def encode_batch(
         self,
-        renders: Sequence[SceneRender],
+        renders: Sequence[Scene],
         identities: Mapping[str, IdentityTokens],
         class_words: Mapping[str, str] | None,
     ) -> _Embeds:
@@ -316,7 +331,7 @@ class PhotoMakerPipeline:
 
     def check_inputs(
         self,
-        renders: Sequence[SceneRender],
+        renders: Sequence[Scene],
         identities: Mapping[str, IdentityTokens],
         height: int,
         width: int,
@@ -364,7 +379,7 @@ class PhotoMakerPipeline:
     @torch.inference_mode()
     def __call__(
         self,
-        renders: Sequence[SceneRender],
+        renders: Sequence[Scene],
         identities: Mapping[str, IdentityTokens],
         *,
         height: int = 1024,

@@ -8,79 +8,18 @@ a folder with a manifest is a finished render.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from farm import __version__
 from farm.identity.engine import Photo
+from farm.recipe import RenderSettings, png_bytes, render_filename
 from farm.render.loading import LoadedPreset
-from farm.render.pipeline import SceneRender
-from farm.render.presets import PRESETS
 from farm.storage.local import LocalStorage
 from farm.story import Character, PlannedRender, Story
-
-
-def render_filename(scene_index: int, variant: int) -> str:
-    """The one naming rule for render files, locally and in object storage."""
-    return f"{scene_index:04d}-v{variant}.png"
-
-
-@dataclass(frozen=True)
-class RenderSettings:
-    """What, besides the prompt and seed, decides a render's pixels."""
-
-    preset: str
-    width: int
-    height: int
-    steps: int
-    guidance: float
-    style: str
-    style_strength: float
-
-    @classmethod
-    def of(cls, story: Story) -> RenderSettings:
-        """The story's settings, except where its preset fixes them (a fast preset's steps
-        and guidance): these are what the renders use and what their PNGs record."""
-        width, height = story.render_size()
-        steps, guidance = story.steps, story.guidance
-        preset = PRESETS.get(story.preset)
-        if preset is not None:
-            steps, guidance = preset.sampling(steps, guidance)
-        return cls(
-            story.preset,
-            width,
-            height,
-            steps,
-            guidance,
-            story.style,
-            story.style_strength,
-        )
-
-
-def png_bytes(image: Image.Image, planned: PlannedRender, settings: RenderSettings) -> bytes:
-    """The PNG with its recipe embedded, so a file alone says how to make it again."""
-    info = PngInfo()
-    recipe = {
-        "prompt": planned.prompt,
-        "negative_prompt": planned.negative,
-        "seed": planned.seed,
-        "scene": planned.scene_index,
-        "variant": planned.variant,
-        **asdict(settings),
-        "software": f"render-farm {__version__}",
-    }
-    info.add_text("parameters", json.dumps(recipe, ensure_ascii=False))
-    info.add_text("Software", recipe["software"])
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
 
 
 def character_photos(story: Story, character: Character | None = None) -> list[Photo]:
@@ -102,7 +41,6 @@ def render_story(
     """Render every scene and variant of `story` into `out_dir`; returns the manifest's path."""
     character = story.character
     settings = RenderSettings.of(story)
-    pipeline = loaded.pipeline
     plan = story.plan()
 
     started = time.perf_counter()
@@ -115,32 +53,14 @@ def render_story(
     identity = identities[character.trigger]
     class_words = {person.trigger: person.class_word for person in story.characters}
     # Check every prompt first: a scene that cannot render must fail before any image exists.
-    pipeline.check_inputs(
-        [SceneRender(p.prompt, p.negative, p.seed) for p in plan],
-        identities,
-        settings.height,
-        settings.width,
-        settings.steps,
-        settings.guidance,
-        settings.style_strength,
-        class_words,
-    )
+    loaded.check(plan, settings, identities, class_words)
     identity_seconds = time.perf_counter() - started
 
     # The output folder is object storage too: whole-file writes come with it.
     out = LocalStorage(out_dir)
     entries = []
     for batch in batches(plan, batch_size or loaded.preset.batch_size):
-        result = loaded.render(
-            [SceneRender(p.prompt, p.negative, p.seed) for p in batch],
-            identities=identities,
-            height=settings.height,
-            width=settings.width,
-            steps=settings.steps,
-            guidance=settings.guidance,
-            style_strength=settings.style_strength,
-            class_words=class_words,
-        )
+        result = loaded.render(batch, settings, identities, class_words)
         for planned, image in zip(batch, result.images, strict=True):
             name = render_filename(planned.scene_index, planned.variant)
             out.put(name, png_bytes(image, planned, settings), "image/png")

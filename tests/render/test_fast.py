@@ -15,11 +15,12 @@ import torch
 from diffusers import EulerDiscreteScheduler, LCMScheduler, TCDScheduler
 from safetensors.torch import load_file
 
+from farm.recipe import RenderSettings
 from farm.render.loading import LoadedPreset, load_preset
 from farm.render.pipeline import SceneRender
 from farm.render.presets import PRESETS, TINY_FAST_LORA, FastLora, SchedulerKind, get_preset
 from farm.render.schedulers import scheduler_for
-from farm.render.story_render import RenderSettings, render_story
+from farm.render.story_render import render_story
 from farm.render.tiny import ensure_tiny, sdxl_scheduler
 from farm.story import load_story
 from tests.fixtures.tiny import EXAMPLES, photos_of

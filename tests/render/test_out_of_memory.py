@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from farm.errors import InputError
+from farm.recipe import RenderSettings
 from farm.render.loading import LoadedPreset, load_preset
 from farm.render.memory import LayerOffload, ModelOffload, VramMode, apply_vram_mode
 from farm.render.pipeline import PhotoMakerPipeline, SceneRender
@@ -26,7 +27,7 @@ SCENES = [
         ["reading", "in the garden", "at the window", "under an apple tree"]
     )
 ]
-OPTIONS = dict(height=64, width=64, steps=2, guidance=5.0)
+SETTINGS = RenderSettings("tiny", 64, 64, 2, 5.0, "", 20.0)
 
 
 class PretendCard(PhotoMakerPipeline):
@@ -63,7 +64,7 @@ def identities(own_tiny):
 
 @pytest.fixture(scope="module")
 def one_by_one(own_tiny, identities) -> np.ndarray:
-    return pixels([own_tiny.pipeline([s], identities, **OPTIONS).images[0] for s in SCENES])
+    return pixels([own_tiny.render([s], SETTINGS, identities).images[0] for s in SCENES])
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def pixels(images) -> np.ndarray:
 
 def test_a_batch_that_does_not_fit_is_halved_and_the_size_is_kept(card, identities, one_by_one):
     loaded = card({VramMode.FULL: 1})
-    result = loaded.render(SCENES, identities=identities, **OPTIONS)
+    result = loaded.render(SCENES, SETTINGS, identities)
     full = VramMode.FULL
     assert loaded.pipeline.asked == [
         (full, 4),
@@ -99,13 +100,13 @@ def test_a_batch_that_does_not_fit_is_halved_and_the_size_is_kept(card, identiti
     assert np.abs(pixels(result.images) - one_by_one).max() <= 1
     assert result.timings["denoise"] > 0
     loaded.pipeline.asked.clear()
-    loaded.render(SCENES[:2], identities=identities, **OPTIONS)
+    loaded.render(SCENES[:2], SETTINGS, identities)
     assert loaded.pipeline.asked == [(full, 1), (full, 1)]  # learnt: no second failure
 
 
 def test_when_one_render_does_not_fit_the_mode_steps_down(card, identities, one_by_one):
     loaded = card({VramMode.MODEL_OFFLOAD: 2})
-    result = loaded.render(SCENES[:2], identities=identities, **OPTIONS)
+    result = loaded.render(SCENES[:2], SETTINGS, identities)
     full, offload = VramMode.FULL, VramMode.MODEL_OFFLOAD
     # Whole batches are tried again in the lower mode: it may fit what the higher one did not.
     assert loaded.pipeline.asked == [(full, 2), (full, 1), (offload, 2)]
@@ -117,7 +118,7 @@ def test_when_one_render_does_not_fit_the_mode_steps_down(card, identities, one_
 def test_only_one_render_failing_in_the_lowest_mode_raises(card, identities):
     loaded = card({})
     with pytest.raises(torch.OutOfMemoryError):
-        loaded.render(SCENES[:2], identities=identities, **OPTIONS)
+        loaded.render(SCENES[:2], SETTINGS, identities)
     full, offload, layers = list(VramMode)
     assert loaded.pipeline.asked == [
         (full, 2),
@@ -133,5 +134,5 @@ def test_only_one_render_failing_in_the_lowest_mode_raises(card, identities):
 def test_other_errors_are_not_retried(card, identities):
     loaded = card({VramMode.FULL: 4})
     with pytest.raises(InputError, match="steps must be at least 1"):
-        loaded.render(SCENES, identities=identities, **{**OPTIONS, "steps": 0})
+        loaded.render(SCENES, dataclasses.replace(SETTINGS, steps=0), identities)
     assert loaded.pipeline.asked == [(VramMode.FULL, 4)]

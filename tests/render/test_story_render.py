@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from farm.errors import InputError
+from farm.recipe import render_filename
 from farm.render.presets import PRESETS
-from farm.render.story_render import render_filename, render_story
+from farm.render.story_render import render_story
 from farm.story import load_story
 from tests.fixtures.tiny import EXAMPLES
 

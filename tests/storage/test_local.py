@@ -3,6 +3,8 @@ both backends in test_s3.py."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +68,15 @@ def test_a_local_farm_does_not_import_the_s3_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """`farm render`, `fetch` and `comic --out` write through LocalStorage: their files must be
+    as readable as any other file the user makes (0644 under umask 022), not 0600."""
+    previous = os.umask(umask)
+    try:
+        LocalStorage(tmp_path).put("jobs/a/0000-v0.png", b"png")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "jobs/a/0000-v0.png").stat().st_mode) == 0o666 & ~umask

@@ -253,22 +253,44 @@ def _lora_dir(models_dir: Path, fast: FastLora) -> Path:
 def pull(preset: Preset, models_dir: Path, sdxl_base: str | None = None) -> ModelFiles:
     """Download a preset's weights into `models_dir` (needs internet; not for workers)."""
     from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     if not preset.tiny:
         base = sdxl_base or preset.base_model
-        snapshot_download(
-            base,
-            local_dir=models_dir / base.split("/")[-1],
-            # The diffusers folders only, not the single-file checkpoint beside them.
-            allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"],
-        )
-        hf_hub_download(preset.checkpoint_repo, preset.checkpoint_file, local_dir=models_dir)
-        if preset.fast is not None:
-            fast = preset.fast
-            hf_hub_download(fast.repo, fast.file, local_dir=_lora_dir(models_dir, fast))
+        try:
+            snapshot_download(
+                base,
+                local_dir=models_dir / base.split("/")[-1],
+                # The diffusers folders only, not the single-file checkpoint beside them.
+                allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"],
+            )
+            hf_hub_download(preset.checkpoint_repo, preset.checkpoint_file, local_dir=models_dir)
+            if preset.fast is not None:
+                fast = preset.fast
+                hf_hub_download(fast.repo, fast.file, local_dir=_lora_dir(models_dir, fast))
+        except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+            raise ModelNotFoundError(download_hint(preset, models_dir, base, error)) from None
         if preset.face_model != "dlib":
             raise_face_pack_hint(preset, models_dir)
     return locate(preset, models_dir, sdxl_base)
+
+
+def download_hint(preset: Preset, models_dir: Path, base: str, error: Exception) -> str:
+    """One line for a pull that could not reach the hub (no internet, a proxy, a gated repo):
+    what to download and where to put it, so the files can come from another machine."""
+    said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    wanted = [
+        f"{base}'s diffusers folders into {models_dir / base.split('/')[-1]}",
+        f"{preset.checkpoint_file} from {preset.checkpoint_repo} into {models_dir}",
+    ]
+    if preset.fast is not None:
+        fast = preset.fast
+        wanted.append(f"{fast.file} from {fast.repo} into {_lora_dir(models_dir, fast)}")
+    return (
+        f"cannot download preset {preset.name!r} from the Hugging Face hub ({said}); run "
+        f"`farm models pull {preset.name}` where there is internet and copy the files, or put "
+        + "; ".join(wanted)
+    )
 
 
 def raise_face_pack_hint(preset: Preset, models_dir: Path) -> None:

@@ -23,9 +23,8 @@ from farm.characters import character_photos, create_character
 from farm.context import Farm
 from farm.db.models import Character
 from farm.errors import InputError
-from farm.identity.engine import Photo
 from farm.identity.faces import Face, FaceAnalyzer, primary_face
-from farm.identity.photos import MAX_PHOTO_BYTES, decoded_pixels, load_photo
+from farm.identity.photos import MAX_PHOTO_BYTES, Photo, decoded_pixels, load_photo
 from farm.jobs import Submitted, submit_story
 from farm.render.presets import PRESETS
 from farm.settings import Settings

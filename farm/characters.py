@@ -15,9 +15,8 @@ from sqlalchemy.orm import Session
 
 from farm.db.models import Character, CharacterPhoto, project_or_default
 from farm.errors import InputError
-from farm.identity.engine import Photo
 from farm.identity.faces import FaceAnalyzer, primary_face
-from farm.identity.photos import load_photo
+from farm.identity.photos import Photo, load_photo
 from farm.storage.base import Storage
 from farm.story import MAX_PHOTOS
 

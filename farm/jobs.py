@@ -22,8 +22,8 @@ from farm.db.models import CastMember, Job, Render, Shard, project_or_default
 from farm.db.queries import job_progress
 from farm.db.states import JobStatus, RenderStatus
 from farm.errors import InputError
-from farm.identity.engine import Photo
 from farm.identity.faces import FaceAnalyzer
+from farm.identity.photos import Photo
 from farm.lifecycle import get_job
 from farm.queue.app import MAX_PRIORITY
 from farm.queue.outbox import ShardTask, send_shards

@@ -9,7 +9,6 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -19,20 +18,10 @@ from farm.errors import InputError
 from farm.identity.cache import IdentityCache
 from farm.identity.encoders import IDEncoder
 from farm.identity.faces import Face, FaceAnalyzer, primary_face
-from farm.identity.photos import clip_pixel_values, content_hash, face_crop, load_photo
+from farm.identity.photos import Photo, clip_pixel_values, face_crop, load_photo
 from farm.identity.tokens import IdentityTokens
 
-
-@dataclass(frozen=True)
-class Photo:
-    """A reference photo as it arrived: its name (for messages) and its bytes."""
-
-    name: str
-    data: bytes
-
-    @cached_property
-    def sha256(self) -> str:
-        return content_hash(self.data)
+__all__ = ["AnalysedPhoto", "IdentityEngine", "Photo"]  # Photo: where callers long found it
 
 
 @dataclass(frozen=True)

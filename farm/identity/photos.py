@@ -1,8 +1,12 @@
 """Reference photos at the edge of the farm: decoding, hashing, CLIP-branch preprocessing.
 
 Photos arrive as bytes from people we do not control, so everything here assumes hostile or
-broken input and answers with an `InputError` the sender can act on.
+broken input and answers with an `InputError` the sender can act on. torch is imported only
+by the CLIP-branch preprocessing: checking and hashing photos (the dashboard, `farm submit`)
+does not load it.
 """
+
+from __future__ import annotations
 
 import hashlib
 import io
@@ -11,12 +15,17 @@ import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from farm.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_PHOTO_BYTES = 20 * 1024 * 1024
 MAX_PHOTO_PIXELS = 40_000_000
@@ -38,6 +47,18 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _FIX_FORMAT = "send it as a JPEG, PNG or WebP file"
 # What Pillow raises on malformed data; any of them means the bytes are not a usable image.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A reference photo as it arrived: its name (for messages) and its bytes."""
+
+    name: str
+    data: bytes
+
+    @cached_property
+    def sha256(self) -> str:
+        return content_hash(self.data)
 
 
 def load_photo(data: bytes, name: str, *, max_pixels: int = MAX_PHOTO_PIXELS) -> Image.Image:
@@ -153,6 +174,8 @@ def clip_pixel_values(images: list[Image.Image], size: int = 224) -> torch.Tenso
     side, floor-centred crop, float64 rescale then float32 normalise), so it is reproduced
     step for step rather than approximated with a tensor resize.
     """
+    import torch
+
     mean = np.array(CLIP_MEAN, dtype=np.float32)
     std = np.array(CLIP_STD, dtype=np.float32)
     batch = []

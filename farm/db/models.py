@@ -226,8 +226,11 @@ class Job(Timestamps, Base):
     preset: Mapped[str] = mapped_column(String(64))
     # Celery's range; the middle by default, so that a submission can go either way.
     priority: Mapped[int] = mapped_column(server_default=text("5"))
-    spec: Mapped[dict[str, Any]]
+    spec: Mapped[dict[str, Any]]  # the current revision's story
     renders_total: Mapped[int]
+    # The story's revision the job is at: 1 as submitted, one more for each `farm revise`
+    # (farm/revisions.py); the stories of all revisions are in `job_revisions`.
+    revision: Mapped[int] = mapped_column(server_default=text("1"))
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     error: Mapped[str | None] = mapped_column(Text)
     started: Mapped[datetime | None]
@@ -414,7 +417,8 @@ class Shard(Timestamps, Base):
 
 
 class Render(Timestamps, Base):
-    """One image: a scene x variant of a job, with what it took to make and where it lies."""
+    """One image: a scene x variant of a job's current revision, with what it took to make and
+    where it lies. Renders a revision dropped move to `retired_renders`."""
 
     __tablename__ = "renders"
     MOVES: ClassVar[Mapping[str, Move]] = RENDER_MOVES
@@ -422,11 +426,15 @@ class Render(Timestamps, Base):
         UniqueConstraint("job_id", "scene_index", "variant"),
         # Progress is one GROUP BY status over a job's rows, found through this index.
         Index(None, "job_id", "status"),
+        Index(None, "content_hash"),  # the finished renders a new job may reuse
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    shard_id: Mapped[int] = mapped_column(ForeignKey("shards.id", ondelete="CASCADE"), index=True)
+    # None for a render reused from another one: it was never rendered in this job.
+    shard_id: Mapped[int | None] = mapped_column(
+        ForeignKey("shards.id", ondelete="CASCADE"), index=True
+    )
     scene_index: Mapped[int]
     variant: Mapped[int]
     seed: Mapped[int] = mapped_column(BigInteger)  # up to 2**32 - 1, past a signed INTEGER
@@ -451,6 +459,17 @@ class Render(Timestamps, Base):
     attempts: Mapped[int] = mapped_column(server_default=text("0"))
     started: Mapped[datetime | None]
     finished: Mapped[datetime | None]
+    # Everything that decides the pixels (farm/render_hash.py), and the same without the seed:
+    # the scene's recipe, shared by all its variants. None on rows older than both.
+    content_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
+    scene_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
+    revision: Mapped[int] = mapped_column(server_default=text("1"))  # the one that made it
+    # The variant a person chose for the scene's comic panel (farm/picks.py); at most one per
+    # scene. With none, the comic takes the best face, else the first variant.
+    picked: Mapped[bool] = mapped_column(server_default=false())
+    # A render reused by content hash: the job whose render made these pixels (this one's,
+    # in an earlier revision, or another job of the project). Not a key: history outlives it.
+    reused_from_job: Mapped[str | None] = mapped_column(String(36))
 
     job: Mapped[Job] = relationship(back_populates="renders", lazy="raise_on_sql")
     shard: Mapped[Shard] = relationship(back_populates="renders", lazy="raise_on_sql")
@@ -505,6 +524,48 @@ class Render(Timestamps, Base):
         _move(self, "reopen")
         self.error = None
         self.finished = None
+
+
+class JobRevision(Timestamps, Base):
+    """One revision of a job's story: what it asked for, and what it cost (renders kept from
+    the revision before, reused from elsewhere by content hash, rendered, and retired)."""
+
+    __tablename__ = "job_revisions"
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    spec: Mapped[dict[str, Any]]
+    summary: Mapped[str] = mapped_column(Text)  # "scene 3: prompt changed; scene 7 added"
+    kept: Mapped[int] = mapped_column(server_default=text("0"))
+    reused: Mapped[int] = mapped_column(server_default=text("0"))
+    rendered: Mapped[int] = mapped_column(server_default=text("0"))
+    retired: Mapped[int] = mapped_column(server_default=text("0"))
+
+
+class RetiredRender(Timestamps, Base):
+    """A render a revision of its job dropped (its scene removed or changed): kept, with its
+    image, for the job's history and for reuse when a later revision asks for it again."""
+
+    __tablename__ = "retired_renders"
+    __table_args__ = (Index(None, "job_id", "revision"), Index(None, "content_hash"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    revision: Mapped[int]  # the revision that made it
+    retired_in: Mapped[int]  # the first revision without it
+    scene_index: Mapped[int]
+    variant: Mapped[int]
+    seed: Mapped[int] = mapped_column(BigInteger)
+    prompt: Mapped[str] = mapped_column(Text)
+    negative: Mapped[str] = mapped_column(Text)
+    caption: Mapped[str | None] = mapped_column(Text)
+    content_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
+    storage_key: Mapped[str] = mapped_column(String(KEY_LENGTH))
+    thumb_key: Mapped[str | None] = mapped_column(String(KEY_LENGTH))
+    face_similarity: Mapped[float | None]
+    qc_seed: Mapped[int | None] = mapped_column(BigInteger)
 
 
 _LIVE_WORKER = WORKER_MOVES["stop"].sources

@@ -25,6 +25,8 @@ TABLES = {
     "accounts",
     "job_cast",
     "reaper_runs",
+    "job_revisions",
+    "retired_renders",
 }
 
 

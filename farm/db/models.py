@@ -287,6 +287,14 @@ class Job(Timestamps, Base):
         self.cancel_requested = True
         self.finished = now or utcnow()
 
+    def approve(self) -> None:
+        """Scenes of a job awaiting approval were approved: it is queued for them."""
+        _move(self, "approve")
+
+    def await_approval(self) -> None:
+        """The approved scenes are rendered and others remain: it waits, holding no GPU."""
+        _move(self, "await")
+
     def reopen(self) -> None:
         """A retry of an ended job: it runs again, for the shards sent again."""
         _move(self, "reopen")

@@ -303,6 +303,14 @@ class Job(Timestamps, Base):
         self.error = None
         self.finished = None
 
+    def pause(self) -> None:
+        """Hold the job back: its queued shards wait, its running ones stop at their next batch."""
+        _move(self, "pause")
+
+    def resume(self) -> None:
+        """Back to where it was before the pause: running once a shard of it has started."""
+        _move(self, "resume" if self.started is not None else "resume_unstarted")
+
 
 class Shard(Timestamps, Base):
     """A few renders of a job, run as one Celery task under a lease.
@@ -336,6 +344,13 @@ class Shard(Timestamps, Base):
     # When its task was last handed to the broker; None while a queued shard waits to be sent
     # (see farm/queue/outbox.py). Written with the shard, so a send that fails loses nothing.
     sent: Mapped[datetime | None]
+    # Runs that ended because their worker was told to stop (preemption, scale-down, drain):
+    # not attempts, so a job on spot machines is not failed by them. A run interrupted in the
+    # middle of denoising left its batch's latents and sampler state at `checkpoint_key`, from
+    # `checkpoint_step` on (farm/render/checkpoint.py); the next run resumes there.
+    interruptions: Mapped[int] = mapped_column(server_default=text("0"))
+    checkpoint_key: Mapped[str | None] = mapped_column(String(KEY_LENGTH))
+    checkpoint_step: Mapped[int | None]
     version: Mapped[int] = mapped_column(server_default=text("1"))  # see Job.version
     __mapper_args__ = {"eager_defaults": True, "version_id_col": version}  # noqa: RUF012
 
@@ -398,6 +413,21 @@ class Shard(Timestamps, Base):
             self.fail(f"{reason} (attempt {self.attempts} of {self.max_attempts})", now)
         return self.status
 
+    def interrupt(
+        self, reason: str, checkpoint_key: str | None = None, checkpoint_step: int | None = None
+    ) -> None:
+        """Give the shard back because its worker was told to stop: the run that started it
+        is not counted as an attempt, and the next one resumes from the checkpoint, if any."""
+        _move(self, "interrupt")
+        self.attempts = max(self.attempts - 1, 0)
+        self.interruptions += 1
+        self.error = reason
+        self.worker_id = None
+        self.lease_expires = None
+        self.sent = None  # for the outbox: its task goes out again
+        self.checkpoint_key = checkpoint_key
+        self.checkpoint_step = checkpoint_step
+
     def succeed(self, now: datetime | None = None) -> None:
         _move(self, "succeed")
         self._end(now)
@@ -419,9 +449,26 @@ class Shard(Timestamps, Base):
         self.finished = None
         self.sent = None
 
+    def pause(self) -> None:
+        """Its job was paused. A running shard pauses once its worker has stopped it between
+        batches: that run was cut short by a producer, not by a fault, so it is no attempt."""
+        if self.status is ShardStatus.RUNNING:
+            self.attempts = max(self.attempts - 1, 0)
+        _move(self, "pause")
+        self.worker_id = None
+        self.lease_expires = None
+        self.sent = None
+
+    def resume(self) -> None:
+        """Its job was resumed: queued again, and its task is sent again (the outbox)."""
+        _move(self, "resume")
+        self.sent = None
+
     def _end(self, now: datetime | None) -> None:
         self.finished = now or utcnow()
         self.lease_expires = None
+        self.checkpoint_key = None  # an ended shard resumes nothing
+        self.checkpoint_step = None
 
 
 class Render(Timestamps, Base):
@@ -458,12 +505,21 @@ class Render(Timestamps, Base):
     denoise_s: Mapped[float | None]
     decode_s: Mapped[float | None]
     upload_s: Mapped[float | None]
+    # What the render held its device for, from the start of its batch to its image: its share
+    # of the batch and of the shard's identity encoding, plus its QC re-renders; never the
+    # model load. The kind is the device's make ("NVIDIA H200", "cpu"), what a studio bills by.
+    device_s: Mapped[float | None]
+    device_kind: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
     error: Mapped[str | None] = mapped_column(Text)
     face_similarity: Mapped[float | None]
     # Identity QC: renders made again because their face was too far from the character's;
     # qc_seed is the seed of the image kept, when it is not `seed`.
     qc_retries: Mapped[int] = mapped_column(server_default=text("0"))
     qc_seed: Mapped[int | None] = mapped_column(BigInteger)
+    # The denoising step a running render's batch has reached, of its `steps` (a fast
+    # preset's, not the story's): progress between a batch's start and its end.
+    steps_done: Mapped[int] = mapped_column(server_default=text("0"))
+    steps: Mapped[int | None]
     attempts: Mapped[int] = mapped_column(server_default=text("0"))
     started: Mapped[datetime | None]
     finished: Mapped[datetime | None]
@@ -504,6 +560,8 @@ class Render(Timestamps, Base):
         face_similarity: float | None = None,
         qc_retries: int = 0,
         qc_seed: int | None = None,
+        device_s: float | None = None,
+        device_kind: str | None = None,
         now: datetime | None = None,
     ) -> None:
         _move(self, "finish")
@@ -516,6 +574,8 @@ class Render(Timestamps, Base):
         self.face_similarity = face_similarity
         self.qc_retries = qc_retries
         self.qc_seed = qc_seed
+        self.device_s = device_s
+        self.device_kind = device_kind
         self.finished = now or utcnow()
 
     def fail(self, error: str, now: datetime | None = None) -> None:
@@ -574,6 +634,23 @@ class RetiredRender(Timestamps, Base):
     thumb_key: Mapped[str | None] = mapped_column(String(KEY_LENGTH))
     face_similarity: Mapped[float | None]
     qc_seed: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class WorkerFailures(Timestamps, Base):
+    """The shards of one job that one worker failed: at `BLOCKLIST_AFTER` the worker is kept
+    off that job (a soft-fail blocklist, as render managers keep one), since a worker that
+    fails a job twice (a bad driver, a card short of memory for it) would fail it again and
+    spend the shards' attempts that a sound worker would have used."""
+
+    __tablename__ = "job_worker_failures"
+    __table_args__ = (UniqueConstraint("job_id", "worker_id"),)
+    BLOCKLIST_AFTER: ClassVar[int] = 2
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    worker_id: Mapped[str] = mapped_column(String(NAME_LENGTH))  # text: outlives the worker row
+    failures: Mapped[int] = mapped_column(server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 _LIVE_WORKER = WORKER_MOVES["stop"].sources
@@ -687,12 +764,27 @@ def _role_column() -> Any:
 
 
 class Project(Timestamps, Base):
-    """A studio team: its characters and jobs are seen and touched by its own people only."""
+    """A studio team: its characters and jobs are seen and touched by its own people only.
+
+    It also holds the team's share of the farm (farm/scheduling.py): while several projects
+    have work queued, free workers go to each in proportion to `share_weight`, and never to
+    more than `max_running_shards` of its shards at once. `share_pass` is how far it has been
+    served, in shards over weight: the project furthest behind is served next.
+    """
 
     __tablename__ = "projects"
+    __table_args__ = (
+        CheckConstraint("share_weight > 0", name="share_weight_positive"),
+        CheckConstraint(
+            "max_running_shards IS NULL OR max_running_shards > 0", name="max_running_positive"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(80), unique=True)
+    share_weight: Mapped[float] = mapped_column(server_default=text("1"))
+    max_running_shards: Mapped[int | None]
+    share_pass: Mapped[float] = mapped_column(server_default=text("0"))
 
 
 def project_or_default(project_id: int | None) -> Any:

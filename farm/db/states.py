@@ -91,6 +91,7 @@ SHARD_MOVES: Mapping[str, Move] = {
     "start": Move({_S.QUEUED, _S.RUNNING}, _S.RUNNING),
     "renew": Move({_S.RUNNING}, _S.RUNNING),
     "requeue": Move({_S.RUNNING}, _S.QUEUED),
+    "interrupt": Move({_S.RUNNING}, _S.QUEUED),  # its worker was told to stop: no attempt
     "succeed": Move({_S.RUNNING}, _S.SUCCEEDED),
     "fail": Move({_S.QUEUED, _S.RUNNING}, _S.FAILED),
     "cancel": Move({_S.QUEUED, _S.RUNNING}, _S.CANCELLED),
@@ -103,6 +104,7 @@ RENDER_MOVES: Mapping[str, Move] = {
     "fail": Move({_R.QUEUED, _R.RUNNING}, _R.FAILED),
     "cancel": Move({_R.QUEUED, _R.RUNNING}, _R.CANCELLED),
     "reopen": Move({_R.FAILED, _R.CANCELLED}, _R.QUEUED),
+    "interrupt": Move({_R.RUNNING}, _R.QUEUED),  # waits for its shard's next run
 }
 WORKER_MOVES: Mapping[str, Move] = {
     "ready": Move({_W.STARTING}, _W.IDLE),

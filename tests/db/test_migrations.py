@@ -27,6 +27,7 @@ TABLES = {
     "reaper_runs",
     "job_revisions",
     "retired_renders",
+    "job_worker_failures",
 }
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -30,7 +30,7 @@ from farm.identity.photos import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS, content_hash
 from farm.storage.base import Storage
 
 if TYPE_CHECKING:
-    from farm.story import Story
+    from farm.story import PlannedRender, Story
 
 STORED = "sha256:"
 _STORED_REF = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -87,6 +87,16 @@ class ControlImage:
     @property
     def ref(self) -> str:
         return STORED + self.sha256
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """One render's control as the pipeline takes it: the map (at the render's size), its
+    type and its strength."""
+
+    type: ControlType
+    image: Image.Image
+    scale: float = 1.0
 
 
 def control_key(job_id: str, sha256: str) -> str:
@@ -199,6 +209,21 @@ def store_controls(storage: Storage, job_id: str, images: Mapping[str, ControlIm
 
 def _content_type(data: bytes) -> str:
     return {b"\x89PNG": "image/png", b"RIFF": "image/webp"}.get(data[:4], "image/jpeg")
+
+
+def attach(
+    plan: Sequence[PlannedRender], story: Story, images: Mapping[str, Image.Image]
+) -> list[PlannedRender]:
+    """The planned renders with their scene's control map, from `images` keyed by the scene's
+    `image` string (a path or name at submission, `sha256:<hex>` in a job's story)."""
+    attached = []
+    for planned in plan:
+        control = story.scenes[planned.scene_index].control
+        if control is not None:
+            request = ControlRequest(control.type, images[control.image], control.scale)
+            planned = replace(planned, control=request)
+        attached.append(planned)
+    return attached
 
 
 def decode_control(data: bytes, where: str) -> Image.Image:

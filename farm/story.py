@@ -32,7 +32,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from farm import styles
 from farm.composition import Location, Name, Outfit, Shot, compose_prompt, worn_outfits
-from farm.controls import SceneControl
+from farm.controls import ControlRequest, SceneControl
 from farm.documents import DEFAULT_LIMITS, DocumentLimits, check_size, parse_document
 from farm.errors import InputError
 
@@ -149,6 +149,8 @@ class PlannedRender:
     negative: str
     seed: int
     caption: str | None
+    # The scene's control map, attached once its image is read (`farm.controls.attach`).
+    control: ControlRequest | None = None
 
 
 def derive_seed(base: int, scene: int, variant: int) -> int:

@@ -22,6 +22,7 @@ from farm.identity.faces import open_face_analyzer
 from farm.identity.tokens import IdentityTokens
 from farm.recipe import RenderSettings
 from farm.render.acceleration import accelerate, compile_wanted, is_compiled
+from farm.render.control import ControlModels
 from farm.render.lora import fuse_unet_lora, read_lora_file
 from farm.render.memory import VramMode, apply_vram_mode, choose_vram_mode, release_cached_memory
 from farm.render.pipeline import PhotoMakerPipeline, RenderResult, Scene, SceneRender
@@ -222,6 +223,8 @@ def load_preset(
         prompt_truncation=prompt_truncation,
         noise=noise,
     )
+    # Loaded when a scene first asks for a control type, on the device in the UNet's dtype.
+    pipeline.controls = ControlModels(files.models_dir, torch_device, dtype, tiny=preset.tiny)
     accelerate(pipeline, compile_unet=compile_wanted(compile_unet, torch_device))
     apply_vram_mode(pipeline, mode)
     identity = IdentityEngine(encoder, faces, cache or IdentityCache())

@@ -27,6 +27,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
+from farm.controls import ControlRequest
 from farm.errors import InputError
 from farm.identity.encoders import IDEncoder
 from farm.identity.prompt import (
@@ -36,6 +37,7 @@ from farm.identity.prompt import (
     text_only_prompt,
 )
 from farm.identity.tokens import IdentityTokens
+from farm.render.control import BatchControl, ControlModels, check_controls
 from farm.settings import NOISE_DEVICES
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,11 @@ class Scene(Protocol):
     @property
     def seed(self) -> int: ...
 
+    @property
+    def control(self) -> ControlRequest | None:
+        """The scene's pose or framing map (`farm.render.control`), or None."""
+        ...
+
 
 @dataclass(frozen=True)
 class SceneRender:
@@ -82,6 +89,7 @@ class SceneRender:
     prompt: str
     negative: str | None
     seed: int
+    control: ControlRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,8 @@ class PhotoMakerPipeline:
         self._device = device if device is not None else unet.device
         # Where offloaded weights wait: set by `farm.render.memory.apply_vram_mode`.
         self.offload: Offload | None = None
+        # The ControlNets and T2I-Adapters of scenes with a control map: set by the loader.
+        self.controls: ControlModels | None = None
 
     @property
     def device(self) -> torch.device:
@@ -375,6 +385,7 @@ class PhotoMakerPipeline:
                     f"negative prompt {negative!r} contains the trigger word {named[0]!r}; "
                     "a trigger word belongs only after the class word of the prompt: remove it"
                 )
+        check_controls([r.control for r in renders], self.controls, height, width)
 
     @torch.inference_mode()
     def __call__(
@@ -423,6 +434,12 @@ class PhotoMakerPipeline:
         time_ids = torch.tensor(
             [[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype
         ).repeat(batch * (2 if do_cfg else 1), 1)
+        controls = [r.control for r in renders]
+        control = None  # a batch without control maps calls the UNet exactly as before
+        if self.controls is not None and any(controls):
+            control = BatchControl(
+                self.controls, controls, do_cfg=do_cfg, device=self.device, dtype=self.dtype
+            )
 
         # 7. Denoising loop.
         denoise_started = time.perf_counter()
@@ -439,12 +456,16 @@ class PhotoMakerPipeline:
                 pooled = torch.cat([embeds.negative_pooled, pooled])
             model_in = torch.cat([latents] * 2) if do_cfg else latents
             model_in = scheduler.scale_model_input(model_in, t)
+            hidden = cond.to(self.dtype)
+            added = {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids}
+            steer = {} if control is None else control.unet_kwargs(model_in, t, hidden, added)
             noise = self.unet(
                 model_in,
                 t,
-                encoder_hidden_states=cond.to(self.dtype),
-                added_cond_kwargs={"text_embeds": pooled.to(self.dtype), "time_ids": time_ids},
+                encoder_hidden_states=hidden,
+                added_cond_kwargs=added,
                 return_dict=False,
+                **steer,
             )[0]
             if do_cfg:
                 uncond, text = noise.chunk(2)

@@ -1,0 +1,334 @@
+"""Pose and framing per scene: ControlNet and T2I-Adapter residuals for a batch of renders.
+
+A scene's control map (an OpenPose skeleton, a depth map, canny edges) steers the UNet through
+one of two families of side networks, as PhotoMaker V2's own ControlNet and T2I-Adapter scripts
+combine them with the ID embedding:
+- a **ControlNet** runs beside the UNet at every step, on the same latents and prompt, and adds
+  its outputs to the UNet's skip connections and middle block;
+- a **T2I-Adapter** encodes the map once per batch into one feature per down block, added inside
+  the UNet's down blocks at every step.
+Which one a control type uses is decided by the folder found for it: a diffusers folder whose
+`config.json` names `ControlNetModel` or `T2IAdapter`.
+
+What differs from diffusers' SDXL ControlNet and adapter pipelines, and why: in a farm batch each
+render brings its own map, type and `controlnet_conditioning_scale`, or none. Each type's network
+runs on the rows that use it only, each row's residuals are multiplied by its own scale, and the
+rows of other renders get zeros, which the UNet adds without changing a bit; a batch with no
+control passes nothing, so its pixels are those of a farm without this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
+from PIL import Image
+
+from farm.controls import ControlRequest, ControlType
+from farm.errors import InputError, ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+# Bump when the tiny control models change: built folders are keyed by it.
+TINY_CONTROLS_BUILD = 1
+# The official SDXL weights for each type, in diffusers format: the ControlNet first (PhotoMaker
+# V2's scripts use ControlNets), then the T2I-Adapter, lighter and run once per batch.
+OFFICIAL: dict[ControlType, tuple[str, str]] = {
+    ControlType.OPENPOSE: (
+        "thibaud/controlnet-openpose-sdxl-1.0",
+        "TencentARC/t2i-adapter-openpose-sdxl-1.0",
+    ),
+    ControlType.DEPTH: (
+        "diffusers/controlnet-depth-sdxl-1.0",
+        "TencentARC/t2i-adapter-depth-midas-sdxl-1.0",
+    ),
+    ControlType.CANNY: (
+        "diffusers/controlnet-canny-sdxl-1.0",
+        "TencentARC/t2i-adapter-canny-sdxl-1.0",
+    ),
+}
+# The tiny build covers both families: ControlNets for pose and depth, an adapter for edges.
+_TINY_FAMILY = {
+    ControlType.OPENPOSE: "ControlNetModel",
+    ControlType.DEPTH: "ControlNetModel",
+    ControlType.CANNY: "T2IAdapter",
+}
+
+ControlModel = ControlNetModel | T2IAdapter
+
+
+# ---------------------------------------------------------------------- finding and loading
+
+
+def controls_root(models_dir: Path) -> Path:
+    """Where a studio puts the control models of the real presets, one folder per type."""
+    return models_dir / "controls"
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def locate_control(models_dir: Path, kind: ControlType, *, tiny: bool = False) -> Path:
+    """The diffusers folder of `kind`'s ControlNet or T2I-Adapter, never from the network.
+
+    Looked for in `$FARM_MODELS_DIR/controls/<type>/`, then in a folder named after each
+    official repository (as `huggingface-cli download --local-dir` leaves it), then in the
+    Hugging Face cache. The tiny presets build theirs in code on first use.
+    """
+    if tiny:
+        return ensure_tiny_controls(models_dir) / kind.value
+    repos = OFFICIAL[kind]
+    candidates = [controls_root(models_dir) / kind.value]
+    candidates += [models_dir / repo.split("/")[-1] for repo in repos]
+    for folder in candidates:
+        if _is_model_folder(folder):
+            return folder
+    for repo in repos:
+        cached = _hf_cached(repo)
+        if cached is not None and _is_model_folder(cached):
+            return cached
+    raise ModelNotFoundError(
+        f"control type {kind.value!r} needs an SDXL ControlNet or T2I-Adapter in diffusers "
+        f"format: put one at {controls_root(models_dir) / kind.value} (e.g. {repos[0]} or "
+        f"{repos[1]}, downloaded where internet is available)"
+    )
+
+
+def _hf_cached(repo_id: str) -> Path | None:
+    from farm.render.presets import _hf_cached as cached  # one rule for "already in the cache"
+
+    return cached(repo_id)
+
+
+def family_of(folder: Path) -> str:
+    """`ControlNetModel` or `T2IAdapter`, from the folder's config; anything else is refused."""
+    import json
+
+    name = json.loads((folder / "config.json").read_text()).get("_class_name")
+    if name not in ("ControlNetModel", "T2IAdapter"):
+        raise ModelNotFoundError(
+            f"{folder} holds a {name!r}, not an SDXL ControlNetModel or T2IAdapter"
+        )
+    return name
+
+
+def load_control_model(folder: Path, device: torch.device, dtype: torch.dtype) -> ControlModel:
+    """A ControlNet or T2I-Adapter from its diffusers folder (the full-precision weights, or
+    the fp16 variant where only that was downloaded), ready for inference."""
+    cls = ControlNetModel if family_of(folder) == "ControlNetModel" else T2IAdapter
+    try:
+        model = cls.from_pretrained(folder, torch_dtype=dtype)
+    except OSError:
+        model = cls.from_pretrained(folder, torch_dtype=dtype, variant="fp16")
+    return model.to(device).eval().requires_grad_(False)
+
+
+class ControlModels:
+    """A preset's control models, each loaded the first time a scene asks for its type: a
+    worker that never sees a pose map never spends memory on a pose ControlNet."""
+
+    def __init__(
+        self, models_dir: Path, device: torch.device, dtype: torch.dtype, *, tiny: bool
+    ) -> None:
+        self.models_dir = models_dir
+        self.device = device
+        self.dtype = dtype
+        self.tiny = tiny
+        self._loaded: dict[ControlType, ControlModel] = {}
+
+    def locate(self, kind: ControlType) -> Path:
+        return locate_control(self.models_dir, kind, tiny=self.tiny)
+
+    def get(self, kind: ControlType) -> ControlModel:
+        if kind not in self._loaded:
+            folder = self.locate(kind)
+            self._loaded[kind] = load_control_model(folder, self.device, self.dtype)
+            log.info("loaded the %s control model from %s", kind.value, folder)
+        return self._loaded[kind]
+
+
+# ---------------------------------------------------------------------- the tiny build
+
+
+def tiny_controlnet(unet: UNet2DConditionModel, seed: int) -> ControlNetModel:
+    """A ControlNet made from the tiny UNet, as ControlNets are trained from their base.
+
+    Its zero convolutions get small seeded random weights instead of zeros: a trained
+    ControlNet's are not zero, and a zero one would add nothing, so the path could not be
+    seen to work. One conditioning stage, since the tiny VAE downsamples by 2, not 8.
+    """
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.05)
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.05)
+        last = controlnet.controlnet_cond_embedding.conv_out
+        last.weight.copy_(torch.randn(last.weight.shape, generator=generator) * 0.05)
+    return controlnet
+
+
+def tiny_adapter(seed: int) -> T2IAdapter:
+    """An SDXL-shaped T2I-Adapter for the tiny UNet: one feature per down block (32 and 64
+    channels at a quarter of the image's side), as `full_adapter_xl` gives SDXL's."""
+    torch.manual_seed(seed)
+    return T2IAdapter(
+        in_channels=3,
+        channels=[32, 64],
+        num_res_blocks=1,
+        downscale_factor=4,
+        adapter_type="full_adapter_xl",
+    )
+
+
+def build_tiny_controls(target: Path, sdxl_dir: Path) -> Path:
+    """One folder per control type under `target`, in diffusers format (`save_pretrained`), so
+    that the tiny presets load them through `load_control_model` as real presets do."""
+    unet = UNet2DConditionModel.from_pretrained(sdxl_dir, subfolder="unet")
+    for seed, kind in enumerate(ControlType, start=11):
+        if _TINY_FAMILY[kind] == "ControlNetModel":
+            model: ControlModel = tiny_controlnet(unet, seed)
+        else:
+            model = tiny_adapter(seed)
+        model.save_pretrained(target / kind.value)
+    return target
+
+
+def ensure_tiny_controls(models_dir: Path) -> Path:
+    """The tiny control models, built once beside the tiny preset (aside, then renamed, so a
+    concurrent caller never sees half a folder)."""
+    from farm.render.tiny import ensure_tiny  # torch-heavy and a builder: only when needed
+
+    final = models_dir / "tiny" / f"controls-{TINY_CONTROLS_BUILD}"
+    if all(_is_model_folder(final / kind.value) for kind in ControlType):
+        return final
+    sdxl_dir = ensure_tiny(models_dir) / "sdxl"
+    scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=".building-controls-"))
+    try:
+        build_tiny_controls(scratch, sdxl_dir)
+        try:
+            os.rename(scratch, final)
+        except OSError:
+            if not all(_is_model_folder(final / kind.value) for kind in ControlType):
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final
+
+
+# ---------------------------------------------------------------------- a batch's residuals
+
+
+def check_controls(
+    controls: Sequence[ControlRequest | None],
+    models: ControlModels | None,
+    height: int,
+    width: int,
+) -> None:
+    """Refuse, before any model runs, a map of the wrong size or a type with no model here."""
+    kinds = {c.type for c in controls if c is not None}
+    if not kinds:
+        return
+    if models is None:
+        raise InputError("this pipeline has no control models: scenes with control cannot render")
+    for control in controls:
+        if control is not None and control.image.size != (width, height):
+            w, h = control.image.size
+            raise InputError(
+                f"a {control.type.value} control image is {w}x{h}, but the render is "
+                f"{width}x{height}; a control map must have the render's size exactly"
+            )
+    for kind in sorted(kinds):
+        models.locate(kind)  # a missing model fails here, not mid-batch
+
+
+def _pixels(image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A map as diffusers' control image processor gives it: RGB in [0, 1], not normalised."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).to(device=device, dtype=dtype)
+
+
+class BatchControl:
+    """The control of one batch: which rows each type steers, their maps and scales, and (for
+    T2I-Adapters) the features, computed once since they do not change with the step."""
+
+    def __init__(
+        self,
+        models: ControlModels,
+        controls: Sequence[ControlRequest | None],
+        *,
+        do_cfg: bool,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        batch = len(controls)
+        self.batch = batch * (2 if do_cfg else 1)
+        self._controlnets: list[tuple[ControlNetModel, list[int], torch.Tensor, torch.Tensor]] = []
+        self._features: list[torch.Tensor] | None = None
+        for kind in sorted({c.type for c in controls if c is not None}):
+            rows = [i for i, c in enumerate(controls) if c is not None and c.type == kind]
+            requests = [controls[i] for i in rows]
+            images = torch.stack([_pixels(c.image, device, dtype) for c in requests])
+            scales = torch.tensor([c.scale for c in requests], device=device, dtype=dtype)
+            if do_cfg:  # the unconditional half is steered too, as in diffusers
+                rows = rows + [batch + i for i in rows]
+                images, scales = torch.cat([images, images]), torch.cat([scales, scales])
+            scales = scales.view(-1, 1, 1, 1)
+            model = models.get(kind)
+            if isinstance(model, ControlNetModel):
+                self._controlnets.append((model, rows, images, scales))
+            else:
+                self._add_features(model(images), rows, scales)
+
+    def _add_features(self, features: list[torch.Tensor], rows: list[int], scales: torch.Tensor):
+        if self._features is None:
+            self._features = [
+                torch.zeros((self.batch, *f.shape[1:]), device=f.device, dtype=f.dtype)
+                for f in features
+            ]
+        for total, feature in zip(self._features, features, strict=True):
+            total[rows] += feature * scales
+
+    def unet_kwargs(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        added_cond_kwargs: dict[str, torch.Tensor],
+    ) -> dict[str, Any]:
+        """The residuals to pass to this step's UNet call, for the whole (CFG-doubled) batch."""
+        kwargs: dict[str, Any] = {}
+        if self._features is not None:
+            # The UNet pops from this list: a fresh one each step.
+            kwargs["down_intrablock_additional_residuals"] = list(self._features)
+        down: list[torch.Tensor] | None = None
+        mid: torch.Tensor | None = None
+        for model, rows, images, scales in self._controlnets:
+            down_part, mid_part = model(
+                sample[rows],
+                timestep,
+                encoder_hidden_states=encoder_hidden_states[rows],
+                controlnet_cond=images,
+                conditioning_scale=1.0,
+                added_cond_kwargs={k: v[rows] for k, v in added_cond_kwargs.items()},
+                return_dict=False,
+            )
+            if down is None or mid is None:
+                down = [sample.new_zeros((self.batch, *d.shape[1:])) for d in down_part]
+                mid = sample.new_zeros((self.batch, *mid_part.shape[1:]))
+            for total, part in zip(down, down_part, strict=True):
+                total[rows] += part * scales
+            mid[rows] += mid_part * scales
+        if down is not None:
+            kwargs["down_block_additional_residuals"] = tuple(down)
+            kwargs["mid_block_additional_residual"] = mid
+        return kwargs

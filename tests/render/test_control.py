@@ -1,0 +1,155 @@
+"""Pose and framing per scene on the tiny preset: ControlNet and T2I-Adapter residuals reach the
+UNet, a zero scale is no control, and control models load from diffusers folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
+from PIL import Image, ImageDraw
+
+from farm.controls import ControlRequest, ControlType
+from farm.errors import InputError, ModelNotFoundError
+from farm.identity.tokens import IdentityTokens
+from farm.render.control import (
+    ControlModels,
+    load_control_model,
+    locate_control,
+    tiny_adapter,
+    tiny_controlnet,
+)
+from farm.render.pipeline import SceneRender
+from farm.render.tiny import ensure_tiny
+from tests.fixtures.tiny import photos_of
+
+SIZE = dict(height=64, width=64)
+
+
+@pytest.fixture(scope="module")
+def newton(tiny) -> IdentityTokens:
+    return tiny.identity.tokens_for(photos_of("newton_man", 1))
+
+
+def pose_map(size: tuple[int, int] = (64, 64)) -> Image.Image:
+    """A stick figure, as an OpenPose skeleton is drawn: coloured limbs on black."""
+    image = Image.new("RGB", size)
+    draw = ImageDraw.Draw(image)
+    draw.line([(32, 10), (32, 40)], fill=(255, 0, 0), width=3)
+    draw.line([(32, 40), (20, 60), (32, 40), (44, 60)], fill=(0, 255, 0), width=3)
+    draw.line([(16, 22), (48, 22)], fill=(0, 0, 255), width=3)
+    return image
+
+
+def final_latents(tiny, identity, renders, **kwargs) -> torch.Tensor:
+    seen: list[torch.Tensor] = []
+    options = dict(steps=2, guidance=5.0, style_strength=20, **SIZE) | kwargs
+    tiny.pipeline(renders, {"img": identity}, callback=lambda s: seen.append(s.latents), **options)
+    return seen[-1]
+
+
+def scene(seed: int, control: ControlRequest | None = None) -> SceneRender:
+    return SceneRender("a man img standing in the street", "lowres", seed, control)
+
+
+@pytest.mark.parametrize("kind", [ControlType.OPENPOSE, ControlType.CANNY])  # ControlNet, adapter
+def test_a_zero_scale_is_no_control_and_a_nonzero_one_moves_the_latents(tiny, newton, kind):
+    plain = final_latents(tiny, newton, [scene(5)])
+    zero = final_latents(tiny, newton, [scene(5, ControlRequest(kind, pose_map(), 0.0))])
+    steered = final_latents(tiny, newton, [scene(5, ControlRequest(kind, pose_map(), 1.0))])
+    assert torch.equal(zero, plain)
+    assert (steered - plain).abs().max() > 1e-3
+
+
+def test_each_render_of_a_batch_has_its_own_control_and_scale(tiny, newton):
+    pose = pose_map()
+    plain = final_latents(tiny, newton, [scene(1), scene(2), scene(3)])
+    mixed = final_latents(
+        tiny,
+        newton,
+        [
+            scene(1, ControlRequest(ControlType.OPENPOSE, pose, 0.0)),
+            scene(2, ControlRequest(ControlType.DEPTH, pose, 1.0)),
+            scene(3),
+        ],
+    )
+    half = final_latents(
+        tiny, newton, [scene(1), scene(2, ControlRequest(ControlType.DEPTH, pose, 0.5)), scene(3)]
+    )
+    # Rows without control (or at scale 0) are untouched by their neighbours' residuals.
+    assert torch.equal(mixed[0], plain[0]) and torch.equal(mixed[2], plain[2])
+    assert torch.equal(half[0], plain[0]) and torch.equal(half[2], plain[2])
+    # The scale is the row's own: half of it moves the latents less than all of it.
+    moved, moved_half = (mixed[1] - plain[1]).abs().mean(), (half[1] - plain[1]).abs().mean()
+    assert 0 < moved_half < moved
+
+
+def test_without_guidance_the_control_still_steers(tiny, newton):
+    control = ControlRequest(ControlType.OPENPOSE, pose_map(), 1.0)
+    plain = final_latents(tiny, newton, [scene(4)], guidance=1.0)
+    steered = final_latents(tiny, newton, [scene(4, control)], guidance=1.0)
+    assert (steered - plain).abs().max() > 1e-3
+
+
+def test_a_control_map_of_the_wrong_size_is_refused_before_rendering(tiny, newton):
+    control = ControlRequest(ControlType.OPENPOSE, pose_map((64, 48)), 1.0)
+    with pytest.raises(InputError, match="control image is 64x48, but the render is 64x64"):
+        tiny.pipeline([scene(1, control)], {"img": newton}, steps=2, **SIZE)
+
+
+def _tiny_unet(models_dir: Path) -> UNet2DConditionModel:
+    return UNet2DConditionModel.from_pretrained(ensure_tiny(models_dir) / "sdxl", subfolder="unet")
+
+
+def test_diffusers_folders_in_the_models_dir_load_through_the_real_loader(
+    tiny, newton, models_dir, tmp_path
+):
+    studio = tmp_path / "models"
+    controlnet = tiny_controlnet(_tiny_unet(models_dir), seed=99)
+    # Where a studio puts its own: controls/<type>/, or a folder named after the official repo.
+    controlnet.save_pretrained(studio / "controls" / "openpose")
+    tiny_adapter(seed=98).save_pretrained(studio / "t2i-adapter-canny-sdxl-1.0", variant="fp16")
+    assert locate_control(studio, ControlType.OPENPOSE) == studio / "controls" / "openpose"
+    loaded = load_control_model(
+        locate_control(studio, ControlType.OPENPOSE), torch.device("cpu"), torch.float32
+    )
+    assert isinstance(loaded, ControlNetModel)
+    for name, weight in controlnet.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], weight), name
+    adapter = load_control_model(
+        locate_control(studio, ControlType.CANNY), torch.device("cpu"), torch.float32
+    )
+    assert isinstance(adapter, T2IAdapter)
+
+    # And they steer a render as the pipeline's own control models.
+    built_in = tiny.pipeline.controls
+    tiny.pipeline.controls = ControlModels(studio, torch.device("cpu"), torch.float32, tiny=False)
+    try:
+        control = ControlRequest(ControlType.OPENPOSE, pose_map(), 1.0)
+        plain = final_latents(tiny, newton, [scene(8)])
+        steered = final_latents(tiny, newton, [scene(8, control)])
+        with pytest.raises(ModelNotFoundError, match="controls/depth"):
+            depth = ControlRequest(ControlType.DEPTH, pose_map(), 1.0)
+            tiny.pipeline([scene(8, depth)], {"img": newton}, steps=2, **SIZE)
+    finally:
+        tiny.pipeline.controls = built_in
+    assert (steered - plain).abs().max() > 1e-3
+
+
+def test_a_missing_control_model_says_where_to_put_it(tmp_path):
+    with pytest.raises(ModelNotFoundError) as caught:
+        locate_control(tmp_path, ControlType.DEPTH)
+    message = str(caught.value)
+    assert str(tmp_path / "controls" / "depth") in message
+    assert "diffusers/controlnet-depth-sdxl-1.0" in message
+    assert "TencentARC/t2i-adapter-depth-midas-sdxl-1.0" in message
+
+
+def test_a_folder_of_another_model_is_refused(tmp_path):
+    folder = tmp_path / "controls" / "canny"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    with pytest.raises(ModelNotFoundError, match="not an SDXL ControlNetModel or T2IAdapter"):
+        load_control_model(folder, torch.device("cpu"), torch.float32)

@@ -488,6 +488,10 @@ class Render(Timestamps, Base):
     # qc_seed is the seed of the image kept, when it is not `seed`.
     qc_retries: Mapped[int] = mapped_column(server_default=text("0"))
     qc_seed: Mapped[int | None] = mapped_column(BigInteger)
+    # The denoising step a running render's batch has reached, of its `steps` (a fast
+    # preset's, not the story's): progress between a batch's start and its end.
+    steps_done: Mapped[int] = mapped_column(server_default=text("0"))
+    steps: Mapped[int | None]
     attempts: Mapped[int] = mapped_column(server_default=text("0"))
     started: Mapped[datetime | None]
     finished: Mapped[datetime | None]

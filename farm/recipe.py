@@ -20,9 +20,10 @@ from farm.story import PlannedRender, Story
 
 
 def render_stem(scene_index: int, variant: int) -> str:
-    """The one naming rule for a render's files (`0003-v1`), locally, in object storage, in
-    downloads and exports; each caller adds its own extension."""
-    return f"{scene_index:04d}-v{variant}"
+    """The one naming rule for a render's files (`0003-v1`: scene 3, as people number scenes,
+    from 1), locally, in object storage, in downloads and exports; each caller adds its own
+    extension."""
+    return f"{scene_index + 1:04d}-v{variant}"
 
 
 def render_filename(scene_index: int, variant: int) -> str:

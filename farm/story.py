@@ -588,14 +588,15 @@ def _describe_problem(problem: Any, source: str) -> str:
     kind = problem["type"]
     path = _field_path(loc) or "(top level)"
     if kind == "missing":
-        return f"{source}: {path}: required field missing"
+        return f"{source}: {path}: required field missing{f' ({scene})' if scene else ''}"
     if kind == "extra_forbidden":
         message = _unknown_field_message(loc)
     elif kind == "value_error":
         message = str(problem["ctx"]["error"])
     else:
         message = problem["msg"][:1].lower() + problem["msg"][1:]
-    return f"{source}: {path}: {message} (got {_shorten(problem['input'])})"
+    seen = f"{scene}; " if scene else ""
+    return f"{source}: {path}: {message} ({seen}got {_shorten(problem['input'])})"
 
 
 def _field_path(loc: tuple[str | int, ...]) -> str:
@@ -625,6 +626,9 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         inner = field.annotation
+    # scenes[2] is what the file says; scene 3 is what a person sees in files and pages.
+    in_scene = len(loc) > 1 and loc[0] == "scenes" and isinstance(loc[1], int)
+    scene = f"scene {loc[1] + 1}" if in_scene else ""
         if get_origin(inner) is list:
             inner = get_args(inner)[0]
         if not (isinstance(inner, type) and issubclass(inner, BaseModel)):

@@ -17,6 +17,7 @@ from farmcli.admin import drain, gc, queues, requeue, resume, workers
 from farmcli.comic import comic
 from farmcli.errors import one_line_errors
 from farmcli.evaluation import evaluate_command
+from farmcli.job_refs import full_job_id
 from farmcli.tokens import tokens
 
 if TYPE_CHECKING:
@@ -176,6 +177,7 @@ def status(job_id: str) -> None:
     from farm.jobs import progress
 
     farm = _farm()
+    job_id = full_job_id(farm, job_id)
     with farm.sessions() as session:
         p = progress(session, job_id)
         shards = session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index))
@@ -202,7 +204,8 @@ def cancel(job_id: str) -> None:
     """Cancel JOB_ID: queued shards are skipped, running ones stop at their next render."""
     from farm.lifecycle import cancel_job
 
-    job = cancel_job(_farm(), job_id)
+    farm = _farm()
+    job = cancel_job(farm, full_job_id(farm, job_id))
     click.echo(f"job {job.id} {job.status}")
 
 
@@ -213,7 +216,8 @@ def retry(job_id: str) -> None:
     """Send the failed and cancelled shards of JOB_ID again."""
     from farm.lifecycle import retry_job
 
-    click.echo(f"{retry_job(_farm(), job_id)} shard(s) sent again")
+    farm = _farm()
+    click.echo(f"{retry_job(farm, full_job_id(farm, job_id))} shard(s) sent again")
 
 
 @main.command()
@@ -230,6 +234,7 @@ def fetch(job_id: str, out_dir: Path) -> None:
     from farm.storage.local import LocalStorage
 
     farm = _farm()
+    job_id = full_job_id(farm, job_id)
     with farm.sessions() as session:
         get_job(session, job_id)
         keys = list(

@@ -275,7 +275,8 @@ def test_a_bad_field_is_refused_naming_its_path(path, value, expected):
 def test_the_value_is_shown_shortened():
     message = problems(with_change("scenes.1.prompt", "a man img " + "x" * 2000))
     line = message.splitlines()[0]
-    assert "(got 'a man img xxx" in line
+    # scenes[1] in the file is scene 2 wherever a person reads it: the message says both.
+    assert "scenes[1].prompt: " in line and "(scene 2; got 'a man img xxx" in line
     assert line.endswith("xxx...)")
     assert len(line) < 200
 
@@ -286,7 +287,7 @@ def test_a_missing_field_is_named():
     del data["scenes"][0]["prompt"]
     message = problems(data)
     assert "s.yaml: character.class_word: required field missing" in message
-    assert "s.yaml: scenes[0].prompt: required field missing" in message
+    assert "s.yaml: scenes[0].prompt: required field missing (scene 1)" in message
 
 
 @pytest.mark.parametrize(

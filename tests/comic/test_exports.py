@@ -94,7 +94,8 @@ def test_renders_zip_holds_each_render_and_a_manifest_of_their_recipes():
     ]
     data = renders_zip(iter(files), job_id="j1", title="Ada")
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        assert archive.namelist() == ["0000-v0.png", "0000-v1.png", "0003-v0.png", "manifest.json"]
+        # Scenes are numbered from 1 in file names, as people number them.
+        assert archive.namelist() == ["0001-v0.png", "0001-v1.png", "0004-v0.png", "manifest.json"]
         manifest = json.loads(archive.read("manifest.json"))
         for entry, original in zip(manifest["renders"], files, strict=True):
             assert archive.read(entry["file"]) == original.data
@@ -106,6 +107,6 @@ def test_renders_zip_holds_each_render_and_a_manifest_of_their_recipes():
         "prompt": "a woman img, scene 0",
         "negative": "blurry",
         "caption": "Zoë wakes — «утро»",
-        "file": "0000-v0.png",
+        "file": "0001-v0.png",
     }
     assert manifest["renders"][2]["caption"] is None

@@ -129,10 +129,10 @@ def test_builds_pages_pdf_cbz_and_renders_zip_into_storage(comic):
         assert b"<PageCount>1</PageCount>" in cbz.read("ComicInfo.xml")
 
     with zipfile.ZipFile(io.BytesIO(comic.storage.get(keys["renders"]))) as archive:
-        files = ["0000-v0.png", "0001-v0.png", "0001-v1.png", "0002-v1.png", "0003-v0.png"]
+        files = ["0001-v0.png", "0002-v0.png", "0002-v1.png", "0003-v1.png", "0004-v0.png"]
         assert archive.namelist() == [*files, "manifest.json"]
         manifest = json.loads(archive.read("manifest.json"))
-        assert archive.read("0002-v1.png") == png(2, 1)
+        assert archive.read("0003-v1.png") == png(2, 1)  # scene index 2 is scene 3
     assert manifest["job"] == comic.job_id
     assert [e["file"] for e in manifest["renders"]] == files
     assert [e["caption"] for e in manifest["renders"]] == [
@@ -157,6 +157,7 @@ def test_rebuilding_overwrites_the_same_keys_and_drops_stale_pages(comic):
         prefix + "comic.cbz",
         prefix + "comic.pdf",
         prefix + "page-001.png",
+        prefix + "picks.json",
     ]
     assert len(PdfReader(io.BytesIO(comic.storage.get(keys["pdf"]))).pages) == 1
 

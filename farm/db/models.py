@@ -303,6 +303,14 @@ class Job(Timestamps, Base):
         self.error = None
         self.finished = None
 
+    def pause(self) -> None:
+        """Hold the job back: its queued shards wait, its running ones stop at their next batch."""
+        _move(self, "pause")
+
+    def resume(self) -> None:
+        """Back to where it was before the pause: running once a shard of it has started."""
+        _move(self, "resume" if self.started is not None else "resume_unstarted")
+
 
 class Shard(Timestamps, Base):
     """A few renders of a job, run as one Celery task under a lease.
@@ -441,6 +449,21 @@ class Shard(Timestamps, Base):
         self.finished = None
         self.sent = None
 
+    def pause(self) -> None:
+        """Its job was paused. A running shard pauses once its worker has stopped it between
+        batches: that run was cut short by a producer, not by a fault, so it is no attempt."""
+        if self.status is ShardStatus.RUNNING:
+            self.attempts = max(self.attempts - 1, 0)
+        _move(self, "pause")
+        self.worker_id = None
+        self.lease_expires = None
+        self.sent = None
+
+    def resume(self) -> None:
+        """Its job was resumed: queued again, and its task is sent again (the outbox)."""
+        _move(self, "resume")
+        self.sent = None
+
     def _end(self, now: datetime | None) -> None:
         self.finished = now or utcnow()
         self.lease_expires = None
@@ -482,6 +505,11 @@ class Render(Timestamps, Base):
     denoise_s: Mapped[float | None]
     decode_s: Mapped[float | None]
     upload_s: Mapped[float | None]
+    # What the render held its device for, from the start of its batch to its image: its share
+    # of the batch and of the shard's identity encoding, plus its QC re-renders; never the
+    # model load. The kind is the device's make ("NVIDIA H200", "cpu"), what a studio bills by.
+    device_s: Mapped[float | None]
+    device_kind: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
     error: Mapped[str | None] = mapped_column(Text)
     face_similarity: Mapped[float | None]
     # Identity QC: renders made again because their face was too far from the character's;
@@ -532,6 +560,8 @@ class Render(Timestamps, Base):
         face_similarity: float | None = None,
         qc_retries: int = 0,
         qc_seed: int | None = None,
+        device_s: float | None = None,
+        device_kind: str | None = None,
         now: datetime | None = None,
     ) -> None:
         _move(self, "finish")
@@ -544,6 +574,8 @@ class Render(Timestamps, Base):
         self.face_similarity = face_similarity
         self.qc_retries = qc_retries
         self.qc_seed = qc_seed
+        self.device_s = device_s
+        self.device_kind = device_kind
         self.finished = now or utcnow()
 
     def fail(self, error: str, now: datetime | None = None) -> None:
@@ -732,12 +764,27 @@ def _role_column() -> Any:
 
 
 class Project(Timestamps, Base):
-    """A studio team: its characters and jobs are seen and touched by its own people only."""
+    """A studio team: its characters and jobs are seen and touched by its own people only.
+
+    It also holds the team's share of the farm (farm/scheduling.py): while several projects
+    have work queued, free workers go to each in proportion to `share_weight`, and never to
+    more than `max_running_shards` of its shards at once. `share_pass` is how far it has been
+    served, in shards over weight: the project furthest behind is served next.
+    """
 
     __tablename__ = "projects"
+    __table_args__ = (
+        CheckConstraint("share_weight > 0", name="share_weight_positive"),
+        CheckConstraint(
+            "max_running_shards IS NULL OR max_running_shards > 0", name="max_running_positive"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(80), unique=True)
+    share_weight: Mapped[float] = mapped_column(server_default=text("1"))
+    max_running_shards: Mapped[int | None]
+    share_pass: Mapped[float] = mapped_column(server_default=text("0"))
 
 
 def project_or_default(project_id: int | None) -> Any:

@@ -32,6 +32,9 @@ class JobStatus(StrEnum):
     # A job submitted with `approval: preview`: its preview job renders, then it waits, holding
     # no GPU, until scenes are approved for full quality (farm/approval.py).
     AWAITING_APPROVAL = "awaiting_approval"
+    # A producer held the job back (`farm pause`): its shards wait, holding no worker, until it
+    # is resumed (farm/scheduling.py).
+    PAUSED = "paused"
 
 
 class ShardStatus(StrEnum):
@@ -40,6 +43,7 @@ class ShardStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"  # its job is paused: no worker may claim it
 
 
 class RenderStatus(StrEnum):
@@ -79,12 +83,17 @@ _LIVE = {_W.STARTING, _W.IDLE, _W.BUSY, _W.DRAINING}
 # ("approve") and awaits again once they are done while scenes remain unapproved ("await").
 JOB_MOVES: Mapping[str, Move] = {
     "start": Move({_J.QUEUED, _J.RUNNING}, _J.RUNNING),
-    "succeed": Move({_J.RUNNING}, _J.SUCCEEDED),
-    "fail": Move({_J.QUEUED, _J.RUNNING}, _J.FAILED),
-    "cancel": Move({_J.QUEUED, _J.RUNNING, _J.AWAITING_APPROVAL}, _J.CANCELLED),
+    # A paused job ends when the shard it was still running was its last.
+    "succeed": Move({_J.RUNNING, _J.PAUSED}, _J.SUCCEEDED),
+    "fail": Move({_J.QUEUED, _J.RUNNING, _J.PAUSED}, _J.FAILED),
+    "cancel": Move({_J.QUEUED, _J.RUNNING, _J.AWAITING_APPROVAL, _J.PAUSED}, _J.CANCELLED),
     "reopen": Move({_J.FAILED, _J.CANCELLED, _J.SUCCEEDED, _J.AWAITING_APPROVAL}, _J.RUNNING),
     "approve": Move({_J.AWAITING_APPROVAL}, _J.QUEUED),
     "await": Move({_J.QUEUED, _J.RUNNING}, _J.AWAITING_APPROVAL),
+    # A paused job resumes where it was: running if a shard of it ever started, else queued.
+    "pause": Move({_J.QUEUED, _J.RUNNING}, _J.PAUSED),
+    "resume": Move({_J.PAUSED}, _J.RUNNING),
+    "resume_unstarted": Move({_J.PAUSED}, _J.QUEUED),
 }
 # A running shard starts again when a redelivered task takes over from a dead worker.
 SHARD_MOVES: Mapping[str, Move] = {
@@ -94,8 +103,11 @@ SHARD_MOVES: Mapping[str, Move] = {
     "interrupt": Move({_S.RUNNING}, _S.QUEUED),  # its worker was told to stop: no attempt
     "succeed": Move({_S.RUNNING}, _S.SUCCEEDED),
     "fail": Move({_S.QUEUED, _S.RUNNING}, _S.FAILED),
-    "cancel": Move({_S.QUEUED, _S.RUNNING}, _S.CANCELLED),
+    "cancel": Move({_S.QUEUED, _S.RUNNING, _S.PAUSED}, _S.CANCELLED),
     "reopen": Move({_S.FAILED, _S.CANCELLED}, _S.QUEUED),
+    # A running shard pauses at its next batch: what it rendered stays done, the rest waits.
+    "pause": Move({_S.QUEUED, _S.RUNNING}, _S.PAUSED),
+    "resume": Move({_S.PAUSED}, _S.QUEUED),
 }
 # A running render was left by a dead worker, a failed one is tried again by the next attempt.
 RENDER_MOVES: Mapping[str, Move] = {

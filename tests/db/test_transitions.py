@@ -235,6 +235,9 @@ METHODS: dict[type, dict[str, Callable[[Any], object]]] = {
         "fail": lambda j: j.fail("error"),
         "cancel": lambda j: j.cancel(),
         "reopen": lambda j: j.reopen(),
+        "pause": lambda j: j.pause(),
+        "resume": lambda j: (setattr(j, "started", datetime.now(UTC)), j.resume()),
+        "resume_unstarted": lambda j: j.resume(),  # a job that never started waits again
     },
     Shard: {
         "start": lambda s: s.start("w", 60),
@@ -244,6 +247,8 @@ METHODS: dict[type, dict[str, Callable[[Any], object]]] = {
         "fail": lambda s: s.fail("error"),
         "cancel": lambda s: s.cancel(),
         "reopen": lambda s: s.reopen(),
+        "pause": lambda s: s.pause(),
+        "resume": lambda s: s.resume(),
     },
     Render: {
         "start": lambda r: r.start("w", "cpu"),
@@ -332,6 +337,13 @@ _PAIRS = {
         (_J.FAILED, _J.RUNNING),
         (_J.CANCELLED, _J.RUNNING),
         (_J.SUCCEEDED, _J.RUNNING),
+        (_J.QUEUED, _J.PAUSED),
+        (_J.RUNNING, _J.PAUSED),
+        (_J.PAUSED, _J.QUEUED),
+        (_J.PAUSED, _J.RUNNING),
+        (_J.PAUSED, _J.SUCCEEDED),
+        (_J.PAUSED, _J.FAILED),
+        (_J.PAUSED, _J.CANCELLED),
     },
     Shard: {
         (_S.QUEUED, _S.RUNNING),
@@ -344,6 +356,10 @@ _PAIRS = {
         (_S.RUNNING, _S.CANCELLED),
         (_S.FAILED, _S.QUEUED),
         (_S.CANCELLED, _S.QUEUED),
+        (_S.QUEUED, _S.PAUSED),
+        (_S.RUNNING, _S.PAUSED),
+        (_S.PAUSED, _S.QUEUED),
+        (_S.PAUSED, _S.CANCELLED),
     },
     Render: {
         (_R.QUEUED, _R.RUNNING),

@@ -42,6 +42,7 @@ from farm.story import PlannedRender, Story
 from workers.finisher import Rendered, ShardRun
 from workers.qc import IdentityCheck
 from workers.runtime import WorkerRuntime
+from workers.steps import StepReporter
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,13 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
             raise RenderCancelled("job cancelled")  # between batches: the shard stops
         try:
             # Splits a batch, then offloads, on out-of-memory errors.
-            result = loaded.render([p for _, p in batch], settings, identities, class_words)
+            result = loaded.render(
+                [p for _, p in batch],
+                settings,
+                identities,
+                class_words,
+                callback=StepReporter(runtime.farm, claim.job_id, ids, settings.steps),
+            )
         except InputError as error:  # a scene that can never render
             if len(batch) > 1:
                 batch_size = 1  # one at a time: the others render, only that one fails

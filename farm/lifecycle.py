@@ -25,6 +25,7 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from farm import blocklist
 from farm.context import Farm
 from farm.db.models import Job, Render, Shard, Worker
 from farm.db.retry import retried_on_lost_race
@@ -154,6 +155,7 @@ def _end_shard(farm: Farm, worker: str, shard_id: int, job_id: str, error: str |
         elif error == CANCELLED:
             cancel_shard(session, shard)
         else:
+            blocklist.record_failure(session, job_id, worker, error)
             resend = requeue_shard(session, shard, error)
         outcome = str(shard.status)
     if resend is not None:
@@ -161,6 +163,39 @@ def _end_shard(farm: Farm, worker: str, shard_id: int, job_id: str, error: str |
         outcome = "requeued after an error"
     farm.events.publish(job_id, f"shard.{outcome.split()[0]}", shard=shard_id, error=error)
     return outcome
+
+
+def interrupt_shard(
+    farm: Farm,
+    worker: str,
+    shard_id: int,
+    job_id: str,
+    reason: str,
+    checkpoint_key: str | None = None,
+    checkpoint_step: int | None = None,
+) -> str:
+    """Give back a shard whose worker was told to stop (preemption, scale-down, drain): its
+    run is not an attempt, its unfinished renders wait again, and the next run resumes from
+    `checkpoint_key` (at `checkpoint_step`) when the run left one. Sent again at once, for
+    another worker to take. Returns what became of it."""
+
+    @retried_on_lost_race
+    def interrupt() -> ShardTask | None:
+        with farm.sessions.begin() as session:
+            shard = session.get_one(Shard, shard_id, with_for_update=True)
+            if shard.status is not ShardStatus.RUNNING or shard.worker_id != worker:
+                return None  # reaped while it ran: the reaper has sent it again
+            shard.interrupt(reason, checkpoint_key, checkpoint_step)
+            _move_renders(session, "interrupt", Render.shard_id == shard_id)
+            job = session.get_one(Job, job_id)
+            return ShardTask(shard.id, job.id, job.preset, job.priority)
+
+    task = _while_database_returns(farm, f"interrupting shard {shard_id}", interrupt)
+    if task is None:
+        return "lost the shard meanwhile"
+    send_shards(farm, [task])
+    farm.events.publish(job_id, "shard.interrupted", shard=shard_id, step=checkpoint_step)
+    return "interrupted"
 
 
 def release_worker(farm: Farm, worker: str, shard_id: int, done: int, failed: int) -> None:
@@ -307,6 +342,7 @@ def retry_job(farm: Farm, job_id: str) -> int:
         for shard in shards:
             shard.reopen()
         _reopen_renders_of(session, [s.id for s in shards])
+        blocklist.clear(session, job_id)
         job.reopen()
         tasks = [ShardTask(s.id, job.id, job.preset, job.priority) for s in shards]
     send_shards(farm, tasks)
@@ -323,6 +359,8 @@ def reap_expired(
     """A shard whose lease expired: requeued (the task to send again), or failed with its
     renders when no attempt is left, which may end its job (the status it ended as)."""
     reason = f"lease expired on {shard.worker_id} (no heartbeat since {shard.lease_expires})"
+    if shard.worker_id is not None:  # the run died with its worker, or took it down
+        blocklist.record_failure(session, shard.job_id, shard.worker_id, reason)
     task = requeue_shard(session, shard, reason, now)
     if task is not None:
         return task, None

@@ -8,6 +8,7 @@ target's own label (its pod or host and port), with `farm_worker_info` to join o
 | metric | type | labels |
 |---|---|---|
 | `farm_renders_total` | counter | preset, outcome (done, failed) |
+| `farm_shard_interruptions_total` | counter | preset (shards handed on: their worker must stop) |
 | `farm_render_phase_seconds` | histogram | preset, phase (identity, denoise, decode, upload) |
 | `farm_identity_cache_hits_total` | counter | tier (memory, storage) |
 | `farm_identity_cache_misses_total` | counter | - (the tokens were computed) |
@@ -48,6 +49,7 @@ MAX_PORT = 65535
 @dataclass(frozen=True)
 class WorkerMetrics:
     renders: Counter
+    interruptions: Counter
     render_seconds: Histogram
     identity_hits: Counter
     identity_misses: Counter
@@ -61,6 +63,11 @@ def worker_metrics() -> WorkerMetrics:
     """The process's metric objects, registered once in prometheus_client's default registry."""
     return WorkerMetrics(
         renders=Counter("farm_renders", "Renders finished by this worker.", ["preset", "outcome"]),
+        interruptions=Counter(
+            "farm_shard_interruptions",
+            "Shards this worker handed on because it was told to stop; not failures.",
+            ["preset"],
+        ),
         render_seconds=Histogram(
             "farm_render_phase_seconds",
             "Seconds of one render spent in each phase (identity: its share of the shard's).",
@@ -93,6 +100,10 @@ def record_render(preset: str, *, done: bool, phases: Mapping[str, float | None]
             raise ValueError(f"unknown render phase {phase!r}; the phases are {PHASES}")
         if seconds is not None:
             metrics.render_seconds.labels(preset=preset, phase=phase).observe(seconds)
+
+
+def record_interruption(preset: str) -> None:
+    worker_metrics().interruptions.labels(preset=preset).inc()
 
 
 def record_identity_lookup(source: Literal["memory", "storage", "computed"]) -> None:

@@ -20,6 +20,7 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
+    worker_shutting_down,
 )
 
 from farm.context import Farm
@@ -39,11 +40,19 @@ _runtime: WorkerRuntime | None = None
 # Set in the main process once its consumer takes tasks; the pool children, forked from it,
 # share it and report their worker ready only then (workers.runtime).
 CONSUMING = multiprocessing.Event()
+# Set in the main process when it begins a shutdown (SIGTERM); the pool child, sharing it,
+# checkpoints its running batch and hands its shard on instead of finishing it.
+STOPPING = multiprocessing.Event()
 
 
 @worker_ready.connect
 def _consuming(**_: object) -> None:
     CONSUMING.set()
+
+
+@worker_shutting_down.connect
+def _stopping(**_: object) -> None:
+    STOPPING.set()
 
 
 @setup_logging.connect
@@ -59,7 +68,7 @@ def _load_presets(**_: object) -> None:
     port = metrics_port(farm.settings.metrics_port, SLOT)
     if port is not None:  # before the models load: a scrape shows a worker that is starting
         start_metrics_server(port)
-    _runtime = WorkerRuntime.start(farm, PRESETS, SLOT, consuming=CONSUMING)
+    _runtime = WorkerRuntime.start(farm, PRESETS, SLOT, consuming=CONSUMING, stopping=STOPPING)
 
 
 @worker_process_shutdown.connect

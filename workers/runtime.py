@@ -68,6 +68,11 @@ class WorkerRuntime:
     # Set by the Celery main process once its consumer takes tasks (workers.celery_app); None
     # where no consumer is waited for.
     consuming: ProcessEvent | None = None
+    # Set by the Celery main process when it is told to stop (SIGTERM: a spot node reclaimed,
+    # a scale-down): the running batch then checkpoints and its shard is handed on
+    # (workers/shard.py). `farm drain` asks the same through the worker's row.
+    stopping: ProcessEvent | None = None
+    _drain_seen: threading.Event = field(default_factory=threading.Event)
     # Claimed and not yet ended: the one rendering, and those the finisher still stores.
     _held: set[int] = field(default_factory=set)
     _held_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -88,6 +93,7 @@ class WorkerRuntime:
         preset_names: list[str],
         slot: str = "0",
         consuming: ProcessEvent | None = None,
+        stopping: ProcessEvent | None = None,
     ) -> WorkerRuntime:
         """Register the worker, load every preset it hosts, then beat: ready at the first beat
         that finds the Celery consumer taking tasks."""
@@ -95,7 +101,12 @@ class WorkerRuntime:
         torch_device = pick_device(farm.settings.device)
         label = f"{torch_device.type}{slot}"
         runtime = cls(
-            farm, worker_name(label), str(torch_device), preset_names, consuming=consuming
+            farm,
+            worker_name(label),
+            str(torch_device),
+            preset_names,
+            consuming=consuming,
+            stopping=stopping,
         )
         set_process_context(worker=runtime.name)
         watch_worker(runtime.name, runtime.device, preset_names, lambda: runtime.current_shard)
@@ -158,6 +169,10 @@ class WorkerRuntime:
         with self._held_lock:
             self._held.discard(shard_id)
 
+    def stop_requested(self) -> bool:
+        """Whether the worker was told to stop: asked before every denoising step, so cheap."""
+        return self._drain_seen.is_set() or (self.stopping is not None and self.stopping.is_set())
+
     def _consumer_started(self) -> bool:
         return self.consuming is None or self.consuming.is_set()
 
@@ -182,6 +197,10 @@ class WorkerRuntime:
                 WorkerStatus.LOST,
             ):
                 worker.beat()
+                if worker.status is WorkerStatus.DRAINING:  # `farm drain`; `farm resume` undoes it
+                    self._drain_seen.set()
+                else:
+                    self._drain_seen.clear()
                 if worker.status is WorkerStatus.STARTING and self._consumer_started():
                     worker.ready()
                     log.info(

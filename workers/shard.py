@@ -18,7 +18,17 @@ from dataclasses import dataclass, replace
 from PIL import Image
 from sqlalchemy import select
 
-from farm.db.models import CastMember, Character, Job, Render, Shard, StoredIdentityTokens, Worker
+from farm import blocklist
+from farm.db.models import (
+    CastMember,
+    Character,
+    Job,
+    Render,
+    Shard,
+    StoredIdentityTokens,
+    Worker,
+    WorkerFailures,
+)
 from farm.db.retry import retried_on_lost_race
 from farm.db.states import RENDER_MOVES, ShardStatus
 from farm.db.types import utcnow
@@ -31,12 +41,15 @@ from farm.lifecycle import (
     end_shard,
     fail_renders,
     fail_shard,
+    interrupt_shard,
     release_worker,
     start_renders,
 )
 from farm.logs import log_context
-from farm.metrics import record_render
+from farm.metrics import record_interruption, record_render
+from farm.queue.outbox import ShardTask, send_shards
 from farm.recipe import RenderSettings
+from farm.render.checkpoint import Checkpoint, CheckpointError, RenderInterrupted
 from farm.render.pipeline import RenderCancelled
 from farm.story import PlannedRender, Story
 from workers.finisher import Rendered, ShardRun
@@ -48,6 +61,33 @@ log = logging.getLogger(__name__)
 
 _ENDED = (ShardStatus.SUCCEEDED, ShardStatus.FAILED, ShardStatus.CANCELLED)
 _TODO = RENDER_MOVES["start"].sources  # the renders a shard's run still makes
+# A worker kept off a job waits this long before handing the job's shard back to the queue:
+# the pause is all that stops it taking the same task again at once while the other workers
+# are busy.
+DECLINE_PAUSE_S = 2.0
+
+
+def checkpoint_key(job_id: str, shard_id: int) -> str:
+    """Where an interrupted shard's batch waits to be resumed: one object per shard, which the
+    next interruption of the shard overwrites."""
+    return f"jobs/{job_id}/checkpoints/shard-{shard_id}.pt"
+
+
+@dataclass(frozen=True)
+class Declined:
+    """A shard of a job this worker is kept off (farm/blocklist.py): sent back for another."""
+
+    task: ShardTask
+
+
+class ShardInterrupted(Exception):
+    """The worker was told to stop: the shard goes back, resumed from `key` at `step` if a
+    batch was stopped midway (None when it stopped between batches)."""
+
+    def __init__(self, key: str | None = None, step: int | None = None) -> None:
+        super().__init__("interrupted" if step is None else f"interrupted at step {step}")
+        self.key = key
+        self.step = step
 
 
 @dataclass(frozen=True)
@@ -71,6 +111,7 @@ class Claim:
     render_ids: list[int]
     # The rest of the story's cast: (trigger in the prompts, character).
     cast: list[tuple[str, Character]]
+    checkpoint_key: str | None = None  # an interrupted run's, which this run resumes
 
 
 def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None) -> Future[str]:
@@ -81,6 +122,10 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
     if isinstance(claim, Ended):
         close_job(runtime.farm, claim.job_id)
         claim = claim.outcome
+    if isinstance(claim, Declined):
+        time.sleep(DECLINE_PAUSE_S)
+        send_shards(runtime.farm, [claim.task])
+        claim = f"declined: {runtime.name} is kept off job {claim.task.job_id}; sent back"
     if isinstance(claim, str):
         log.info("shard %s: %s", shard_id, claim)
         ended: Future[str] = Future()
@@ -91,25 +136,47 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
         runtime.hold(shard_id)
         runtime.current_shard = shard_id
         error = None
+        stopped = None
         try:
             _render(runtime, run, claim)
         except RenderCancelled:
             error = CANCELLED
+        except ShardInterrupted as interruption:
+            stopped = interruption
         except Exception as failure:
             log.exception("shard %s of job %s failed", shard_id, claim.job_id)
             error = f"{type(failure).__name__}: {failure}"
         finally:
             runtime.current_shard = None
-        return runtime.finisher.then(functools.partial(_end, runtime, run, error))
+        return runtime.finisher.then(functools.partial(_end, runtime, run, error, stopped))
 
 
-def _end(runtime: WorkerRuntime, run: ShardRun, error: str | None) -> str:
+def _end(
+    runtime: WorkerRuntime,
+    run: ShardRun,
+    error: str | None,
+    stopped: ShardInterrupted | None = None,
+) -> str:
     """The finisher's last step of a shard, after its last batch is recorded."""
     if error is None and run.store_error is not None:
         error = f"{type(run.store_error).__name__}: {run.store_error}"
     farm = runtime.farm
     try:
-        outcome = end_shard(farm, runtime.name, run.shard_id, run.job_id, error)
+        if stopped is not None and error is None:
+            reason = f"interrupted on {runtime.name}: the worker was told to stop"
+            where = "" if stopped.step is None else f"; resumes at step {stopped.step}"
+            outcome = interrupt_shard(
+                farm,
+                runtime.name,
+                run.shard_id,
+                run.job_id,
+                reason + where,
+                stopped.key,
+                stopped.step,
+            )
+            record_interruption(run.preset)
+        else:
+            outcome = end_shard(farm, runtime.name, run.shard_id, run.job_id, error)
         log.info("shard %s: %s", run.shard_id, outcome)
         release_worker(farm, runtime.name, run.shard_id, run.tally.done, run.tally.failed)
         close_job(farm, run.job_id)
@@ -146,6 +213,17 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
         if job.cancel_requested:
             cancel_shard(session, shard, now)
             return Ended("cancelled before it started", job.id)
+        if blocklist.is_blocked(session, job.id, runtime.name):
+            if blocklist.workers_left(session, job.id, job.preset):
+                return Declined(ShardTask(shard.id, job.id, job.preset, job.priority))
+            fail_shard(
+                session,
+                shard,
+                f"no worker may take it: every live worker hosting {job.preset} failed "
+                f"{WorkerFailures.BLOCKLIST_AFTER} of this job's shards and is kept off it",
+                now,
+            )
+            return Ended("failed: every worker is kept off its job", job.id)
         if not shard.attempts_left:
             fail_shard(
                 session,
@@ -178,7 +256,16 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
             PlannedRender(r.scene_index, r.variant, r.prompt, r.negative, r.seed, r.caption)
             for r in rows
         ]
-        return Claim(job.id, job.preset, story, character, renders, [r.id for r in rows], cast)
+        return Claim(
+            job.id,
+            job.preset,
+            story,
+            character,
+            renders,
+            [r.id for r in rows],
+            cast,
+            shard.checkpoint_key,
+        )
 
 
 def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
@@ -230,20 +317,36 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
         again = replace(planned, seed=seed)
         return loaded.render([again], settings, identities, class_words).images[0]
 
+    resume = _checkpoint(runtime, claim)
+    if resume is not None:  # the interrupted batch first, as it was made up
+        batch_size = len(resume.seeds)
     while todo:
         batch, rest = todo[:batch_size], todo[batch_size:]
         ids = [render_id for render_id, _ in batch]
+        if runtime.stop_requested():
+            raise ShardInterrupted()  # between batches: nothing to keep but what is stored
         if not start_renders(runtime.farm, runtime.name, runtime.device, claim.job_id, ids):
             raise RenderCancelled("job cancelled")  # between batches: the shard stops
+        seeds = [p.seed for _, p in batch]
+        hooks: dict[str, object] = {
+            "interrupted": runtime.stop_requested,
+            "callback": StepReporter(runtime.farm, claim.job_id, ids, settings.steps),
+        }
+        if resume is not None:
+            if resume.fits(seeds, settings.steps):
+                hooks["resume"] = resume
+                log.info("shard %s resumes its batch at step %d", run.shard_id, resume.step)
+            resume, batch_size = None, loaded.preset.batch_size
         try:
             # Splits a batch, then offloads, on out-of-memory errors.
             result = loaded.render(
-                [p for _, p in batch],
-                settings,
-                identities,
-                class_words,
-                callback=StepReporter(runtime.farm, claim.job_id, ids, settings.steps),
+                [p for _, p in batch], settings, identities, class_words, **hooks
             )
+        except RenderInterrupted as interruption:
+            raise _keep(runtime, run, interruption.checkpoint) from interruption
+        except CheckpointError as error:
+            log.warning("shard %s: not resumed (%s); the batch starts over", run.shard_id, error)
+            continue
         except InputError as error:  # a scene that can never render
             if len(batch) > 1:
                 batch_size = 1  # one at a time: the others render, only that one fails
@@ -254,6 +357,8 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
                 record_render(claim.preset, done=False, phases={})
             todo = rest
             continue
+        if "resume" in hooks and claim.checkpoint_key is not None:
+            _forget(runtime, claim.checkpoint_key)
         per_render = {k: v / len(batch) for k, v in result.timings.items()}
         rendered = []
         for (render_id, planned), image in zip(batch, result.images, strict=True):
@@ -275,6 +380,41 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
             )
         runtime.finisher.store(run, check, rendered)
         todo = rest
+
+
+def _checkpoint(runtime: WorkerRuntime, claim: Claim) -> Checkpoint | None:
+    """The checkpoint an interrupted run of the shard left, if it can be read; a shard whose
+    checkpoint is lost or damaged renders its batch from the start, which costs only time."""
+    if claim.checkpoint_key is None:
+        return None
+    try:
+        return Checkpoint.from_bytes(runtime.farm.storage.get(claim.checkpoint_key))
+    except (CheckpointError, OSError, KeyError) as error:
+        log.warning("checkpoint %s not read (%s): starting over", claim.checkpoint_key, error)
+        return None
+
+
+def _forget(runtime: WorkerRuntime, key: str) -> None:
+    """A checkpoint resumed is not needed again; one left behind only costs storage."""
+    try:
+        runtime.farm.storage.delete(key)
+    except Exception:
+        log.warning("checkpoint %s was resumed but not deleted", key, exc_info=True)
+
+
+def _keep(runtime: WorkerRuntime, run: ShardRun, checkpoint: Checkpoint) -> ShardInterrupted:
+    """Store the stopped batch's checkpoint for the next run; if storage refuses it, the shard
+    is handed on all the same, to start that batch over."""
+    key = checkpoint_key(run.job_id, run.shard_id)
+    try:
+        runtime.farm.storage.put(key, checkpoint.to_bytes())
+    except Exception:
+        log.exception(
+            "shard %s: its checkpoint was not stored; the batch starts over", run.shard_id
+        )
+        return ShardInterrupted()
+    log.info("shard %s stopped at step %d of %d", run.shard_id, checkpoint.step, checkpoint.steps)
+    return ShardInterrupted(key, checkpoint.step)
 
 
 def _record_identity(

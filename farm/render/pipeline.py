@@ -37,6 +37,15 @@ from farm.identity.prompt import (
     text_only_prompt,
 )
 from farm.identity.tokens import IdentityTokens
+from farm.render.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    RenderInterrupted,
+    generator_states,
+    restore_generators,
+    restore_scheduler,
+    scheduler_state,
+)
 from farm.render.control import BatchControl, ControlModels, check_controls
 from farm.settings import NOISE_DEVICES
 
@@ -401,8 +410,13 @@ class PhotoMakerPipeline:
         class_words: Mapping[str, str] | None = None,
         callback: Callable[[StepState], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        interrupted: Callable[[], bool] | None = None,
+        resume: Checkpoint | None = None,
     ) -> RenderResult:
-        """Render every scene of `renders` as one batch; `identities` maps trigger -> tokens."""
+        """Render every scene of `renders` as one batch; `identities` maps trigger -> tokens.
+        `interrupted` asked true before a step stops the batch with `RenderInterrupted`,
+        whose checkpoint, passed back as `resume`, continues it at that step with the same
+        pixels (farm/render/checkpoint.py)."""
         # 0. Defaults: a fresh scheduler per call, since schedulers carry step state.
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         timings: dict[str, float] = {}
@@ -427,8 +441,17 @@ class PhotoMakerPipeline:
         timesteps = scheduler.timesteps
 
         # 5. Latents, each from its render's own seed.
-        latents, generators = self.prepare_latents([r.seed for r in renders], height, width)
+        seeds = [r.seed for r in renders]
+        latents, generators = self.prepare_latents(seeds, height, width)
         latents = latents * scheduler.init_noise_sigma
+        first = 0
+        if resume is not None:  # where an interrupted run of this batch stopped
+            if not resume.fits(seeds, steps):
+                raise CheckpointError(f"the checkpoint at step {resume.step} is not this batch's")
+            latents = resume.latents.to(self.device, latents.dtype)
+            restore_scheduler(scheduler, resume.scheduler, self.device)
+            restore_generators(generators, resume.generators)
+            first = resume.step
 
         # 6. SDXL's micro-conditioning: original size, crop (0, 0), target size.
         time_ids = torch.tensor(
@@ -444,8 +467,14 @@ class PhotoMakerPipeline:
         # 7. Denoising loop.
         denoise_started = time.perf_counter()
         for i, t in enumerate(timesteps):
+            if i < first:
+                continue
             if cancelled is not None and cancelled():
                 raise RenderCancelled(f"cancelled at step {i}")
+            if interrupted is not None and i > first and interrupted():
+                state = (scheduler_state(scheduler), generator_states(generators))
+                stopped = Checkpoint(i, steps, tuple(seeds), latents, *state)
+                raise RenderInterrupted(stopped)
             uses_identity = i > merge_step
             if uses_identity:
                 cond, pooled = embeds.id_prompt, embeds.id_pooled

@@ -587,6 +587,9 @@ def _describe_problem(problem: Any, source: str) -> str:
     loc = problem["loc"]
     kind = problem["type"]
     path = _field_path(loc) or "(top level)"
+    # scenes[2] is what the file says; scene 3 is what a person sees in files and pages.
+    in_scene = len(loc) > 1 and loc[0] == "scenes" and isinstance(loc[1], int)
+    scene = f"scene {loc[1] + 1}" if in_scene else ""
     if kind == "missing":
         return f"{source}: {path}: required field missing{f' ({scene})' if scene else ''}"
     if kind == "extra_forbidden":
@@ -626,9 +629,6 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         inner = field.annotation
-    # scenes[2] is what the file says; scene 3 is what a person sees in files and pages.
-    in_scene = len(loc) > 1 and loc[0] == "scenes" and isinstance(loc[1], int)
-    scene = f"scene {loc[1] + 1}" if in_scene else ""
         if get_origin(inner) is list:
             inner = get_args(inner)[0]
         if not (isinstance(inner, type) and issubclass(inner, BaseModel)):

@@ -14,7 +14,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -315,6 +315,15 @@ class Story(BaseModel):
     )
     qc_retries: int = Field(
         default=2, ge=0, le=5, description="How many new seeds a render under the bar may try."
+    )
+    title: Annotated[str, StringConstraints(strip_whitespace=True, max_length=120)] | None = Field(
+        default=None,
+        description="The job's name, which its downloads carry (default: the character and date).",
+    )
+    approval: Literal["none", "preview"] = Field(
+        default="none",
+        description="'preview': render every scene fast at low resolution first, and render at "
+        "full quality, with the same seeds, only the scenes approved.",
     )
     scenes: list[Scene] = Field(min_length=1, max_length=MAX_SCENES)
 

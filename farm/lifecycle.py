@@ -29,9 +29,10 @@ from farm import blocklist
 from farm.context import Farm
 from farm.db.models import Job, Render, Shard, Worker
 from farm.db.retry import retried_on_lost_race
-from farm.db.states import RENDER_MOVES, JobStatus, RenderStatus, ShardStatus
+from farm.db.states import JOB_MOVES, RENDER_MOVES, JobStatus, RenderStatus, ShardStatus
 from farm.db.types import utcnow
 from farm.errors import InputError
+from farm.preview import awaits_approval, preview_of
 from farm.queue.outbox import ShardTask, send_finalize, send_shards
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,10 @@ def finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
         .where(Shard.job_id == job_id, Shard.status == ShardStatus.FAILED)
         .order_by(Shard.index)
     ).all()
+    ends = job.cancel_requested or failed or job.status is JobStatus.PAUSED
+    if not ends and awaits_approval(session, job):  # its approved scenes are done, others wait
+        job.await_approval()
+        return None
     job.finalize_pending = True  # in this transaction: the end is announced, now or by the reaper
     if job.cancel_requested:
         job.cancel()
@@ -263,6 +268,8 @@ def finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         job.fail(f"shard {index} failed{more}: {error}; `farm retry` sends what failed again")
     else:
+        if job.status is JobStatus.QUEUED:
+            job.start()  # approved scenes whose renders the project had: none had to run
         job.succeed()
     return job.status
 
@@ -296,14 +303,20 @@ def get_job(session: Session, job_id: str) -> Job:
     return job
 
 
+CANCELS = JOB_MOVES["cancel"].sources  # the jobs `farm cancel` takes
+
+
 @retried_on_lost_race
 def cancel_job(farm: Farm, job_id: str) -> Job:
     """Queued shards end cancelled at once; a running shard stops at its next render."""
     now = utcnow()
     with farm.sessions.begin() as session:
         job = get_job(session, job_id)
-        if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
-            raise InputError(f"job {job_id} is {job.status}; only queued or running jobs cancel")
+        if job.status not in CANCELS:
+            raise InputError(
+                f"job {job_id} is {job.status}; only queued, running, paused or awaiting "
+                "approval jobs cancel"
+            )
         job.request_cancel()
         queued = list(
             session.scalars(
@@ -318,6 +331,9 @@ def cancel_job(farm: Farm, job_id: str) -> Job:
         )
         if running is None:
             job.cancel(now)
+        preview = preview_of(session, job_id)
+    if preview is not None and preview.status in CANCELS:
+        cancel_job(farm, preview.id)  # its preview no longer serves anything
     farm.events.publish(job_id, "job.cancel_requested")
     return job
 

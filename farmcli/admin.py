@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 CONTROL_TIMEOUT_S = 5.0  # a node answers from its main process, even while its child renders
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+def columns(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     """Left-aligned columns as wide as their widest cell; numbers right-aligned."""
     cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
@@ -80,7 +80,7 @@ def workers() -> None:
         for w in rows
     ]
     headers = ("WORKER", "STATE", "DEVICE", "PRESETS", "SHARD", "JOB", "BEAT", "DONE", "FAILED")
-    for line in _table(headers, table):
+    for line in columns(headers, table):
         click.echo(line)
     click.echo(reaper.line())
 
@@ -104,7 +104,7 @@ def queues() -> None:
         waiting = "unknown" if row.broker_messages is None else row.broker_messages
         table.append((row.queue, row.queued_shards, row.running_shards, waiting, spread))
     headers = ("QUEUE", "QUEUED", "RUNNING", "WAITING", "BY PRIORITY")
-    for line in _table(headers, table):
+    for line in columns(headers, table):
         click.echo(line)
     if any(row.broker_messages is None for row in rows):
         click.echo("the broker could not be read: waiting tasks are unknown", err=True)

@@ -18,6 +18,7 @@ from farmcli.comic import comic
 from farmcli.errors import one_line_errors
 from farmcli.evaluation import evaluate_command
 from farmcli.job_refs import full_job_id
+from farmcli.jobs import jobs, project_id_of, project_option, status
 from farmcli.tokens import tokens
 
 if TYPE_CHECKING:
@@ -145,9 +146,11 @@ def db_upgrade() -> None:
     "--priority", type=click.IntRange(0, 9), default=5, show_default=True, help="9 is served first."
 )
 @click.option("--preset", default=None, help="Override the story's preset.")
+@project_option
 @one_line_errors
-def submit(story_file: Path, priority: int, preset: str | None) -> None:
-    """Plan STORY_FILE into shards and queue them; prints the job id."""
+def submit(story_file: Path, priority: int, preset: str | None, project: str | None) -> None:
+    """Plan STORY_FILE into shards and queue them in the project (the default one unless
+    --project or FARM_PROJECT names another); prints the job id."""
     from farm.identity.faces import open_face_analyzer
     from farm.jobs import submit_story
     from farm.render.presets import PRESETS, get_preset
@@ -158,43 +161,22 @@ def submit(story_file: Path, priority: int, preset: str | None) -> None:
     story = load_story(story_file, presets=PRESETS, limits=farm.settings.document_limits)
     if preset is not None:
         story = story.model_copy(update={"preset": get_preset(preset).name})
+    project_id = None
+    if project is not None:
+        with farm.sessions() as session:
+            project_id = project_id_of(session, project)
     faces = open_face_analyzer("dlib", farm.settings.models_dir)
     cast_photos = {p.trigger: character_photos(story, p) for p in story.cast}
     submitted = submit_story(
-        farm, story, character_photos(story), faces, priority=priority, cast_photos=cast_photos
+        farm,
+        story,
+        character_photos(story),
+        faces,
+        priority=priority,
+        cast_photos=cast_photos,
+        project_id=project_id,
     )
     click.echo(submitted.job_id)
-
-
-@main.command()
-@click.argument("job_id")
-@one_line_errors
-def status(job_id: str) -> None:
-    """Progress of JOB_ID: a bar, counts, and each shard's state."""
-    from sqlalchemy import select
-
-    from farm.db.models import Shard
-    from farm.jobs import progress
-
-    farm = _farm()
-    job_id = full_job_id(farm, job_id)
-    with farm.sessions() as session:
-        p = progress(session, job_id)
-        shards = session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index))
-        width = 30
-        filled = round(p.fraction * width)
-        click.echo(
-            f"job {p.job_id} {p.status}  [{'#' * filled}{'.' * (width - filled)}] "
-            f"{p.done}/{p.total}"
-        )
-        click.echo("  " + "  ".join(f"{s}: {n}" for s, n in p.counts.items() if n))
-        for shard in shards:
-            where = f" on {shard.worker_id}" if shard.worker_id else ""
-            error = f"  {shard.error}" if shard.error else ""
-            click.echo(
-                f"  shard {shard.index:3d} {shard.status:9}{where} "
-                f"(attempt {shard.attempts}/{shard.max_attempts}){error}"
-            )
 
 
 @main.command()
@@ -319,5 +301,17 @@ def up(devices: str, presets: str, port: int, dashboard: bool) -> None:
     sys.exit(code)
 
 
-for command in (workers, queues, drain, resume, requeue, gc, comic, evaluate_command, tokens):
+for command in (
+    jobs,
+    status,
+    workers,
+    queues,
+    drain,
+    resume,
+    requeue,
+    gc,
+    comic,
+    evaluate_command,
+    tokens,
+):
     main.add_command(command)

@@ -76,15 +76,16 @@ def test_submit_status_fetch_cancel(env, tiny, tmp_path):
     assert UUID.fullmatch(job_id)
     assert queued_tasks(env) == 2  # one per shard, in the embedded broker
     assert farm_cli(env, "status", job_id).stdout.splitlines() == [
-        f"job {job_id} queued  [{'.' * 30}] 0/6",
+        f"job {job_id} queued  [{'.' * 30}] 0/6 0%",
         "  queued: 6",
+        "  waiting: no worker serves preset tiny: it will wait",  # none registered yet
         "  shard   0 queued    (attempt 0/3)",  # the default shards of 4 renders
         "  shard   1 queued    (attempt 0/3)",
     ]
 
     render_in_process(env, tiny, job_id)
     assert farm_cli(env, "status", job_id).stdout.splitlines() == [
-        f"job {job_id} succeeded  [{'#' * 30}] 6/6",
+        f"job {job_id} succeeded  [{'#' * 30}] 6/6 100%",
         "  done: 6",
         f"  shard   0 succeeded on {WORKER} (attempt 1/3)",
         f"  shard   1 succeeded on {WORKER} (attempt 1/3)",

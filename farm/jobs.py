@@ -24,22 +24,29 @@ from farm.db.states import JobStatus, RenderStatus
 from farm.errors import InputError
 from farm.identity.faces import FaceAnalyzer
 from farm.identity.photos import Photo
-from farm.lifecycle import get_job
+from farm.lifecycle import announce_job_end, get_job
 from farm.queue.app import MAX_PRIORITY
 from farm.queue.outbox import ShardTask, send_shards
-from farm.recipe import render_filename, render_stem
+from farm.recipe import render_stem
 from farm.render.presets import get_preset
+from farm.reuse import hash_and_reuse
 from farm.story import Character as StoryCharacter
 from farm.story import PlannedRender, Story
 
 
-def render_key(job_id: str, scene_index: int, variant: int) -> str:
-    """Deterministic: re-running a shard overwrites the same objects, never adds copies."""
-    return f"jobs/{job_id}/renders/{render_filename(scene_index, variant)}"
+def render_key(job_id: str, scene_index: int, variant: int, revision: int = 1) -> str:
+    """Deterministic: re-running a shard overwrites the same objects, never adds copies. A
+    render made for a later revision of the story (farm/revisions.py) is named apart (`-r2`):
+    its place may be an earlier revision's, whose image the job's history keeps."""
+    return f"jobs/{job_id}/renders/{render_stem(scene_index, variant)}{_of(revision)}.png"
 
 
-def thumb_key(job_id: str, scene_index: int, variant: int) -> str:
-    return f"jobs/{job_id}/thumbs/{render_stem(scene_index, variant)}.webp"
+def thumb_key(job_id: str, scene_index: int, variant: int, revision: int = 1) -> str:
+    return f"jobs/{job_id}/thumbs/{render_stem(scene_index, variant)}{_of(revision)}.webp"
+
+
+def _of(revision: int) -> str:
+    return "" if revision == 1 else f"-r{revision}"
 
 
 def shard_plan(plan: Sequence[PlannedRender], size: int) -> list[Sequence[PlannedRender]]:
@@ -156,11 +163,14 @@ def submit_story(
             CastMember(job_id=job.id, character_id=cid, trigger=person.trigger, position=i)
             for i, (person, cid) in enumerate(zip(story.cast, cast_ids, strict=True))
         )
+        hash_and_reuse(session, job, settings)  # renders the project has made are not redone
         shard_ids = list(session.scalars(select(Shard.id).where(Shard.job_id == job.id)))
         submitted = Submitted(job.id, job.renders_total, len(shard_ids))
     # The shards were committed unsent: a broker that is down now leaves them to the reaper.
     send_shards(farm, [ShardTask(s, submitted.job_id, story.preset, priority) for s in shard_ids])
     farm.events.publish(submitted.job_id, "job.submitted", renders=submitted.renders)
+    if submitted.renders and not submitted.shards:  # every render reused: it has ended
+        announce_job_end(farm, submitted.job_id, JobStatus.SUCCEEDED)
     return submitted
 
 

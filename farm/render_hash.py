@@ -101,7 +101,7 @@ def render_hash(
     guidance: float,
     style_strength: float,
     scheduler: str,
-    seed: int,
+    seed: int | None,
     loras: Sequence[Lora] = (),
     qc: Mapping[str, Any] | None = None,
     noise: str | None = None,
@@ -113,7 +113,8 @@ def render_hash(
     `prompt` and `negative` are the texts the pipeline encodes, after the style template.
     `qc` is the identity check that may keep another seed's image (None when off); `noise`
     and `prompt_truncation` are the farm's settings, None at their defaults; `extra` is where
-    per-scene control and consistency settings go (see the module's docstring).
+    per-scene control and consistency settings go (see the module's docstring). A `seed` of
+    None hashes the recipe shared by all of a scene's variants.
     """
     document = {
         "v": HASH_VERSION,
@@ -130,7 +131,7 @@ def render_hash(
         "guidance": float(guidance),
         "style_strength": float(style_strength),
         "scheduler": scheduler,
-        "seed": int(seed),
+        "seed": None if seed is None else int(seed),
         "loras": [{"name": lora.name, "weight": float(lora.weight)} for lora in loras],
         "qc": qc,
         "noise": noise,

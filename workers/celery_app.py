@@ -117,7 +117,7 @@ def reap() -> dict[str, list]:
 
 
 @app.task(name=FINALIZE_JOB, acks_late=True)
-def finalize(job_id: str) -> list[str]:
+def finalize(job_id: str, webhook: bool = True) -> list[str]:
     from workers.finalize import finalize_job
 
-    return sorted(finalize_job(runtime().farm, job_id).values())
+    return sorted(finalize_job(runtime().farm, job_id, webhook=webhook).values())

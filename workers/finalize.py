@@ -24,8 +24,9 @@ AUTO_COMIC_MAX_RENDERS = 400  # beyond this, `farm comic JOB` builds them on dem
 AUTO_COMIC_PAGE = PageSize.parse("A4", 150)
 
 
-def finalize_job(farm: Farm, job_id: str) -> dict[str, str]:
-    """Build the job's comic pages and exports (when it has renders), then call its webhook."""
+def finalize_job(farm: Farm, job_id: str, *, webhook: bool = True) -> dict[str, str]:
+    """Build the job's comic pages and exports (when it has renders), then call its webhook;
+    `webhook` is off for a rebuild after a pick, when the job has not ended again."""
     keys: dict[str, str] = {}
     try:
         with farm.sessions() as session:
@@ -41,5 +42,6 @@ def finalize_job(farm: Farm, job_id: str) -> dict[str, str]:
     if keys:
         farm.events.publish(job_id, "job.outputs", keys=sorted(keys.values()))
         log.info("job %s: %d comic and export files built", job_id, len(keys))
-    send_job_webhook(farm, job_id)
+    if webhook:
+        send_job_webhook(farm, job_id)
     return keys

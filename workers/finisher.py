@@ -64,6 +64,7 @@ class ShardRun:
     job_id: str
     preset: str
     settings: RenderSettings
+    revision: int = 1  # of the job's story, which made the shard's renders: part of their keys
     tally: Tally = field(default_factory=Tally)
     # The first batch that could not be stored: it stops the shard, and ends it with its error.
     store_error: Exception | None = None
@@ -213,8 +214,8 @@ def _keys(run: ShardRun, item: Rendered) -> tuple[str, str]:
     the shard overwrites them."""
     planned = item.planned
     return (
-        render_key(run.job_id, planned.scene_index, planned.variant),
-        thumb_key(run.job_id, planned.scene_index, planned.variant),
+        render_key(run.job_id, planned.scene_index, planned.variant, run.revision),
+        thumb_key(run.job_id, planned.scene_index, planned.variant, run.revision),
     )
 
 

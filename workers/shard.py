@@ -112,6 +112,7 @@ class Claim:
     # The rest of the story's cast: (trigger in the prompts, character).
     cast: list[tuple[str, Character]]
     checkpoint_key: str | None = None  # an interrupted run's, which this run resumes
+    revision: int = 1  # of the story that made the shard's renders (farm/revisions.py)
 
 
 def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None) -> Future[str]:
@@ -131,7 +132,8 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
         ended: Future[str] = Future()
         ended.set_result(claim)
         return ended
-    run = ShardRun(shard_id, claim.job_id, claim.preset, RenderSettings.of(claim.story))
+    settings = RenderSettings.of(claim.story)
+    run = ShardRun(shard_id, claim.job_id, claim.preset, settings, claim.revision)
     with log_context(job=claim.job_id, shard=shard_id):
         runtime.hold(shard_id)
         runtime.current_shard = shard_id
@@ -265,6 +267,7 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
             [r.id for r in rows],
             cast,
             shard.checkpoint_key,
+            rows[0].revision if rows else job.revision,
         )
 
 

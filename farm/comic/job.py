@@ -4,15 +4,17 @@ Run by the finalize step when a job ends and by `farm comic JOB` on demand. It w
 keys under the job, so running it again replaces the same objects; pages left over from an
 earlier, longer comic are deleted after the new ones are in place.
 
-One panel per scene, showing the scene's first finished variant (variant 0 unless that one
-failed): a comic tells the story once, and the other variants are in the renders zip. Scenes
-with no finished render are left out rather than holding up the comic of a job that partly
-failed.
+One panel per scene, showing the scene's pick (farm/picks.py: the variant a person picked,
+else the best face, else the first): a comic tells the story once, and the other variants are
+in the renders zip. The picks used are written beside the pages (`picks.json`) and into the
+CBZ's notes, so a reader, and the job page, can tell which comic they hold. Scenes with no
+finished render are left out rather than holding up the comic of a job that partly failed.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,6 +35,7 @@ from farm.comic.pages import A4_300DPI, PageSize, Panel, build_pages
 from farm.db.models import Character, Job, Render
 from farm.db.states import RenderStatus
 from farm.errors import InputError
+from farm.picks import Pick, scene_picks
 from farm.storage import Storage
 
 
@@ -46,6 +49,31 @@ def pdf_key(job_id: str) -> str:
 
 def cbz_key(job_id: str) -> str:
     return f"{comic_prefix(job_id)}comic.cbz"
+
+
+def picks_key(job_id: str) -> str:
+    return f"{comic_prefix(job_id)}picks.json"
+
+
+def picks_document(picks: Sequence[Pick]) -> list[dict[str, Any]]:
+    """The picks a comic shows, as `picks.json` holds them: scenes numbered from 1."""
+    return [
+        {
+            "scene": p.scene_number,
+            "variant": p.render.variant,
+            "render": p.render.id,
+            "reason": p.reason,
+        }
+        for p in picks
+    ]
+
+
+def built_picks(storage: Storage, job_id: str) -> list[dict[str, Any]] | None:
+    """The picks of the comic in storage, or None when none was built (or before picks)."""
+    try:
+        return json.loads(storage.get(picks_key(job_id)))
+    except KeyError:
+        return None
 
 
 def renders_zip_key(job_id: str) -> str:
@@ -85,14 +113,12 @@ def build_job_outputs(
     character = session.get(Character, job.character_id)
     title = character.name if character is not None else job_id
 
-    shown: dict[int, Render] = {}
-    for render in renders:
-        shown.setdefault(render.scene_index, render)
+    picks = scene_picks(session, job_id)
     scenes = job.spec.get("scenes", [])
     panels = [
         # Image.open reads only the header; the pixels are decoded when the page needs them.
         Panel(Image.open(io.BytesIO(_fetch(storage, r))), r.caption, _marked_wide(scenes, r))
-        for r in shown.values()
+        for r in (pick.render for pick in picks)
     ]
     pages = build_pages(panels, layout, page, style=style, seed=int(job.spec.get("seed", 0)))
 
@@ -101,7 +127,7 @@ def build_job_outputs(
         key = f"{comic_prefix(job_id)}page-{name}"
         storage.put(key, encode_page(image, "png"), "image/png")
         keys[key.rsplit("/", 1)[1].removesuffix(".png")] = key
-    notes = f"render-farm job {job_id}"
+    notes = f"render-farm job {job_id}; panels: {'; '.join(p.describe() for p in picks)}"
     storage.put(pdf_key(job_id), pdf_bytes(pages, page.dpi, title=title), "application/pdf")
     keys["pdf"] = pdf_key(job_id)
     cbz = cbz_bytes(pages, title=title, notes=notes)
@@ -114,6 +140,9 @@ def build_job_outputs(
     for stale in list(storage.list(f"{comic_prefix(job_id)}page-")):
         if stale not in keys.values():
             storage.delete(stale)
+    # Last: the picks a complete comic was built from (the job page compares them with now's).
+    document = json.dumps(picks_document(picks), indent=1).encode()
+    storage.put(picks_key(job_id), document, "application/json")
     return keys
 
 

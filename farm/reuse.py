@@ -1,0 +1,299 @@
+"""Renders placed in a job: found by content hash where the project has made those pixels
+before, rendered (in new shards) where it has not.
+
+Every way renders enter a job goes through `place_renders`: a submission, a revision of the
+story, a re-roll. A studio that resubmits a 40-scene story with two prompts changed gets two
+renders queued and 38 rows that point at the images it already has: a reused render is a row
+of its own (its own scene, variant, caption and pick) whose storage key names the object the
+first render wrote, so no pixel is copied. Reuse stays within the project: another team's
+renders are invisible to it, as are their jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from farm.db.models import CastMember, Character, Job, JobRevision, Render, RetiredRender, Shard
+from farm.db.states import JobStatus, RenderStatus
+from farm.db.types import utcnow
+from farm.recipe import RenderSettings
+from farm.render.presets import get_preset
+from farm.render_hash import (
+    DEFAULT_SCHEDULER,
+    Lora,
+    Person,
+    model_files,
+    photos_identity,
+    render_hash,
+)
+from farm.settings import Settings
+from farm.story import PlannedRender, Story
+
+
+def person(character: Character, trigger: str) -> Person:
+    """A character as a render's pixels see it (its photos are loaded with it)."""
+    photos = [photo.sha256 for photo in character.photos]
+    return Person(trigger, character.class_word, photos_identity(photos, character.face_crop))
+
+
+def job_people(session: Session, job: Job) -> list[Person]:
+    """The job's character and cast, with the triggers its prompts use for them."""
+    main = session.get_one(Character, job.character_id)
+    people = [person(main, main.trigger)]
+    members = session.scalars(
+        select(CastMember).where(CastMember.job_id == job.id).order_by(CastMember.position)
+    )
+    for member in members:
+        people.append(person(session.get_one(Character, member.character_id), member.trigger))
+    return people
+
+
+class RecipeHasher:
+    """The content hash of each render of one story, for its people, under the farm's settings
+    (where its starting noise is drawn and how long prompts are cut decide pixels too)."""
+
+    def __init__(self, story: Story, people: Sequence[Person], settings: Settings) -> None:
+        recipe = RenderSettings.of(story)
+        preset = get_preset(story.preset)
+        fast = preset.fast
+        qc = None
+        if story.min_face_similarity is not None:
+            qc = {"min_face_similarity": story.min_face_similarity, "retries": story.qc_retries}
+        self._common = {
+            "preset": preset.name,
+            "model_files": model_files(preset, settings.sdxl_base),
+            "people": list(people),
+            "width": recipe.width,
+            "height": recipe.height,
+            "steps": recipe.steps,
+            "guidance": recipe.guidance,
+            "style_strength": recipe.style_strength,
+            "scheduler": str(fast.scheduler) if fast else DEFAULT_SCHEDULER,
+            "loras": [Lora(f"{fast.repo}/{fast.file}", fast.weight)] if fast else [],
+            "qc": qc,
+            "noise": None if settings.noise == "cpu" else settings.noise,
+            "prompt_truncation": (
+                None if settings.prompt_truncation == "reference" else settings.prompt_truncation
+            ),
+        }
+
+    def content(self, planned: PlannedRender) -> str:
+        """Everything that decides this render's pixels."""
+        return self._hash(planned, planned.seed)
+
+    def scene(self, planned: PlannedRender) -> str:
+        """The scene's recipe, the same for all its variants: what a re-rolled variant shares
+        with the scene it belongs to, so that a revision that leaves the scene as it was
+        keeps its re-rolls and its pick."""
+        return self._hash(planned, None)
+
+    def _hash(self, planned: PlannedRender, seed: int | None) -> str:
+        extra = None
+        if planned.control is not None:  # until issue 16 names what of it decides pixels
+            extra = {"control": repr(planned.control)}
+        return render_hash(
+            **self._common,
+            prompt=planned.prompt,
+            negative=planned.negative,
+            seed=seed,
+            extra=extra,
+        )
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished image the project has, wherever its row is now."""
+
+    job_id: str
+    storage_key: str
+    thumb_key: str | None
+    face_similarity: float | None
+    qc_seed: int | None
+
+
+def finished_by_hash(
+    session: Session, project_id: int, hashes: Iterable[str]
+) -> dict[str, Finished]:
+    """One finished image per content hash among `hashes`, from the project's renders, current
+    or retired by a revision; the oldest, so that every job reuses the same object."""
+    wanted = sorted(set(hashes))
+    found: dict[str, Finished] = {}
+    for start in range(0, len(wanted), 500):  # well under every database's parameter limit
+        page = wanted[start : start + 500]
+        for table, done in (
+            (Render, Render.status == RenderStatus.DONE),
+            (RetiredRender, RetiredRender.id.is_not(None)),
+        ):
+            rows = session.execute(
+                select(
+                    table.content_hash,
+                    table.job_id,
+                    table.storage_key,
+                    table.thumb_key,
+                    table.face_similarity,
+                    table.qc_seed,
+                )
+                .join(Job, Job.id == table.job_id)
+                .where(
+                    table.content_hash.in_(page),
+                    table.storage_key.is_not(None),
+                    done,
+                    Job.project_id == project_id,
+                )
+                .order_by(table.created, table.id)
+            )
+            for content_hash, *source in rows:
+                found.setdefault(content_hash, Finished(*source))
+    return found
+
+
+@dataclass(frozen=True)
+class Placed:
+    """What placing renders in a job came to."""
+
+    reused: int
+    rendered: int
+    shard_ids: list[int]
+    render_ids: list[int]  # in the order of the renders placed
+
+
+def place_renders(
+    session: Session,
+    job: Job,
+    planned: Sequence[PlannedRender],
+    hasher: RecipeHasher,
+    *,
+    shard_size: int,
+    max_attempts: int,
+    reuse: bool = True,
+) -> Placed:
+    """Add a row for each of `planned` to `job` (flushed, not committed): finished at once
+    where the project has the image (unless `reuse` is off), else queued in new shards of
+    `shard_size`, numbered after the job's existing ones."""
+    hashes = [(hasher.content(p), hasher.scene(p)) for p in planned]
+    found = finished_by_hash(session, job.project_id, (h for h, _ in hashes)) if reuse else {}
+    rows: list[Render] = []
+    todo: list[Render] = []
+    reused = 0
+    for plan, (content_hash, scene_hash) in zip(planned, hashes, strict=True):
+        row = Render(
+            job_id=job.id,
+            scene_index=plan.scene_index,
+            variant=plan.variant,
+            seed=plan.seed,
+            prompt=plan.prompt,
+            negative=plan.negative,
+            caption=plan.caption,
+            content_hash=content_hash,
+            scene_hash=scene_hash,
+            revision=job.revision,
+        )
+        rows.append(row)
+        source = found.get(content_hash)
+        if source is None:
+            todo.append(row)
+            continue
+        _finish_from(row, source)
+        session.add(row)
+        reused += 1
+    shard_ids = []
+    next_index = session.scalar(
+        select(func.coalesce(func.max(Shard.index) + 1, 0)).where(Shard.job_id == job.id)
+    )
+    for offset in range(0, len(todo), shard_size):
+        shard = Shard(job_id=job.id, index=next_index, max_attempts=max_attempts)
+        next_index += 1
+        session.add(shard)
+        session.flush()
+        shard_ids.append(shard.id)
+        for row in todo[offset : offset + shard_size]:
+            row.shard_id = shard.id
+            session.add(row)
+    session.flush()
+    return Placed(reused, len(todo), shard_ids, [row.id for row in rows])
+
+
+def _finish_from(row: Render, source: Finished) -> None:
+    """A queued render made finished by an image the project has: it is never rendered here
+    (no shard, no worker, no attempt), and a state it never ran through is not moved through."""
+    row.status = RenderStatus.DONE
+    row.shard_id = None
+    row.storage_key = source.storage_key
+    row.thumb_key = source.thumb_key
+    row.face_similarity = source.face_similarity
+    row.qc_seed = source.qc_seed
+    row.reused_from_job = source.job_id
+    row.finished = utcnow()
+
+
+def hash_and_reuse(session: Session, job: Job, settings: Settings, *, reuse: bool = True) -> Placed:
+    """For a job just planned (its renders queued in shards, its cast added; nothing sent):
+    give every render its hashes, finish at once those the project has made before (unless
+    `reuse` is off), pack the rest into the first shards and drop the shards left empty, and
+    record the story as the job's first revision. A job left with nothing to render has
+    succeeded: the caller announces its end once committed."""
+    story = Story.model_validate(job.spec)
+    hasher = RecipeHasher(story, job_people(session, job), settings)
+    rows = list(
+        session.scalars(
+            select(Render)
+            .where(Render.job_id == job.id)
+            .order_by(Render.scene_index, Render.variant)
+        )
+    )
+    planned = {
+        row.id: PlannedRender(
+            row.scene_index, row.variant, row.prompt, row.negative, row.seed, row.caption
+        )
+        for row in rows
+    }
+    plan = {p.scene_index: p for p in story.plan() if p.variant == 0}
+    for row in rows:
+        # The story's own planned render where it has one: it carries per-scene control.
+        template = plan.get(row.scene_index)
+        if template is not None:
+            planned[row.id] = replace(template, variant=row.variant, seed=row.seed)
+        row.content_hash = hasher.content(planned[row.id])
+        row.scene_hash = hasher.scene(planned[row.id])
+    found = (
+        finished_by_hash(session, job.project_id, (r.content_hash for r in rows)) if reuse else {}
+    )
+    todo = []
+    for row in rows:
+        source = found.get(row.content_hash or "")
+        if source is None:
+            todo.append(row)
+            continue
+        _finish_from(row, source)
+    shards = list(
+        session.scalars(select(Shard).where(Shard.job_id == job.id).order_by(Shard.index))
+    )
+    size = settings.shard_size
+    kept = shards[: -(-len(todo) // size)] if todo else []
+    for shard, offset in zip(kept, range(0, len(todo), size), strict=False):
+        for row in todo[offset : offset + size]:
+            row.shard_id = shard.id
+    session.flush()
+    for shard in shards[len(kept) :]:
+        session.delete(shard)
+    reused = len(rows) - len(todo)
+    session.add(
+        JobRevision(
+            job_id=job.id,
+            number=1,
+            spec=job.spec,
+            summary="submitted",
+            reused=reused,
+            rendered=len(todo),
+        )
+    )
+    if rows and not todo and job.status is JobStatus.QUEUED:
+        job.start()
+        job.succeed()
+        job.finalize_pending = True  # announced by the caller after commit, else by the reaper
+    session.flush()
+    return Placed(reused, len(todo), [s.id for s in kept], [r.id for r in rows])

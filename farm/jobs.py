@@ -30,6 +30,7 @@ from farm.queue.outbox import ShardTask, send_shards
 from farm.recipe import render_stem
 from farm.render.presets import get_preset
 from farm.reuse import hash_and_reuse
+from farm.scheduling import rejoin
 from farm.story import Character as StoryCharacter
 from farm.story import PlannedRender, Story
 
@@ -91,6 +92,7 @@ def plan_job(
         webhook_url=webhook_url,
         project_id=project_or_default(project_id),
     )
+    rejoin(session, project_id)  # before the job counts as its project's waiting work
     session.add(job)
     session.flush()
     for index, group in enumerate(shard_plan(plan, shard_size)):

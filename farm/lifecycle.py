@@ -6,7 +6,8 @@ cancel cannot do what `Render.cancel` forbids. What lives here: a batch's render
 failing, a shard cancelled, failed, requeued or ended, a job closed once its last shard ended
 and its end announced, a job cancelled or retried, and the reaper's requeue and fail. (Claiming
 a shard stays with the worker's claim, workers/shard.py, in the transaction that reads what the
-shard needs.) Functions take the farm and the name of the worker acting, never a worker's
+shard needs; which shard a claim takes, and pausing, resuming and reordering a waiting job, are
+farm/scheduling.py's.) Functions take the farm and the name of the worker acting, never a worker's
 runtime, so the CLI, the dashboard and the reaper call the same code as a worker.
 
 Tasks are sent after the transaction that queued their shards commits (farm/queue/outbox.py);
@@ -37,8 +38,9 @@ from farm.queue.outbox import ShardTask, send_finalize, send_shards
 
 log = logging.getLogger(__name__)
 
-OPEN_SHARD = (ShardStatus.QUEUED, ShardStatus.RUNNING)
+OPEN_SHARD = (ShardStatus.QUEUED, ShardStatus.RUNNING, ShardStatus.PAUSED)
 CANCELLED = "cancelled"  # the error a shard's run ends with when its job was cancelled
+PAUSED = "paused"  # the error a shard's run ends with when its job was paused
 # A shard's ending, tried again while the database is out of reach: first after this, then
 # twice as long each time, up to the cap, within `Settings.end_retry_s` in all.
 END_BACKOFF_S = 0.25
@@ -82,13 +84,23 @@ def start_renders(
     farm: Farm, worker: str, device: str, job_id: str, render_ids: Sequence[int]
 ) -> bool:
     """Mark a batch's renders running, in one transaction with the check that its job was not
-    cancelled meanwhile; False (and nothing marked) when it was."""
+    cancelled meanwhile; False (and nothing marked) when it was. Raises JobPaused when the job
+    was paused meanwhile: the shard stops between batches, as for a cancel."""
     with farm.sessions.begin() as session:
-        if session.scalar(select(Job.cancel_requested).where(Job.id == job_id)):
+        cancelled, status = session.execute(
+            select(Job.cancel_requested, Job.status).where(Job.id == job_id)
+        ).one()
+        if cancelled:
             return False
+        if status is JobStatus.PAUSED:
+            raise JobPaused(f"job {job_id} was paused")
         for row in session.scalars(select(Render).where(Render.id.in_(render_ids))):
             row.start(worker, device)
     return True
+
+
+class JobPaused(Exception):
+    """A batch found its job paused: the shard stops and pauses (farm/scheduling.py)."""
 
 
 def fail_renders(farm: Farm, render_ids: Sequence[int], error: str) -> None:
@@ -117,10 +129,14 @@ def requeue_shard(
     session: Session, shard: Shard, reason: str, now: datetime | None = None
 ) -> ShardTask | None:
     """Give the shard back (an expired lease, an error); the task to send it again with, or
-    None when its attempts are spent and it failed (its renders with it)."""
+    None when its attempts are spent and it failed (its renders with it), or when it waits
+    with its paused job."""
     now = now or utcnow()
     if shard.requeue(reason, now) is ShardStatus.QUEUED:
         job = session.get_one(Job, shard.job_id)
+        if job.status is JobStatus.PAUSED:
+            shard.pause()  # sent again once the job resumes
+            return None
         return ShardTask(shard.id, job.id, job.preset, job.priority)
     _fail_renders_of(session, [shard.id], shard.error or reason, now)
     return None
@@ -155,13 +171,19 @@ def _end_shard(farm: Farm, worker: str, shard_id: int, job_id: str, error: str |
                 shard.fail("some scenes could not be rendered; see their errors")
         elif error == CANCELLED:
             cancel_shard(session, shard)
+        elif error == PAUSED:
+            shard.pause()  # not an attempt: the producer stopped it, not a fault
+            job = session.get_one(Job, job_id)
+            if job.status is not JobStatus.PAUSED:  # resumed while the shard stopped
+                shard.resume()
+                resend = ShardTask(shard.id, job.id, job.preset, job.priority)
         else:
             blocklist.record_failure(session, job_id, worker, error)
             resend = requeue_shard(session, shard, error)
         outcome = str(shard.status)
     if resend is not None:
         send_shards(farm, [resend])
-        outcome = "requeued after an error"
+        outcome = "queued (its job resumed)" if error == PAUSED else "requeued after an error"
     farm.events.publish(job_id, f"shard.{outcome.split()[0]}", shard=shard_id, error=error)
     return outcome
 
@@ -243,7 +265,7 @@ def finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
     so that `farm status` and the job page say what went wrong, not only that something did.
     """
     job = session.get(Job, job_id, with_for_update=True)
-    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED):
         return None
     open_shard = session.scalar(
         select(Shard.id).where(Shard.job_id == job_id, Shard.status.in_(OPEN_SHARD))
@@ -263,7 +285,8 @@ def finish_job_if_done(session: Session, job_id: str) -> JobStatus | None:
     if job.cancel_requested:
         job.cancel()
     elif failed:
-        job.start()  # a job whose only shard failed at its claim never ran
+        if job.status is not JobStatus.PAUSED:
+            job.start()  # a job whose only shard failed at its claim never ran
         index, error = failed[0]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         job.fail(f"shard {index} failed{more}: {error}; `farm retry` sends what failed again")
@@ -320,7 +343,10 @@ def cancel_job(farm: Farm, job_id: str) -> Job:
         job.request_cancel()
         queued = list(
             session.scalars(
-                select(Shard).where(Shard.job_id == job_id, Shard.status == ShardStatus.QUEUED)
+                select(Shard).where(
+                    Shard.job_id == job_id,
+                    Shard.status.in_([ShardStatus.QUEUED, ShardStatus.PAUSED]),
+                )
             )
         )
         for shard in queued:
@@ -343,7 +369,7 @@ def retry_job(farm: Farm, job_id: str) -> int:
     """Send the failed (and cancelled) shards of a finished job again; returns how many."""
     with farm.sessions.begin() as session:
         job = get_job(session, job_id)
-        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED):
             raise InputError(f"job {job_id} is still {job.status}; retry it once it has ended")
         shards = list(
             session.scalars(

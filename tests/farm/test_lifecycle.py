@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("farm", "workers", "dashboard", "farmcli")
 # The two places allowed to write one: the models' methods (a row) and the lifecycle (many).
 HOMES = {Path("farm/lifecycle.py"), Path("farm/db/models.py")}
+# Migrations move rows between the states of two schemas (a downgrade's paused jobs resume).
+MIGRATIONS = Path("farm/db/migrations")
 _SQL_SET_STATUS = re.compile(r"\bSET\s+status\b", re.IGNORECASE)
 WORKER = "gpu-box:cuda0"
 ERROR = "IndexError: list index out of range"
@@ -96,7 +98,7 @@ def test_no_module_outside_the_lifecycle_and_the_models_writes_a_status() -> Non
         f"{path.relative_to(REPO)}:{line}"
         for package in PACKAGES
         for path in sorted((REPO / package).rglob("*.py"))
-        if path.relative_to(REPO) not in HOMES
+        if path.relative_to(REPO) not in HOMES and MIGRATIONS not in path.relative_to(REPO).parents
         for line in status_writes(path.read_text())
     }
     assert found == set(), "state changes belong in farm/lifecycle.py"

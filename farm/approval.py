@@ -12,20 +12,19 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from farm.context import Farm
-from farm.db.models import Job, Render, Shard
+from farm.db.models import Job, Render
 from farm.db.retry import retried_on_lost_race
 from farm.db.states import JobStatus
 from farm.errors import InputError
 from farm.job_names import short_id
-from farm.lifecycle import get_job
-from farm.preview import approved_scenes, preview_of, preview_seeds
+from farm.lifecycle import close_job, get_job
+from farm.preview import approved_scenes, approved_seed, preview_of, preview_picks
 from farm.queue.outbox import ShardTask, send_shards
-from farm.settings import Settings
-from farm.story import PlannedRender, Story
+from farm.reuse import RecipeHasher, job_people, place_renders
+from farm.story import Story
 
 TAKES_APPROVALS = (JobStatus.AWAITING_APPROVAL, JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -48,7 +47,10 @@ def approve_scenes(farm: Farm, job_id: str, scenes: Sequence[int] | None = None)
     rendered yet (its seed is not known until then).
     """
     approved, tasks = _approve(farm, job_id, scenes)
-    send_shards(farm, tasks)
+    if tasks:
+        send_shards(farm, tasks)
+    else:
+        close_job(farm, job_id)  # every approved render was one the project had made
     farm.events.publish(job_id, "job.approved", scenes=approved.scenes)
     return approved
 
@@ -72,7 +74,7 @@ def _approve(
             )
         story = Story.model_validate(job.spec)
         wanted = _wanted(job, story, approved_scenes(session, job.id), numbers)
-        seeds = preview_seeds(session, preview.id)
+        seeds = {i: approved_seed(r) for i, r in preview_picks(session, preview.id).items()}
         unready = [index + 1 for index in wanted if index not in seeds]
         if unready:
             raise InputError(
@@ -84,43 +86,19 @@ def _approve(
             for p in story.plan()
             if p.scene_index in wanted
         ]
-        shard_ids = _queue_renders(session, job, planned, farm.settings)
+        placed = place_renders(  # a render the project has made already is not made again
+            session,
+            job,
+            planned,
+            RecipeHasher(story, job_people(session, job), farm.settings),
+            shard_size=farm.settings.shard_size,
+            max_attempts=farm.settings.max_attempts,
+        )
         if job.status is JobStatus.AWAITING_APPROVAL:
             job.approve()
-        tasks = [ShardTask(s, job.id, job.preset, job.priority) for s in shard_ids]
+        tasks = [ShardTask(s, job.id, job.preset, job.priority) for s in placed.shard_ids]
         numbers_approved = sorted(index + 1 for index in wanted)
         return Approved(job.id, numbers_approved, len(planned), len(tasks)), tasks
-
-
-def _queue_renders(
-    session: Session, job: Job, planned: Sequence[PlannedRender], settings: Settings
-) -> list[int]:
-    """The approved renders in new shards, numbered after the job's existing ones; their ids."""
-    next_index = session.scalar(
-        select(func.coalesce(func.max(Shard.index) + 1, 0)).where(Shard.job_id == job.id)
-    )
-    shard_ids = []
-    for offset in range(0, len(planned), settings.shard_size):
-        shard = Shard(job_id=job.id, index=next_index, max_attempts=settings.max_attempts)
-        next_index += 1
-        session.add(shard)
-        session.flush()
-        shard_ids.append(shard.id)
-        session.add_all(
-            Render(
-                job_id=job.id,
-                shard_id=shard.id,
-                scene_index=p.scene_index,
-                variant=p.variant,
-                seed=p.seed,
-                prompt=p.prompt,
-                negative=p.negative,
-                caption=p.caption,
-            )
-            for p in planned[offset : offset + settings.shard_size]
-        )
-    session.flush()
-    return shard_ids
 
 
 def _wanted(job: Job, story: Story, done: set[int], numbers: Sequence[int] | None) -> list[int]:
@@ -148,15 +126,28 @@ def _listed(numbers: Sequence[int]) -> str:
     return ", ".join(str(n) for n in numbers)
 
 
-def approval_state(session: Session, job: Job) -> dict[int, str]:
-    """Each scene's approval, by number from 1: `approved`, `ready` (its preview is rendered)
-    or `previewing`; empty for a job that was not submitted for approval."""
+@dataclass(frozen=True)
+class SceneApproval:
+    """One scene of a contact sheet: its number (from 1), where it stands (`approved`, `ready`
+    to approve, or `previewing`), and the preview render that would be approved."""
+
+    number: int
+    state: str
+    preview: Render | None
+
+
+def contact_sheet(session: Session, job: Job) -> list[SceneApproval]:
+    """The job's scenes as approval sees them; empty for a job not submitted for approval."""
     preview = preview_of(session, job.id)
     if preview is None:
-        return {}
+        return []
     done = approved_scenes(session, job.id)
-    seeds = preview_seeds(session, preview.id)
-    return {
-        index + 1: "approved" if index in done else "ready" if index in seeds else "previewing"
+    picks = preview_picks(session, preview.id)
+    return [
+        SceneApproval(
+            index + 1,
+            "approved" if index in done else "ready" if index in picks else "previewing",
+            picks.get(index),
+        )
         for index in range(len(job.spec.get("scenes", [])))
-    }
+    ]

@@ -18,19 +18,21 @@ from sqlalchemy.orm import Session
 
 from farm.characters import create_character
 from farm.context import Farm
-from farm.db.models import CastMember, Job, Render, Shard, project_or_default
+from farm.db.models import CastMember, Character, Job, Render, Shard, project_or_default
 from farm.db.queries import job_progress
 from farm.db.states import JobStatus, RenderStatus
+from farm.db.types import utcnow
 from farm.errors import InputError
 from farm.identity.faces import FaceAnalyzer
 from farm.identity.photos import Photo
+from farm.job_names import default_name
 from farm.lifecycle import announce_job_end, get_job
+from farm.preview import preview_story
 from farm.queue.app import MAX_PRIORITY
 from farm.queue.outbox import ShardTask, send_shards
 from farm.recipe import render_stem
 from farm.render.presets import get_preset
 from farm.reuse import hash_and_reuse
-from farm.scheduling import rejoin
 from farm.story import Character as StoryCharacter
 from farm.story import PlannedRender, Story
 
@@ -79,11 +81,17 @@ def plan_job(
     priority: int = 5,
     webhook_url: str | None = None,
     project_id: int | None = None,
+    preview_of: str | None = None,
 ) -> Job:
-    """The job, its shards and renders, added to `session` (the caller commits)."""
+    """The job, its shards and renders, added to `session` (the caller commits). A story
+    submitted for approval makes a job awaiting it, without shards: its preview, a job of its
+    own (`preview_of`), renders first."""
     check_submission(story, priority)
     plan = story.plan()
+    awaiting = story.approval == "preview"
+    character = session.get_one(Character, character_id)
     job = Job(
+        name=default_name(story.title, character.name, utcnow()),
         character_id=character_id,
         preset=story.preset,
         priority=priority,
@@ -91,10 +99,13 @@ def plan_job(
         renders_total=len(plan),
         webhook_url=webhook_url,
         project_id=project_or_default(project_id),
+        status=JobStatus.AWAITING_APPROVAL if awaiting else JobStatus.QUEUED,
+        preview_of=preview_of,
     )
-    rejoin(session, project_id)  # before the job counts as its project's waiting work
     session.add(job)
     session.flush()
+    if awaiting:
+        return job
     for index, group in enumerate(shard_plan(plan, shard_size)):
         shard = Shard(job_id=job.id, index=index, max_attempts=max_attempts)
         session.add(shard)
@@ -161,19 +172,41 @@ def submit_story(
             webhook_url=webhook_url,
             project_id=project_id,
         )
-        session.add_all(
-            CastMember(job_id=job.id, character_id=cid, trigger=person.trigger, position=i)
-            for i, (person, cid) in enumerate(zip(story.cast, cast_ids, strict=True))
-        )
+        _add_cast(session, job.id, story, cast_ids)
         hash_and_reuse(session, job, settings)  # renders the project has made are not redone
-        shard_ids = list(session.scalars(select(Shard.id).where(Shard.job_id == job.id)))
+        queued = job
+        if story.approval == "preview":
+            queued = plan_job(
+                session,
+                preview_story(story),
+                main_id,
+                shard_size=settings.shard_size,
+                max_attempts=settings.max_attempts,
+                priority=priority,
+                project_id=project_id,
+                preview_of=job.id,
+            )
+            queued.name = f"{job.name} (preview)"
+            _add_cast(session, queued.id, story, cast_ids)
+            # Hashed for its re-rolls and picks; always rendered, so that it holds shards and
+            # the job it previews never reads as ended at submission.
+            hash_and_reuse(session, queued, settings, reuse=False)
+        shard_ids = list(session.scalars(select(Shard.id).where(Shard.job_id == queued.id)))
+        tasks = [ShardTask(s, queued.id, queued.preset, priority) for s in shard_ids]
         submitted = Submitted(job.id, job.renders_total, len(shard_ids))
     # The shards were committed unsent: a broker that is down now leaves them to the reaper.
-    send_shards(farm, [ShardTask(s, submitted.job_id, story.preset, priority) for s in shard_ids])
+    send_shards(farm, tasks)
     farm.events.publish(submitted.job_id, "job.submitted", renders=submitted.renders)
     if submitted.renders and not submitted.shards:  # every render reused: it has ended
         announce_job_end(farm, submitted.job_id, JobStatus.SUCCEEDED)
     return submitted
+
+
+def _add_cast(session: Session, job_id: str, story: Story, cast_ids: Sequence[int]) -> None:
+    session.add_all(
+        CastMember(job_id=job_id, character_id=cid, trigger=person.trigger, position=i)
+        for i, (person, cid) in enumerate(zip(story.cast, cast_ids, strict=True))
+    )
 
 
 @dataclass(frozen=True)

@@ -85,16 +85,21 @@ def awaits_approval(session: Session, job: Job) -> bool:
     return (approved or 0) < len(job.spec.get("scenes", []))
 
 
-def preview_seeds(session: Session, preview_id: str) -> dict[int, int]:
-    """Each previewed scene's seed: the picked variant's, else the first finished one's (the
-    seed of a re-rolled variant, once picked, is the one approved)."""
-    rows = session.execute(
-        select(Render.scene_index, Render.seed, Render.qc_seed, Render.picked)
+def preview_picks(session: Session, preview_id: str) -> dict[int, Render]:
+    """Each previewed scene's render whose seed is approved: the picked variant, else the first
+    finished one (after a re-roll, the variant a person picked is the one approved)."""
+    rows = session.scalars(
+        select(Render)
         .where(Render.job_id == preview_id, Render.status == RenderStatus.DONE)
         .order_by(Render.scene_index, Render.variant)
     )
-    seeds: dict[int, int] = {}
-    for scene, seed, qc_seed, picked in rows:
-        if picked or scene not in seeds:
-            seeds[scene] = qc_seed if qc_seed is not None else seed
-    return seeds
+    picks: dict[int, Render] = {}
+    for row in rows:
+        if row.picked or row.scene_index not in picks:
+            picks[row.scene_index] = row
+    return picks
+
+
+def approved_seed(render: Render) -> int:
+    """The seed a preview render's picture came from (identity QC may have kept another)."""
+    return render.seed if render.qc_seed is None else render.qc_seed

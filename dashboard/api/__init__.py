@@ -130,4 +130,12 @@ def describe(error: ValidationError, where: str) -> str:
 
 
 # The routes register themselves on `api` when imported.
-from dashboard.api import access, characters, farm_routes, jobs, openapi, renders  # noqa: E402, F401
+from dashboard.api import (  # noqa: E402, F401
+    access,
+    approvals,
+    characters,
+    farm_routes,
+    jobs,
+    openapi,
+    renders,
+)

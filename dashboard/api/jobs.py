@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dashboard.api import api, json_body, operation
+from dashboard.api.approvals import approval_out
 from dashboard.api.renders import render_out
 from dashboard.api.schemas import (
     JobCreated,
@@ -85,6 +86,7 @@ def job_out(job: Job, counts: dict[str, int]) -> JobOut:
     total = job.renders_total
     return JobOut(
         id=job.id,
+        name=job.name,
         status=job.status,
         preset=job.preset,
         priority=job.priority,
@@ -115,6 +117,7 @@ def job_detail(session: Session, job: Job) -> JobDetail:
         story=job.spec,
         shards=[ShardOut(**row) for row in shard_rows(session, job.id)],
         timings=TimingsOut(**summary["timings"]),
+        approval=approval_out(session, job),
         comic_url=url_for("jobs.comic", job_id=job.id, _external=True) if has_comic else None,
         download_url=url_for("jobs.download", job_id=job.id, _external=True),
     )

@@ -12,6 +12,7 @@ from dashboard.scope import MAX_ID
 from farm.auth import MAX_PASSWORD, MIN_PASSWORD, USERNAME
 from farm.db.models import Role
 from farm.db.states import JobStatus, RenderStatus
+from farm.story import MAX_SCENES
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 MAX_PAGE = 200
@@ -107,6 +108,7 @@ class TimingsOut(BaseModel):
 
 class JobOut(BaseModel):
     id: str
+    name: str = Field(description="What people call the job; its downloads carry it.")
     status: JobStatus
     preset: str
     priority: int
@@ -126,6 +128,10 @@ class JobDetail(JobOut):
     story: dict[str, Any] = Field(description="The validated story the job was planned from.")
     shards: list[ShardOut]
     timings: TimingsOut
+    approval: ApprovalOut | None = Field(
+        description="For a job submitted with `approval: preview`: each scene's preview and "
+        "whether it is approved (POST .../approve)."
+    )
     comic_url: str | None = Field(description="The comic page, once the comic step made one.")
     download_url: str
 
@@ -299,3 +305,35 @@ class JobOutputs(BaseModel):
     """What the finalize step of an ended job built; empty until then."""
 
     items: list[OutputFile]
+
+
+# --- approval of a preview -------------------------------------------------------------------
+
+
+class SceneApprovalOut(BaseModel):
+    scene: int = Field(description="The scene's number, from 1.")
+    state: str = Field(description="approved, ready (its preview is rendered) or previewing.")
+    preview_render_id: int | None = Field(description="The preview render that is approved.")
+    seed: int | None = Field(description="The seed its full-quality render takes.")
+    thumb_url: str | None
+
+
+class ApprovalOut(BaseModel):
+    """The contact sheet of a job submitted with `approval: preview`."""
+
+    preview_job_id: str
+    scenes: list[SceneApprovalOut]
+
+
+class ApproveRequest(Closed):
+    scenes: list[Annotated[int, Field(ge=1, le=MAX_SCENES)]] | None = Field(
+        default=None,
+        description="Scene numbers (from 1) to approve; null or absent: every scene not yet "
+        "approved.",
+    )
+
+
+class ApprovedOut(BaseModel):
+    scenes: list[int] = Field(description="The scenes approved, numbered from 1.")
+    renders: int = Field(description="Full-quality renders queued for them.")
+    shards: int

@@ -132,6 +132,7 @@ ACCESS: dict[str, Access] = {
     "GET api.get_job": Access(Role.VIEWER, "job_id"),
     "POST api.cancel": Access(Role.ARTIST, "job_id"),
     "POST api.retry": Access(Role.ARTIST, "job_id"),
+    "POST api.approve_job": Access(Role.ARTIST, "job_id"),
     "GET api.outputs": Access(Role.VIEWER, "job_id"),
     "GET api.list_renders": Access(Role.VIEWER, "job_id"),
     "GET api.get_render": Access(Role.VIEWER, "render_id"),

@@ -123,7 +123,7 @@ def test_cancel_then_retry(studio: Studio, character_id: int):
     assert cancelled.json["status"] == "cancelled"
     assert cancelled.json["progress"]["counts"]["cancelled"] == 3
     again = studio.call("POST", f"/api/v1/jobs/{job_id}/cancel")
-    assert again.status_code == 400 and "only queued or running jobs cancel" in again.json["error"]
+    assert again.status_code == 400 and "is cancelled; only queued, running" in again.json["error"]
 
     retried = studio.call("POST", f"/api/v1/jobs/{job_id}/retry")
     assert retried.json == {"shards": 2}

@@ -69,7 +69,10 @@ def test_cancel_refuses_an_ended_or_unknown_job(farm, faces, job_id):
     if job_id == "known":
         job_id = submit(farm, faces, make_story(1)).job_id
         cancel_job(farm, job_id)
-        message = f"job {job_id} is cancelled; only queued or running jobs cancel"
+        message = (
+            f"job {job_id} is cancelled; only queued, running, paused or awaiting approval jobs "
+            "cancel"
+        )
     else:
         message = "no job 'nope'"
     with pytest.raises(InputError) as refused:

@@ -55,14 +55,15 @@
     link.title = r.caption || "";
     const img = document.createElement("img");
     img.src = r.thumb;
-    img.alt = `scene ${r.scene}, variant ${r.variant}`;
+    const number = r.scene + 1; // scenes are numbered from 1 wherever a person reads them
+    img.alt = `scene ${number}, variant ${r.variant}`;
     const label = document.createElement("span");
-    label.textContent = `${r.scene} · v${r.variant}`;
+    label.textContent = `${number} · v${r.variant}`;
     link.append(img, label);
     // Keep scene order, whatever order the renders finish in.
     const after = [...thumbs.children].find((el) => {
       const [scene, variant] = el.querySelector("span").textContent.split(" · v").map(Number);
-      return scene > r.scene || (scene === r.scene && variant > r.variant);
+      return scene > number || (scene === number && variant > r.variant);
     });
     thumbs.insertBefore(link, after || null);
     field("no-renders").hidden = true;

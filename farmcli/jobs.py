@@ -9,8 +9,11 @@ answer at once (tests/test_imports.py, bench/cli_latency.py).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +57,47 @@ def project_id_of(session: Session, name: str) -> int:
             "makes one"
         )
     return found
+
+
+@contextmanager
+def broker_said_once() -> Iterator[None]:
+    """The outbox and the live events each log a warning when the broker is down, and the
+    command says it once, with the job id (`unsent_note`); a verbose run keeps them all."""
+    loggers = [logging.getLogger(name) for name in ("farm.queue.outbox", "farm.events")]
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        yield
+        return
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def unsent_note(farm: Farm, job_id: str) -> str | None:
+    """One line for a job committed while the broker was down: its shards wait in the outbox
+    (farm/queue/outbox.py) and the reaper sends them once the broker answers. None if sent."""
+    from sqlalchemy import func, select
+
+    from farm.db.models import Shard
+    from farm.logs import redact
+
+    with farm.sessions() as session:
+        unsent = session.scalar(
+            select(func.count())
+            .select_from(Shard)
+            .where(Shard.job_id == job_id, Shard.sent.is_(None))
+        )
+    if not unsent:
+        return None
+    return (
+        f"job {job_id} is queued, but the broker at {redact(farm.settings.broker_url)} did not "
+        f"answer: its {unsent} shard(s) are sent once it does (by the reaper of `farm up` or "
+        "`farm worker --beat`)"
+    )
 
 
 def _age(when: datetime, now: datetime) -> str:

@@ -18,7 +18,14 @@ from farmcli.comic import comic
 from farmcli.errors import one_line_errors
 from farmcli.evaluation import evaluate_command
 from farmcli.job_refs import full_job_id
-from farmcli.jobs import jobs, project_id_of, project_option, status
+from farmcli.jobs import (
+    broker_said_once,
+    jobs,
+    project_id_of,
+    project_option,
+    status,
+    unsent_note,
+)
 from farmcli.tokens import tokens
 
 if TYPE_CHECKING:
@@ -167,16 +174,20 @@ def submit(story_file: Path, priority: int, preset: str | None, project: str | N
             project_id = project_id_of(session, project)
     faces = open_face_analyzer("dlib", farm.settings.models_dir)
     cast_photos = {p.trigger: character_photos(story, p) for p in story.cast}
-    submitted = submit_story(
-        farm,
-        story,
-        character_photos(story),
-        faces,
-        priority=priority,
-        cast_photos=cast_photos,
-        project_id=project_id,
-    )
+    with broker_said_once():
+        submitted = submit_story(
+            farm,
+            story,
+            character_photos(story),
+            faces,
+            priority=priority,
+            cast_photos=cast_photos,
+            project_id=project_id,
+        )
     click.echo(submitted.job_id)
+    note = unsent_note(farm, submitted.job_id)
+    if note is not None:
+        click.echo(note, err=True)
 
 
 @main.command()

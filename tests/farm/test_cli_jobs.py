@@ -6,15 +6,21 @@ embedded farm, as tests/farm/test_cli.py does."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis
 
 from dashboard.app import create_app
 from farm.context import Farm
+from farm.db.types import utcnow
+from farm.queue.outbox import send_unsent
 from farm.settings import Settings
+from tests.farm.conftest import job_rows
 from tests.farm.test_cli import farm_cli
 from tests.fixtures.dashboard import SECRET_KEY
+from tests.fixtures.farm_cluster import RedisServer
 from tests.fixtures.tiny import EXAMPLES
 
 STORY = str(EXAMPLES / "story.yaml")
@@ -96,3 +102,30 @@ def test_status_as_json_and_watching_a_job_to_its_end(env):
     farm_cli(env, "cancel", job_id)
     watched = farm_cli(env, "status", job_id, "--watch", code=1)  # it ended cancelled
     assert watched.stdout.splitlines()[0].startswith(f"job {job_id} cancelled  [")
+
+
+def test_submit_with_the_broker_down_says_so_once_and_the_reaper_sends_it_later(env, tmp_path):
+    broker = RedisServer(tmp_path / "redis")  # its port is free: nothing answers there yet
+    down = {**env, "FARM_BROKER_URL": broker.url}
+    result = farm_cli(down, "submit", STORY)
+    job_id = result.stdout.strip()
+    assert result.stderr == (
+        f"job {job_id} is queued, but the broker at {broker.url} did not answer: its 2 "
+        "shard(s) are sent once it does (by the reaper of `farm up` or `farm worker --beat`)\n"
+    )
+    farm = Farm(Settings.from_env(down))
+    try:
+        _, shards, renders = job_rows(farm, job_id)
+        assert [s.sent for s in shards] == [None, None] and len(renders) == 6
+        broker.start(persistent=False)
+        later = utcnow() + timedelta(seconds=1)
+        assert send_unsent(farm, later) == [s.id for s in shards]  # what the reaper runs
+        _, shards, _ = job_rows(farm, job_id)
+        assert all(s.sent is not None for s in shards)
+        client = redis.Redis.from_url(broker.url)
+        # Redis keeps one list per priority step: "render.tiny", then a separator and the step.
+        assert sum(client.llen(key) for key in client.keys("render.tiny*")) == 2
+        client.close()
+    finally:
+        farm.close()
+        broker.stop()

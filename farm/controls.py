@@ -5,9 +5,10 @@ is written: a path relative to the story file (`farm render`, `farm submit`), th
 uploaded with the story (the dashboard's form), or a `data:` URL inside the JSON body (the API).
 Each image is judged like a reference photo (`farm.identity.photos`: a JPEG, PNG or WebP within
 the pixel limits) and must have the render's size exactly, since the map is laid over the
-latents pixel for pixel and a resized skeleton would move the pose. A submitted job stores each
-image once, named by its SHA-256, under `jobs/<job>/controls/`, and its story refers to it as
-`sha256:<hex>`, which is how workers, retries and `farm gc` find it.
+latents pixel for pixel and a resized skeleton would move the pose. A submission stores each
+image once, named by its SHA-256, under `controls/` (before the job's rows commit, as photos
+are), its story refers to it as `sha256:<hex>`, and a `job_control_images` row per job and image
+keeps it from `farm gc` while a job may read it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ class SceneControl(BaseModel):
         description="controlnet_conditioning_scale: 0 is no control, 1 the model's own strength.",
     )
 
+    def recipe(self) -> dict[str, str | float]:
+        """What of it decides pixels, for a render's content hash: the image by its content
+        (once stored), the type and the scale."""
+        image = self.image.removeprefix(STORED) if is_stored(self.image) else self.image
+        return {"image": image, "type": self.type.value, "scale": float(self.scale)}
+
 
 @dataclass(frozen=True)
 class ControlImage:
@@ -89,20 +96,19 @@ class ControlImage:
         return STORED + self.sha256
 
 
-@dataclass(frozen=True)
-class ControlRequest:
-    """One render's control as the pipeline takes it: the map (at the render's size), its
-    type and its strength."""
-
-    type: ControlType
-    image: Image.Image
-    scale: float = 1.0
+def control_key(sha256: str) -> str:
+    """Content-addressed: scenes and jobs that send the same map share one object."""
+    return f"controls/{sha256[:2]}/{sha256}"
 
 
-def control_key(job_id: str, sha256: str) -> str:
-    """Content-addressed within the job: two scenes with one pose share an object, and the
-    object lives exactly as long as the job (the `jobs/` rule of `farm gc`)."""
-    return f"jobs/{job_id}/controls/{sha256}"
+def stored_shas(story: Story) -> list[str]:
+    """The content hashes of the control images a job's story names, once each; a job is
+    planned only from a story whose images are stored (`submitted_story`)."""
+    refs = {s.control.image for s in story.scenes if s.control is not None}
+    unstored = sorted(ref[:40] for ref in refs if not is_stored(ref))
+    if unstored:
+        raise ValueError(f"control images not stored before planning the job: {unstored}")
+    return sorted(ref.removeprefix(STORED) for ref in refs)
 
 
 def is_stored(image: str) -> bool:
@@ -129,46 +135,54 @@ def judge_control_image(data: bytes, where: str, size: tuple[int, int]) -> Contr
     return ControlImage(data, content_hash(data), width, height)
 
 
-def _data_url_bytes(image: str, where: str) -> bytes:
+def _data_url_bytes(image: str) -> bytes:
     try:
         return base64.b64decode(image.split(",", 1)[1], validate=True)
     except (binascii.Error, ValueError):
-        raise InputError(f"{where}: the data URL is not valid base64") from None
+        raise InputError("the data URL is not valid base64") from None
 
 
-def control_images(story: Story, files: Mapping[str, bytes]) -> dict[str, ControlImage]:
+def control_images(
+    story: Story, files: Mapping[str, bytes], storage: Storage | None = None
+) -> dict[str, ControlImage]:
     """Every control image the story names, by its `image` string, read and judged.
 
     `files` holds what came with the story, by the name the story uses (a path for a story
-    file, a file name for a form). Every problem is reported at once, one line per scene.
+    file, a file name for a form). With `storage`, a `sha256:` reference to an image the farm
+    has stored (a story copied from a job) is read from there. Every problem is reported at
+    once, one line per scene.
     """
     found: dict[str, ControlImage] = {}
     problems: list[str] = []
+    seen: set[str] = set()  # an image two scenes share is judged, and named, once
     size = story.render_size()
     for index, scene in enumerate(story.scenes):
-        if scene.control is None or scene.control.image in found:
+        if scene.control is None or scene.control.image in seen:
             continue
         image = scene.control.image
+        seen.add(image)
         where = f"scenes[{index}].control.image"
         try:
             if is_stored(image):
-                raise InputError(
-                    f"{where}: {image[:20]}... names an image stored with another job; send "
-                    "the image itself (a file, or a data: URL)"
-                )
-            if is_data_url(image):
-                data = _data_url_bytes(image, where)
+                key = control_key(image.removeprefix(STORED))
+                if storage is None or not storage.exists(key):
+                    raise InputError(
+                        f"{image[:20]}... names no control image stored here; send the image "
+                        "itself (a file, or a data: URL)"
+                    )
+                data, name = storage.get(key), image
+            elif is_data_url(image):
+                data, name = _data_url_bytes(image), "data URL"
             elif image in files:
-                data = files[image]
+                data, name = files[image], image
             else:
                 raise InputError(
-                    f"{where}: no image {image!r} came with the story; upload it with the story "
-                    "(by that file name) or give it as a data:image/png;base64 URL"
+                    f"no image {image!r} came with the story; upload it with the story (by "
+                    "that file name) or give it as a data:image/png;base64 URL"
                 )
-            name = "data URL" if is_data_url(image) else image
-            found[image] = judge_control_image(data, f"{where} ({name})", size)
+            found[image] = judge_control_image(data, name, size)
         except InputError as error:
-            problems.append(str(error))
+            problems.append(f"{where}: {error}")
     if problems:
         raise InputError("\n".join(problems))
     return found
@@ -189,6 +203,13 @@ def files_beside(story: Story) -> dict[str, bytes]:
     return files
 
 
+def maps_beside(story: Story) -> dict[str, Image.Image]:
+    """`farm render`'s control maps: read from beside the story file and judged, every problem
+    named at once, before a model loads."""
+    images = control_images(story, files_beside(story))
+    return {name: decode_control(image.data, name) for name, image in images.items()}
+
+
 def with_stored_refs(story: Story, images: Mapping[str, ControlImage]) -> Story:
     """The story as a job keeps it: every control image named by its stored content."""
     if not images:
@@ -201,10 +222,21 @@ def with_stored_refs(story: Story, images: Mapping[str, ControlImage]) -> Story:
     return type(story).model_validate(data)
 
 
-def store_controls(storage: Storage, job_id: str, images: Mapping[str, ControlImage]) -> None:
-    """Put each image once under its content key (a retry rewrites the same bytes)."""
+def submitted_story(storage: Storage, story: Story, files: Mapping[str, bytes]) -> Story:
+    """A submission's control images judged and stored, and the story as its job keeps it
+    (images named by content). Called before the job's transaction: a refused image leaves
+    nothing, and a stored one whose job never commits is left to `farm gc`."""
+    images = control_images(story, files, storage)
+    store_controls(storage, images)
+    return with_stored_refs(story, images)
+
+
+def store_controls(storage: Storage, images: Mapping[str, ControlImage]) -> None:
+    """Put each image once under its content key; one already there is the same bytes."""
     for image in {image.sha256: image for image in images.values()}.values():
-        storage.put(control_key(job_id, image.sha256), image.data, _content_type(image.data))
+        key = control_key(image.sha256)
+        if not storage.exists(key):
+            storage.put(key, image.data, _content_type(image.data))
 
 
 def _content_type(data: bytes) -> str:
@@ -214,16 +246,31 @@ def _content_type(data: bytes) -> str:
 def attach(
     plan: Sequence[PlannedRender], story: Story, images: Mapping[str, Image.Image]
 ) -> list[PlannedRender]:
-    """The planned renders with their scene's control map, from `images` keyed by the scene's
-    `image` string (a path or name at submission, `sha256:<hex>` in a job's story)."""
+    """The planned renders with their scene's control and its map, from `images` keyed by the
+    scene's `image` string (a path or name at submission, `sha256:<hex>` in a job's story)."""
     attached = []
     for planned in plan:
         control = story.scenes[planned.scene_index].control
         if control is not None:
-            request = ControlRequest(control.type, images[control.image], control.scale)
-            planned = replace(planned, control=request)
+            planned = replace(planned, control=control, control_image=images[control.image])
         attached.append(planned)
     return attached
+
+
+def stored_maps(
+    storage: Storage, story: Story, plan: Sequence[PlannedRender]
+) -> dict[str, Image.Image]:
+    """A worker's control maps: each stored image the planned renders' scenes name, fetched
+    once however many renders share it."""
+    refs = {
+        control.image
+        for planned in plan
+        if (control := story.scenes[planned.scene_index].control) is not None
+    }
+    return {
+        ref: decode_control(storage.get(control_key(ref.removeprefix(STORED))), ref)
+        for ref in sorted(refs)
+    }
 
 
 def decode_control(data: bytes, where: str) -> Image.Image:

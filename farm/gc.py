@@ -1,6 +1,6 @@
 """`farm gc`: the objects in storage that no row needs any more, found and (on request) deleted.
 
-Storage is written by the farm under three prefixes, and each has its own rule for "needed":
+Storage is written by the farm under four prefixes, and each has its own rule for "needed":
 
 - `jobs/<job>/...` (renders, thumbnails, comic pages, exports): needed while the job's row
   exists. Workers write them only after the job's row has committed.
@@ -8,6 +8,9 @@ Storage is written by the farm under three prefixes, and each has its own rule f
   by every character made from the same photo): needed while a photo row names it and its
   character is either not deleted or still named by a job, as the main character or in the
   cast, since retrying that job reads the photos again. Deleting a character only marks its row.
+- `controls/<xx>/<sha256>` (a scene's pose, depth or edge map, stored once per content and
+  shared by every job that sends it): needed while a `job_control_images` row names it; the
+  rows go with their job.
 - `identity/<encoder>/<photos>.safetensors` (the identity-token cache): needed while its
   `identity_tokens` row exists. A cache object without a row is left by a worker that died
   between computing the tokens and recording them; the next job computes them again.
@@ -28,7 +31,14 @@ from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
 from farm.context import Farm
-from farm.db.models import CastMember, Character, CharacterPhoto, Job, StoredIdentityTokens
+from farm.db.models import (
+    CastMember,
+    Character,
+    CharacterPhoto,
+    Job,
+    JobControlImage,
+    StoredIdentityTokens,
+)
 from farm.db.types import utcnow
 from farm.storage.base import StoredObject
 
@@ -73,6 +83,14 @@ def _identity_needed(session: Session, keys: list[str]) -> set[str]:
     )
 
 
+def _controls_needed(session: Session, keys: list[str]) -> set[str]:
+    return set(
+        session.scalars(
+            select(JobControlImage.storage_key).where(JobControlImage.storage_key.in_(keys))
+        )
+    )
+
+
 def _whole_key(key: str) -> str:
     return key
 
@@ -82,6 +100,7 @@ def _whole_key(key: str) -> str:
 RULES: list[tuple[str, Callable[[str], str | None], Needed]] = [
     ("jobs/", _job_of, _jobs_needed),
     ("photos/", _whole_key, _photos_needed),
+    ("controls/", _whole_key, _controls_needed),
     ("identity/", _whole_key, _identity_needed),
 ]
 

@@ -18,7 +18,16 @@ from sqlalchemy.orm import Session
 
 from farm.characters import create_character
 from farm.context import Farm
-from farm.db.models import CastMember, Character, Job, Render, Shard, project_or_default
+from farm.controls import control_key, stored_shas
+from farm.db.models import (
+    CastMember,
+    Character,
+    Job,
+    JobControlImage,
+    Render,
+    Shard,
+    project_or_default,
+)
 from farm.db.queries import job_progress
 from farm.db.states import JobStatus, RenderStatus
 from farm.db.types import utcnow
@@ -104,6 +113,10 @@ def plan_job(
     )
     session.add(job)
     session.flush()
+    session.add_all(  # what keeps its control images from `farm gc`
+        JobControlImage(job_id=job.id, sha256=sha, storage_key=control_key(sha))
+        for sha in stored_shas(story)
+    )
     if awaiting:
         return job
     for index, group in enumerate(shard_plan(plan, shard_size)):

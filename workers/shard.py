@@ -19,6 +19,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from farm import blocklist
+from farm.controls import attach, stored_maps
 from farm.db.models import (
     CastMember,
     Character,
@@ -312,7 +313,8 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
     check = IdentityCheck(
         loaded.identity, runtime.references, photos, story.min_face_similarity, story.qc_retries
     )
-    todo = list(zip(claim.render_ids, claim.renders, strict=True))
+    maps = stored_maps(runtime.farm.storage, story, claim.renders)
+    todo = list(zip(claim.render_ids, attach(claim.renders, story, maps), strict=True))
     batch_size = loaded.preset.batch_size
     per_render_identity_s = identity_s / max(len(claim.renders), 1)
 

@@ -182,6 +182,20 @@ class CastMember(Timestamps, Base):
     position: Mapped[int]
 
 
+class JobControlImage(Timestamps, Base):
+    """A control image (pose, depth or edge map) a job's scenes use, stored once per content
+    under `controls/` and shared by every job that sends the same bytes: these rows are what
+    keeps it from `farm gc` while a job, its preview or a retry may read it."""
+
+    __tablename__ = "job_control_images"
+    __table_args__ = (UniqueConstraint("job_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    storage_key: Mapped[str] = mapped_column(String(KEY_LENGTH), index=True)
+
+
 class StoredIdentityTokens(Timestamps, Base):
     """Where the identity tokens for (encoder weights, photos) lie in object storage.
 

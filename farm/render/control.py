@@ -25,14 +25,14 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
 from PIL import Image
 
-from farm.controls import ControlRequest, ControlType
+from farm.controls import ControlType, SceneControl
 from farm.errors import InputError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,16 @@ _TINY_FAMILY = {
 }
 
 ControlModel = ControlNetModel | T2IAdapter
+
+
+class Controlled(Protocol):
+    """A render as this module reads it (the pipeline's `Scene`): its control and its map."""
+
+    @property
+    def control(self) -> SceneControl | None: ...
+
+    @property
+    def control_image(self) -> Image.Image | None: ...
 
 
 # ---------------------------------------------------------------------- finding and loading
@@ -229,24 +239,25 @@ def ensure_tiny_controls(models_dir: Path) -> Path:
 
 
 def check_controls(
-    controls: Sequence[ControlRequest | None],
-    models: ControlModels | None,
-    height: int,
-    width: int,
+    renders: Sequence[Controlled], models: ControlModels | None, height: int, width: int
 ) -> None:
     """Refuse, before any model runs, a map of the wrong size or a type with no model here."""
-    kinds = {c.type for c in controls if c is not None}
-    if not kinds:
+    controlled = [r for r in renders if r.control is not None]
+    if not controlled:
         return
     if models is None:
         raise InputError("this pipeline has no control models: scenes with control cannot render")
-    for control in controls:
-        if control is not None and control.image.size != (width, height):
-            w, h = control.image.size
+    for render in controlled:
+        kind, image = render.control.type.value, render.control_image
+        if image is None:
+            raise ValueError(f"a {kind} control without its image: attach it first")
+        if image.size != (width, height):
+            w, h = image.size
             raise InputError(
-                f"a {control.type.value} control image is {w}x{h}, but the render is "
+                f"a {kind} control image is {w}x{h}, but the render is "
                 f"{width}x{height}; a control map must have the render's size exactly"
             )
+    kinds = {r.control.type for r in controlled}
     for kind in sorted(kinds):
         models.locate(kind)  # a missing model fails here, not mid-batch
 
@@ -264,21 +275,22 @@ class BatchControl:
     def __init__(
         self,
         models: ControlModels,
-        controls: Sequence[ControlRequest | None],
+        renders: Sequence[Controlled],
         *,
         do_cfg: bool,
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
-        batch = len(controls)
+        batch = len(renders)
         self.batch = batch * (2 if do_cfg else 1)
         self._controlnets: list[tuple[ControlNetModel, list[int], torch.Tensor, torch.Tensor]] = []
         self._features: list[torch.Tensor] | None = None
+        controls = [r.control for r in renders]
         for kind in sorted({c.type for c in controls if c is not None}):
             rows = [i for i, c in enumerate(controls) if c is not None and c.type == kind]
-            requests = [controls[i] for i in rows]
-            images = torch.stack([_pixels(c.image, device, dtype) for c in requests])
-            scales = torch.tensor([c.scale for c in requests], device=device, dtype=dtype)
+            maps = [renders[i].control_image for i in rows]
+            images = torch.stack([_pixels(image, device, dtype) for image in maps])
+            scales = torch.tensor([controls[i].scale for i in rows], device=device, dtype=dtype)
             if do_cfg:  # the unconditional half is steered too, as in diffusers
                 rows = rows + [batch + i for i in rows]
                 images, scales = torch.cat([images, images]), torch.cat([scales, scales])

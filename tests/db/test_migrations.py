@@ -28,6 +28,7 @@ TABLES = {
     "job_revisions",
     "retired_renders",
     "job_worker_failures",
+    "job_control_images",
 }
 
 

@@ -11,7 +11,7 @@ import torch
 from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
 from PIL import Image, ImageDraw
 
-from farm.controls import ControlRequest, ControlType
+from farm.controls import ControlType, SceneControl
 from farm.errors import InputError, ModelNotFoundError
 from farm.identity.tokens import IdentityTokens
 from farm.render.control import (
@@ -50,15 +50,19 @@ def final_latents(tiny, identity, renders, **kwargs) -> torch.Tensor:
     return seen[-1]
 
 
-def scene(seed: int, control: ControlRequest | None = None) -> SceneRender:
-    return SceneRender("a man img standing in the street", "lowres", seed, control)
+def scene(seed: int, control: tuple[ControlType, Image.Image, float] | None = None) -> SceneRender:
+    if control is None:
+        return SceneRender("a man img standing in the street", "lowres", seed)
+    kind, image, scale = control
+    spec = SceneControl(image="pose.png", type=kind, scale=scale)
+    return SceneRender("a man img standing in the street", "lowres", seed, spec, image)
 
 
 @pytest.mark.parametrize("kind", [ControlType.OPENPOSE, ControlType.CANNY])  # ControlNet, adapter
 def test_a_zero_scale_is_no_control_and_a_nonzero_one_moves_the_latents(tiny, newton, kind):
     plain = final_latents(tiny, newton, [scene(5)])
-    zero = final_latents(tiny, newton, [scene(5, ControlRequest(kind, pose_map(), 0.0))])
-    steered = final_latents(tiny, newton, [scene(5, ControlRequest(kind, pose_map(), 1.0))])
+    zero = final_latents(tiny, newton, [scene(5, (kind, pose_map(), 0.0))])
+    steered = final_latents(tiny, newton, [scene(5, (kind, pose_map(), 1.0))])
     assert torch.equal(zero, plain)
     assert (steered - plain).abs().max() > 1e-3
 
@@ -70,13 +74,13 @@ def test_each_render_of_a_batch_has_its_own_control_and_scale(tiny, newton):
         tiny,
         newton,
         [
-            scene(1, ControlRequest(ControlType.OPENPOSE, pose, 0.0)),
-            scene(2, ControlRequest(ControlType.DEPTH, pose, 1.0)),
+            scene(1, (ControlType.OPENPOSE, pose, 0.0)),
+            scene(2, (ControlType.DEPTH, pose, 1.0)),
             scene(3),
         ],
     )
     half = final_latents(
-        tiny, newton, [scene(1), scene(2, ControlRequest(ControlType.DEPTH, pose, 0.5)), scene(3)]
+        tiny, newton, [scene(1), scene(2, (ControlType.DEPTH, pose, 0.5)), scene(3)]
     )
     # Rows without control (or at scale 0) are untouched by their neighbours' residuals.
     assert torch.equal(mixed[0], plain[0]) and torch.equal(mixed[2], plain[2])
@@ -87,14 +91,14 @@ def test_each_render_of_a_batch_has_its_own_control_and_scale(tiny, newton):
 
 
 def test_without_guidance_the_control_still_steers(tiny, newton):
-    control = ControlRequest(ControlType.OPENPOSE, pose_map(), 1.0)
+    control = (ControlType.OPENPOSE, pose_map(), 1.0)
     plain = final_latents(tiny, newton, [scene(4)], guidance=1.0)
     steered = final_latents(tiny, newton, [scene(4, control)], guidance=1.0)
     assert (steered - plain).abs().max() > 1e-3
 
 
 def test_a_control_map_of_the_wrong_size_is_refused_before_rendering(tiny, newton):
-    control = ControlRequest(ControlType.OPENPOSE, pose_map((64, 48)), 1.0)
+    control = (ControlType.OPENPOSE, pose_map((64, 48)), 1.0)
     with pytest.raises(InputError, match="control image is 64x48, but the render is 64x64"):
         tiny.pipeline([scene(1, control)], {"img": newton}, steps=2, **SIZE)
 
@@ -127,11 +131,11 @@ def test_diffusers_folders_in_the_models_dir_load_through_the_real_loader(
     built_in = tiny.pipeline.controls
     tiny.pipeline.controls = ControlModels(studio, torch.device("cpu"), torch.float32, tiny=False)
     try:
-        control = ControlRequest(ControlType.OPENPOSE, pose_map(), 1.0)
+        control = (ControlType.OPENPOSE, pose_map(), 1.0)
         plain = final_latents(tiny, newton, [scene(8)])
         steered = final_latents(tiny, newton, [scene(8, control)])
         with pytest.raises(ModelNotFoundError, match="controls/depth"):
-            depth = ControlRequest(ControlType.DEPTH, pose_map(), 1.0)
+            depth = (ControlType.DEPTH, pose_map(), 1.0)
             tiny.pipeline([scene(8, depth)], {"img": newton}, steps=2, **SIZE)
     finally:
         tiny.pipeline.controls = built_in

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from PIL import Image
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -33,7 +32,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from farm import styles
 from farm.composition import Location, Name, Outfit, Shot, compose_prompt, worn_outfits
-from farm.controls import SceneControl
+from farm.consistency import Consistency
+from farm.controls import ControlRequest, SceneControl
 from farm.documents import DEFAULT_LIMITS, DocumentLimits, check_size, parse_document
 from farm.errors import InputError
 
@@ -150,9 +150,8 @@ class PlannedRender:
     negative: str
     seed: int
     caption: str | None
-    # The scene's control (`farm.controls`), and its map once read (`farm.controls.attach`).
-    control: SceneControl | None = None
-    control_image: Image.Image | None = None
+    # The scene's control map, attached once its image is read (`farm.controls.attach`).
+    control: ControlRequest | None = None
 
 
 def derive_seed(base: int, scene: int, variant: int) -> int:
@@ -328,6 +327,11 @@ class Story(BaseModel):
         "full quality, with the same seeds, only the scenes approved.",
     )
     scenes: list[Scene] = Field(min_length=1, max_length=MAX_SCENES)
+    consistency: Consistency = Field(
+        default_factory=Consistency,
+        description="Consistent self-attention across scenes: clothes, hair and props kept "
+        "from scene to scene (off by default).",
+    )
 
     _source_dir: Path | None = PrivateAttr(default=None)
 
@@ -429,6 +433,23 @@ class Story(BaseModel):
             raise ValidationError.from_exception_data(cls.__name__, problems)
         return scenes
 
+    @field_validator("consistency")
+    @classmethod
+    def _consistency_fits(cls, consistency: Consistency, info: ValidationInfo) -> Consistency:
+        scenes = info.data.get("scenes")
+        problem = None if scenes is None else consistency.problem(len(scenes))
+        presets = (info.context or {}).get("presets")
+        preset = presets.get(info.data.get("preset")) if isinstance(presets, Mapping) else None
+        if problem is None and consistency.enabled and preset and not preset.consistency:
+            problem = (
+                f"preset {preset.name!r} does not support consistency (its few-step LoRA was "
+                "distilled on the UNet's own attention); use mode 'off' or a preset such as "
+                + ", ".join(repr(name) for name, p in presets.items() if p.consistency)
+            )
+        if problem is not None:
+            raise PydanticCustomError("consistency", "{problem}", {"problem": problem})
+        return consistency
+
     @model_validator(mode="after")
     def _remember_source_dir(self, info: ValidationInfo) -> Story:
         source_dir = (info.context or {}).get("source_dir")
@@ -465,11 +486,7 @@ class Story(BaseModel):
                 else:
                     # Wrapped so that every seed stays in the range a story may name.
                     seed = (scene.seed + variant) % (MAX_SEED + 1)
-                renders.append(
-                    PlannedRender(
-                        index, variant, prompt, negative, seed, scene.caption, scene.control
-                    )
-                )
+                renders.append(PlannedRender(index, variant, prompt, negative, seed, scene.caption))
         return renders
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
-from farm.controls import SceneControl
+from farm.controls import ControlRequest
 from farm.errors import InputError
 from farm.identity.encoders import IDEncoder
 from farm.identity.prompt import (
@@ -48,6 +49,9 @@ from farm.render.checkpoint import (
 )
 from farm.render.control import BatchControl, ControlModels, check_controls
 from farm.settings import NOISE_DEVICES
+
+if TYPE_CHECKING:
+    from farm.render.consistency import ConsistentAttention
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +90,8 @@ class Scene(Protocol):
     def seed(self) -> int: ...
 
     @property
-    def control(self) -> SceneControl | None:
-        """The scene's pose or framing control (`farm.render.control`), or None."""
-        ...
-
-    @property
-    def control_image(self) -> Image.Image | None:
-        """The control's map, at the render's size (`farm.controls.attach`)."""
+    def control(self) -> ControlRequest | None:
+        """The scene's pose or framing map (`farm.render.control`), or None."""
         ...
 
 
@@ -103,8 +102,7 @@ class SceneRender:
     prompt: str
     negative: str | None
     seed: int
-    control: SceneControl | None = None
-    control_image: Image.Image | None = None
+    control: ControlRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -400,7 +398,7 @@ class PhotoMakerPipeline:
                     f"negative prompt {negative!r} contains the trigger word {named[0]!r}; "
                     "a trigger word belongs only after the class word of the prompt: remove it"
                 )
-        check_controls(renders, self.controls, height, width)
+        check_controls([r.control for r in renders], self.controls, height, width)
 
     @torch.inference_mode()
     def __call__(
@@ -418,11 +416,13 @@ class PhotoMakerPipeline:
         cancelled: Callable[[], bool] | None = None,
         interrupted: Callable[[], bool] | None = None,
         resume: Checkpoint | None = None,
+        consistency: ConsistentAttention | None = None,
     ) -> RenderResult:
         """Render every scene of `renders` as one batch; `identities` maps trigger -> tokens.
         `interrupted` asked true before a step stops the batch with `RenderInterrupted`,
         whose checkpoint, passed back as `resume`, continues it at that step with the same
-        pixels (farm/render/checkpoint.py)."""
+        pixels (farm/render/checkpoint.py). `consistency` shares self-attention across scenes
+        (farm/render/consistency.py)."""
         # 0. Defaults: a fresh scheduler per call, since schedulers carry step state.
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         timings: dict[str, float] = {}
@@ -463,50 +463,61 @@ class PhotoMakerPipeline:
         time_ids = torch.tensor(
             [[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype
         ).repeat(batch * (2 if do_cfg else 1), 1)
+        controls = [r.control for r in renders]
         control = None  # a batch without control maps calls the UNet exactly as before
-        if self.controls is not None and any(r.control for r in renders):
+        if self.controls is not None and any(controls):
             control = BatchControl(
-                self.controls, renders, do_cfg=do_cfg, device=self.device, dtype=self.dtype
+                self.controls, controls, do_cfg=do_cfg, device=self.device, dtype=self.dtype
             )
 
-        # 7. Denoising loop.
+        # 7. Denoising loop, with self-attention shared across scenes if asked.
         denoise_started = time.perf_counter()
-        for i, t in enumerate(timesteps):
-            if i < first:
-                continue
-            if cancelled is not None and cancelled():
-                raise RenderCancelled(f"cancelled at step {i}")
-            if interrupted is not None and i > first and interrupted():
-                state = (scheduler_state(scheduler), generator_states(generators))
-                stopped = Checkpoint(i, steps, tuple(seeds), latents, *state)
-                raise RenderInterrupted(stopped)
-            uses_identity = i > merge_step
-            if uses_identity:
-                cond, pooled = embeds.id_prompt, embeds.id_pooled
-            else:
-                cond, pooled = embeds.text_prompt, embeds.text_pooled
-            if do_cfg:
-                cond = torch.cat([embeds.negative, cond])
-                pooled = torch.cat([embeds.negative_pooled, pooled])
-            model_in = torch.cat([latents] * 2) if do_cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            hidden = cond.to(self.dtype)
-            added = {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids}
-            steer = {} if control is None else control.unet_kwargs(model_in, t, hidden, added)
-            noise = self.unet(
-                model_in,
-                t,
-                encoder_hidden_states=hidden,
-                added_cond_kwargs=added,
-                return_dict=False,
-                **steer,
-            )[0]
-            if do_cfg:
-                uncond, text = noise.chunk(2)
-                noise = uncond + guidance * (text - uncond)
-            latents = scheduler.step(noise, t, latents, generator=generators, return_dict=False)[0]
-            if callback is not None:
-                callback(StepState(i, float(t), uses_identity, latents))
+        shared_attention = (
+            nullcontext()
+            if consistency is None
+            else consistency.installed(self.unet, renders, do_cfg, steps)
+        )
+        with shared_attention:
+            for i, t in enumerate(timesteps):
+                if i < first:
+                    continue
+                if cancelled is not None and cancelled():
+                    raise RenderCancelled(f"cancelled at step {i}")
+                if interrupted is not None and i > first and interrupted():
+                    state = (scheduler_state(scheduler), generator_states(generators))
+                    stopped = Checkpoint(i, steps, tuple(seeds), latents, *state)
+                    raise RenderInterrupted(stopped)
+                if consistency is not None:
+                    consistency.at_step(i)
+                uses_identity = i > merge_step
+                if uses_identity:
+                    cond, pooled = embeds.id_prompt, embeds.id_pooled
+                else:
+                    cond, pooled = embeds.text_prompt, embeds.text_pooled
+                if do_cfg:
+                    cond = torch.cat([embeds.negative, cond])
+                    pooled = torch.cat([embeds.negative_pooled, pooled])
+                model_in = torch.cat([latents] * 2) if do_cfg else latents
+                model_in = scheduler.scale_model_input(model_in, t)
+                hidden = cond.to(self.dtype)
+                added = {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids}
+                steer = {} if control is None else control.unet_kwargs(model_in, t, hidden, added)
+                noise = self.unet(
+                    model_in,
+                    t,
+                    encoder_hidden_states=hidden,
+                    added_cond_kwargs=added,
+                    return_dict=False,
+                    **steer,
+                )[0]
+                if do_cfg:
+                    uncond, text = noise.chunk(2)
+                    noise = uncond + guidance * (text - uncond)
+                latents = scheduler.step(
+                    noise, t, latents, generator=generators, return_dict=False
+                )[0]
+                if callback is not None:
+                    callback(StepState(i, float(t), uses_identity, latents))
         timings["denoise"] = time.perf_counter() - denoise_started
 
         # 8. Decode.

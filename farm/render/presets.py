@@ -65,6 +65,13 @@ class Preset:
         """ID tokens each reference photo adds to a prompt: one in V1, two in V2."""
         return 1 if self.version == 1 else 2
 
+    @property
+    def consistency(self) -> bool:
+        """Whether a story may share self-attention across scenes on this preset. Not with a
+        few-step LoRA: it was distilled on the UNet's own attention, and in 2 to 8 steps no
+        later step corrects what shared attention shifts; the farm refuses it until measured."""
+        return self.fast is None
+
     def sampling(self, steps: int, guidance: float) -> tuple[int, float]:
         """The steps and guidance a render uses: the story's, unless a fast LoRA fixes them."""
         if self.fast is None:

@@ -10,25 +10,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from farm import __version__
-from farm.controls import attach, maps_beside
 from farm.identity.engine import Photo
 from farm.recipe import RenderSettings, png_bytes, render_filename
 from farm.render.loading import LoadedPreset
+from farm.render.reference_scenes import render_batches
 from farm.storage.local import LocalStorage
 from farm.story import Character, PlannedRender, Story
 
 
 def character_photos(story: Story, character: Character | None = None) -> list[Photo]:
     return [Photo(path.name, path.read_bytes()) for path in story.photo_paths(character)]
-
-
-def batches(items: Sequence[PlannedRender], size: int) -> list[Sequence[PlannedRender]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def render_story(
@@ -42,7 +38,7 @@ def render_story(
     """Render every scene and variant of `story` into `out_dir`; returns the manifest's path."""
     character = story.character
     settings = RenderSettings.of(story)
-    plan = attach(story.plan(), story, maps_beside(story))
+    plan = story.plan()
 
     started = time.perf_counter()
     identities = {
@@ -60,8 +56,10 @@ def render_story(
     # The output folder is object storage too: whole-file writes come with it.
     out = LocalStorage(out_dir)
     entries = []
-    for batch in batches(plan, batch_size or loaded.preset.batch_size):
-        result = loaded.render(batch, settings, identities, class_words)
+    size = batch_size or loaded.preset.batch_size
+    for batch, result in render_batches(
+        loaded, story, plan, settings, identities, class_words, size
+    ):
         for planned, image in zip(batch, result.images, strict=True):
             name = render_filename(planned.scene_index, planned.variant)
             out.put(name, png_bytes(image, planned, settings), "image/png")

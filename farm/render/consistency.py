@@ -1,0 +1,374 @@
+"""Consistent self-attention across the scenes of a story (StoryDiffusion's training-free method,
+written here from its paper and public code).
+
+PhotoMaker's ID tokens keep the face; nothing keeps the clothes, the hair or the props, because
+each scene is denoised on its own. Consistent self-attention lets each scene's self-attention
+layers also attend to a sample of the *other* scenes' tokens at the same step, so features the
+scenes share are pulled together while each keeps its own layout (its own tokens are all there).
+
+Three forms, chosen per story (`Consistency.mode`):
+- `batch`: the scenes of one pipeline call attend to each other (StoryDiffusion's own form);
+- `story`, writing: the reference scenes render as one batch in the batch form and hand out the
+  tokens the others sampled from them (`SharedTokens`);
+- `story`, reading: every other render attends to its own tokens and to those stored tokens, so
+  a scene rendered on another GPU, later, sees exactly what it would have seen in one process.
+
+What the farm does differently from the reference code, and why:
+- the sampled tokens are drawn from a generator seeded by (render seed, step, token count), not
+  from Python's global `random`, so the same story gives the same pixels on every worker;
+- each scene shares one sample of its tokens per step and resolution, seen by every other scene
+  (StoryDiffusion draws a mask per query image): one sample is what can be stored and reused;
+- tokens a scene shares travel at half precision (`shared_dtype`), in every form, because that is
+  how they are stored: the batch form and a stored reference give the same pixels;
+- the reference's random skipping of the mechanism per layer call is replaced by an explicit
+  step window (`Consistency.window`), and `strength` scales the weight of the other scenes'
+  tokens in the softmax (a log-bias on their logits; 1 is the paper's method);
+- keys and values are not stored: the tokens they are projected from are (half the bytes), and
+  each layer projects them with its own weights when it reads them.
+
+Outside the window, and on the cross-attention layers, the UNet's own processor runs unchanged,
+and with `mode: off` nothing here is installed at all: those renders are today's, to the byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from farm.errors import InputError
+from farm.story import Consistency
+
+BLOCK_PREFIXES = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}
+Recipe = tuple[str, str | None, int]  # a render's prompt, negative and seed: what it is
+
+
+class Scene(Protocol):
+    """A render as the pipeline reads it (`farm.render.pipeline.Scene`)."""
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def negative(self) -> str | None: ...
+
+    @property
+    def seed(self) -> int: ...
+
+
+def recipe(scene: Scene) -> Recipe:
+    return (scene.prompt, scene.negative, scene.seed)
+
+
+def sampled_tokens(seed: int, step: int, tokens: int, rate: float) -> torch.Tensor:
+    """Which of a scene's `tokens` self-attention tokens the other scenes see at `step`, in
+    order: `round(rate * tokens)` of them (at least one), drawn without replacement by a CPU
+    generator seeded from sha256(seed, step, tokens), so every machine draws the same ones."""
+    count = max(1, round(rate * tokens))
+    digest = hashlib.sha256(f"{seed}:{step}:{tokens}".encode()).digest()
+    generator = torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "big"))
+    return torch.randperm(tokens, generator=generator)[:count].sort().values
+
+
+def shared_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision shared tokens travel and are stored in: the model's own when it is half
+    (bf16 or fp16, lossless), fp16 for an fp32 model (a CPU)."""
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
+
+
+def self_attention_layers(
+    unet: UNet2DConditionModel, blocks: Sequence[str]
+) -> dict[str, Attention]:
+    """The UNet's spatial self-attention layers (`attn1` of each transformer block) in `blocks`."""
+    prefixes = tuple(BLOCK_PREFIXES[block] for block in blocks)
+    return {
+        name: module
+        for name, module in unet.named_modules()
+        if isinstance(module, Attention)
+        and name.endswith(".attn1")
+        and name.startswith(prefixes)
+        and not module.is_cross_attention
+    }
+
+
+def check_layers(unet: UNet2DConditionModel, blocks: Sequence[str]) -> dict[str, Attention]:
+    """The layers consistency would change; an `InputError` naming the fix if there are none,
+    or if one of them has a normalisation the consistent processor does not implement."""
+    layers = self_attention_layers(unet, blocks)
+    if not layers:
+        raise InputError(
+            f"consistency.blocks {list(blocks)}: this model has no self-attention there; "
+            f"choose among {sorted(BLOCK_PREFIXES)} (StoryDiffusion uses 'up')"
+        )
+    for name, attn in layers.items():
+        extras = ("spatial_norm", "group_norm", "norm_q", "norm_k")
+        if any(getattr(attn, extra, None) is not None for extra in extras):
+            raise InputError(f"consistency cannot run on {name}: it normalises its attention")
+    return layers
+
+
+@dataclass
+class SharedTokens:
+    """The tokens the reference scenes share, per step and layer: `[branches, references,
+    tokens, channels]`, branches being the unconditional and conditional halves of classifier-
+    free guidance (one branch without guidance). Kept on the CPU; a step's tensors go to the
+    device when that step runs."""
+
+    references: list[Recipe]
+    branches: int
+    tokens: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+
+    def row_of(self, scene: Scene) -> int | None:
+        """The row of `scene` if it is one of the references (it then leaves its own row out,
+        as it did when the references were rendered together)."""
+        try:
+            return self.references.index(recipe(scene))
+        except ValueError:
+            return None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tokens.values())
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted({step for step, _ in self.tokens})
+
+    def at(self, step: int, layer: str) -> torch.Tensor:
+        try:
+            return self.tokens[(step, layer)]
+        except KeyError:
+            raise RuntimeError(
+                f"the stored reference tokens have nothing for step {step}, layer {layer}: "
+                "they were made with other settings"
+            ) from None
+
+    def step_bytes(self, step: int) -> bytes:
+        """One step's tensors as safetensors: a step is the unit stored, so no object outgrows
+        what one PUT may carry, whatever the model and the number of steps."""
+        tensors = {
+            layer: tensor.contiguous() for (at, layer), tensor in self.tokens.items() if at == step
+        }
+        return save_safetensors(tensors)
+
+    def add_step(self, step: int, data: bytes) -> None:
+        for layer, tensor in load_safetensors(data).items():
+            self.tokens[(step, layer)] = tensor
+
+    def manifest(self) -> bytes:
+        return json.dumps(
+            {"references": self.references, "branches": self.branches, "steps": self.steps}
+        ).encode()
+
+    @classmethod
+    def from_manifest(cls, data: bytes) -> tuple[SharedTokens, list[int]]:
+        document: dict[str, Any] = json.load(io.BytesIO(data))
+        references = [(p, n, int(s)) for p, n, s in document["references"]]
+        return cls(references, document["branches"]), list(document["steps"])
+
+
+class ConsistentAttention:
+    """Consistent self-attention for one pipeline call, in one of its three forms.
+
+    `reading` (stored tokens of the reference scenes) makes every image attend to them; an
+    image that is itself a reference leaves its own row out, exactly as it did when the
+    references were rendered together. Without `reading`, the images of the call attend to each
+    other, and with `record` the tokens they share are kept (`recorded`) for storing. One
+    instance may serve several calls in turn (a batch split on out-of-memory, QC re-renders).
+    """
+
+    def __init__(
+        self,
+        settings: Consistency,
+        *,
+        reading: SharedTokens | None = None,
+        record: bool = False,
+    ) -> None:
+        if reading is not None and record:
+            raise ValueError("a call either reads stored tokens or records its own, not both")
+        self.settings = settings
+        self.reading = reading
+        self.recorded: SharedTokens | None = None
+        self._record = record
+        self._seeds: list[int] = []
+        self._own_rows: list[int | None] = []
+        self._guided = False
+        self._steps = 0
+        self._step = 0
+        self._active = False
+        self._samples: dict[tuple[int, int], torch.Tensor] = {}
+
+    @contextmanager
+    def installed(
+        self, unet: UNet2DConditionModel, renders: Sequence[Scene], guided: bool, steps: int
+    ) -> Iterator[None]:
+        """The consistent processor on the chosen layers for the duration; the UNet's own
+        processors are back afterwards, whatever happened (the UNet is the worker's, shared
+        by every later render)."""
+        layers = check_layers(unet, self.settings.blocks)
+        if self._record and self.recorded is not None:
+            raise RuntimeError(
+                "the reference scenes render as one batch, and it did not fit on this device: "
+                "name fewer reference scenes (consistency.reference_scenes)"
+            )
+        self._seeds = [render.seed for render in renders]
+        self._guided, self._steps = guided, steps
+        reading = self.reading
+        self._own_rows = [None if reading is None else reading.row_of(r) for r in renders]
+        if reading is not None and reading.branches != (2 if guided else 1):
+            raise RuntimeError("the stored reference tokens were made with another guidance")
+        if self._record:
+            self.recorded = SharedTokens([recipe(r) for r in renders], 2 if guided else 1)
+        originals = {name: attn.processor for name, attn in layers.items()}
+        try:
+            for name, attn in layers.items():
+                attn.set_processor(_Processor(self, name, originals[name]))
+            self.at_step(0)
+            yield
+        finally:
+            for name, attn in layers.items():
+                attn.set_processor(originals[name])
+
+    def at_step(self, step: int) -> None:
+        """Called before the UNet runs step `step`."""
+        self._step = step
+        self._active = self.settings.applies(step, self._steps)
+        self._samples.clear()
+
+    @property
+    def active(self) -> bool:
+        if not self._active:
+            return False
+        # A lone image with nothing stored to read has no other scene to attend to.
+        return self.reading is not None or len(self._seeds) > 1 or self._record
+
+    def _sample(self, image: int, tokens: int) -> torch.Tensor:
+        key = (image, tokens)
+        if key not in self._samples:
+            seed = self._seeds[image]
+            self._samples[key] = sampled_tokens(seed, self._step, tokens, self.settings.sample_rate)
+        return self._samples[key]
+
+    def attend(
+        self, name: str, attn: Attention, hidden_states: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The layer's consistent self-attention; None where no image has another scene's
+        tokens to see (a lone reference), so that the layer's own processor runs: those
+        renders are then exactly what they would be with consistency off."""
+        branches = 2 if self._guided else 1
+        total, count, channels = hidden_states.shape
+        images = total // branches
+        query, key, value = _project(attn, hidden_states)
+        half = shared_dtype(hidden_states.dtype)
+        by_image = hidden_states.view(branches, images, count, channels)
+        if self.reading is not None:
+            shared = self.reading.at(self._step, name).to(hidden_states.device)
+            excluded = self._own_rows
+        else:
+            picked = [
+                by_image[:, b, self._sample(b, count).to(by_image.device)] for b in range(images)
+            ]
+            shared = torch.stack(picked, dim=1).to(half)
+            if self.recorded is not None:
+                self.recorded.tokens[(self._step, name)] = shared.cpu()
+            excluded = list(range(images))
+        rows, sampled = shared.shape[1], shared.shape[2]
+        if rows == 1 and all(row is not None for row in excluded):
+            return None
+        shared = shared.to(hidden_states.dtype).reshape(branches, rows * sampled, channels)
+        _, shared_key, shared_value = _project(attn, shared)
+
+        def with_shared(own: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+            own = own.view(branches, images, count, -1)
+            extra = extra[:, None].expand(branches, images, *extra.shape[1:])
+            return torch.cat([own, extra], dim=2).reshape(total, count + rows * sampled, -1)
+
+        key, value = with_shared(key, shared_key), with_shared(value, shared_value)
+        mask = self._bias(images, count, rows, sampled, excluded, hidden_states)
+        if mask is not None:
+            mask = mask.repeat(branches, 1)[:, None, None, :]
+        heads, inner = attn.heads, query.shape[-1]
+        head_dim = inner // heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(total, -1, heads, head_dim).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(split(query), split(key), split(value), attn_mask=mask)
+        out = out.transpose(1, 2).reshape(total, count, inner).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+    def _bias(
+        self,
+        images: int,
+        count: int,
+        rows: int,
+        sampled: int,
+        excluded: Sequence[int | None],
+        like: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """Per image, what is added to the logits of each key: 0 for its own tokens,
+        log(strength) for the shared ones, -inf for its own row of them. None when all are 0."""
+        weight = math.log(self.settings.strength)
+        if weight == 0 and all(row is None for row in excluded):
+            return None
+        bias = torch.zeros(images, count + rows * sampled, dtype=like.dtype, device=like.device)
+        bias[:, count:] = weight
+        for image, row in enumerate(excluded):
+            if row is not None:
+                start = count + row * sampled
+                bias[image, start : start + sampled] = float("-inf")
+        return bias
+
+
+class _Processor:
+    """The processor set on one self-attention layer while a `ConsistentAttention` runs: the
+    consistent path inside its step window, the layer's own processor everywhere else."""
+
+    def __init__(self, run: ConsistentAttention, name: str, original: Any) -> None:
+        self.run = run
+        self.name = name
+        self.original = original
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        plain = encoder_hidden_states is not None or attention_mask is not None
+        if plain or not self.run.active or hidden_states.ndim != 3:
+            return self.original(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
+        out = self.run.attend(self.name, attn, hidden_states)
+        if out is None:
+            return self.original(attn, hidden_states, None, None, temb, *args, **kwargs)
+        return out
+
+
+def _project(attn: Attention, states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Queries, keys and values, through the layer's fused projection where it has one (the
+    farm fuses them: `farm.render.acceleration`), through its modules either way, so that
+    offload hooks bring the weights in."""
+    if getattr(attn, "fused_projections", False):
+        return tuple(attn.to_qkv(states).chunk(3, dim=-1))
+    return attn.to_q(states), attn.to_k(states), attn.to_v(states)

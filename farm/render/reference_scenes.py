@@ -1,0 +1,212 @@
+"""Story-mode consistency on a farm: the reference scenes render first, as one batch, and every
+other render of the story attends to the tokens they share, on whichever worker it runs.
+
+StoryDiffusion renders its reference images and then the rest in one process, holding the shared
+tokens in GPU memory. A farm spreads a story's scenes over shards and machines, so the tokens are
+stored: one object per denoising step under `consistency/<character>/<digest>/`, the digest
+covering everything that decides them (the reference renders' prompts, negatives and seeds, the
+render settings, the people's identity tokens, the model and the consistency settings), and a
+manifest written last, so that a reader sees all of them or none. The first worker that needs
+them renders the reference batch under a lock that holds across machines (the identity tokens'
+"compute once"); every other worker, and every later job with the same references, reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict
+
+from farm.identity.cache import KeyLock
+from farm.identity.tokens import IdentityTokens
+from farm.recipe import RenderSettings
+from farm.render.consistency import ConsistentAttention, SharedTokens, recipe
+from farm.render.loading import LoadedPreset
+from farm.render.pipeline import RenderResult
+from farm.storage.base import Storage
+from farm.story import PlannedRender, Story
+
+log = logging.getLogger(__name__)
+
+PREFIX = "consistency"
+
+
+def reference_renders(story: Story) -> list[PlannedRender]:
+    """The renders every other one attends to: the first variant of each reference scene."""
+    wanted = story.consistency.reference_indices(len(story.scenes))
+    first = {p.scene_index: p for p in story.plan() if p.variant == 0}
+    return [first[index] for index in wanted]
+
+
+def tokens_prefix(
+    story: Story,
+    references: Sequence[PlannedRender],
+    settings: RenderSettings,
+    identities: Mapping[str, IdentityTokens],
+    class_words: Mapping[str, str],
+    loaded: LoadedPreset,
+) -> str:
+    """Where the shared tokens of these references live: the story's character, then a digest
+    of everything that decides them, so a changed scene, seed, photo or setting never reads
+    stale tokens, and an unchanged story (resubmitted, retried) never renders them again."""
+    pipeline = loaded.pipeline
+    people = sorted(
+        [trigger, class_words.get(trigger), t.encoder_fingerprint, t.photos_fingerprint]
+        for trigger, t in identities.items()
+    )
+    document = {
+        "references": [list(recipe(r)) for r in references],
+        "settings": asdict(settings),
+        "consistency": story.consistency.document(),
+        "people": people,
+        "model": [loaded.preset.name, str(pipeline.dtype), type(pipeline.scheduler).__name__],
+        "pipeline": [pipeline.noise, pipeline.prompt_truncation],
+    }
+    text = json.dumps(document, sort_keys=True, ensure_ascii=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:40]
+    character = identities[story.character.trigger].photos_fingerprint[:32]
+    return f"{PREFIX}/{character}/{digest}"
+
+
+def _step_key(prefix: str, step: int) -> str:
+    return f"{prefix}/step-{step:04d}.safetensors"
+
+
+def store_tokens(storage: Storage, prefix: str, tokens: SharedTokens) -> None:
+    """Each step's object, then the manifest: a reader that finds the manifest finds them all."""
+    for step in tokens.steps:
+        storage.put(_step_key(prefix, step), tokens.step_bytes(step))
+    storage.put(f"{prefix}/manifest.json", tokens.manifest(), "application/json")
+
+
+def load_tokens(storage: Storage, prefix: str) -> SharedTokens | None:
+    try:
+        manifest = storage.get(f"{prefix}/manifest.json")
+    except KeyError:
+        return None
+    tokens, steps = SharedTokens.from_manifest(manifest)
+    for step in steps:
+        tokens.add_step(step, storage.get(_step_key(prefix, step)))
+    return tokens
+
+
+def render_references(
+    loaded: LoadedPreset,
+    references: Sequence[PlannedRender],
+    settings: RenderSettings,
+    identities: Mapping[str, IdentityTokens],
+    class_words: Mapping[str, str],
+    story: Story,
+) -> tuple[SharedTokens, RenderResult]:
+    """The reference batch, rendered with the tokens it shares recorded: those tokens, and the
+    references' images."""
+    attention = ConsistentAttention(story.consistency, record=True)
+    result = loaded.render(references, settings, identities, class_words, consistency=attention)
+    assert attention.recorded is not None
+    return attention.recorded, result
+
+
+class ReferenceTokens:
+    """A worker's way to the shared tokens of a story: its memory (the last few stories), then
+    object storage, then rendering the reference batch once across the farm (under `lock`)."""
+
+    def __init__(self, storage: Storage, lock: KeyLock, capacity: int = 2) -> None:
+        self.storage = storage
+        self.lock = lock
+        self.capacity = capacity
+        self.rendered = 0  # reference batches this process rendered (the rest were read)
+        self._memory: OrderedDict[str, SharedTokens] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def _remember(self, prefix: str, tokens: SharedTokens) -> SharedTokens:
+        with self._guard:
+            self._memory[prefix] = tokens
+            self._memory.move_to_end(prefix)
+            while len(self._memory) > self.capacity:
+                self._memory.popitem(last=False)
+        return tokens
+
+    def get(
+        self,
+        loaded: LoadedPreset,
+        story: Story,
+        settings: RenderSettings,
+        identities: Mapping[str, IdentityTokens],
+        class_words: Mapping[str, str],
+    ) -> SharedTokens:
+        references = reference_renders(story)
+        prefix = tokens_prefix(story, references, settings, identities, class_words, loaded)
+        with self._guard:
+            tokens = self._memory.get(prefix)
+        if tokens is not None:
+            return tokens
+        with self.lock(prefix):
+            # Whoever held the lock before us may have stored them meanwhile.
+            tokens = load_tokens(self.storage, prefix)
+            if tokens is None:
+                tokens, _ = render_references(
+                    loaded, references, settings, identities, class_words, story
+                )
+                store_tokens(self.storage, prefix, tokens)
+                self.rendered += 1
+                log.info(
+                    "rendered %d reference scenes: %d bytes of shared tokens in %s",
+                    len(references),
+                    tokens.nbytes,
+                    prefix,
+                )
+        return self._remember(prefix, tokens)
+
+
+def consistent_attention(
+    story: Story,
+    loaded: LoadedPreset,
+    settings: RenderSettings,
+    identities: Mapping[str, IdentityTokens],
+    class_words: Mapping[str, str],
+    shared: ReferenceTokens | None,
+) -> ConsistentAttention | None:
+    """What a worker passes the pipeline for `story`'s renders: None when consistency is off,
+    the batch form, or the stored references read (rendered first if no worker has)."""
+    consistency = story.consistency
+    if consistency.mode == "off":
+        return None
+    if consistency.mode == "batch":
+        return ConsistentAttention(consistency)
+    if shared is None:
+        raise RuntimeError("story-mode consistency needs object storage for the shared tokens")
+    tokens = shared.get(loaded, story, settings, identities, class_words)
+    return ConsistentAttention(consistency, reading=tokens)
+
+
+def render_batches(
+    loaded: LoadedPreset,
+    story: Story,
+    plan: Sequence[PlannedRender],
+    settings: RenderSettings,
+    identities: Mapping[str, IdentityTokens],
+    class_words: Mapping[str, str],
+    batch_size: int,
+) -> Iterator[tuple[Sequence[PlannedRender], RenderResult]]:
+    """`plan` rendered in batches in one process (`farm render`), with the story's consistency:
+    in story mode the reference batch comes first (its images are those scenes' renders), then
+    the rest, reading the tokens it shared, as any worker of the farm would."""
+    attention: ConsistentAttention | None = None
+    todo = list(plan)
+    if story.consistency.mode == "batch":
+        attention = ConsistentAttention(story.consistency)
+    elif story.consistency.mode == "story":
+        references = reference_renders(story)
+        tokens, result = render_references(
+            loaded, references, settings, identities, class_words, story
+        )
+        yield references, result
+        todo = [p for p in todo if p not in references]
+        attention = ConsistentAttention(story.consistency, reading=tokens)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        yield batch, loaded.render(batch, settings, identities, class_words, consistency=attention)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
+from PIL import Image
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -33,7 +34,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from farm import styles
 from farm.composition import Location, Name, Outfit, Shot, compose_prompt, worn_outfits
 from farm.consistency import Consistency
-from farm.controls import ControlRequest, SceneControl
+from farm.controls import SceneControl
 from farm.documents import DEFAULT_LIMITS, DocumentLimits, check_size, parse_document
 from farm.errors import InputError
 
@@ -150,8 +151,9 @@ class PlannedRender:
     negative: str
     seed: int
     caption: str | None
-    # The scene's control map, attached once its image is read (`farm.controls.attach`).
-    control: ControlRequest | None = None
+    # The scene's control (`farm.controls`), and its map once read (`farm.controls.attach`).
+    control: SceneControl | None = None
+    control_image: Image.Image | None = None
 
 
 def derive_seed(base: int, scene: int, variant: int) -> int:
@@ -486,7 +488,11 @@ class Story(BaseModel):
                 else:
                     # Wrapped so that every seed stays in the range a story may name.
                     seed = (scene.seed + variant) % (MAX_SEED + 1)
-                renders.append(PlannedRender(index, variant, prompt, negative, seed, scene.caption))
+                renders.append(
+                    PlannedRender(
+                        index, variant, prompt, negative, seed, scene.caption, scene.control
+                    )
+                )
         return renders
 
 

@@ -28,7 +28,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
-from farm.controls import ControlRequest
+from farm.controls import SceneControl
 from farm.errors import InputError
 from farm.identity.encoders import IDEncoder
 from farm.identity.prompt import (
@@ -90,8 +90,13 @@ class Scene(Protocol):
     def seed(self) -> int: ...
 
     @property
-    def control(self) -> ControlRequest | None:
-        """The scene's pose or framing map (`farm.render.control`), or None."""
+    def control(self) -> SceneControl | None:
+        """The scene's pose or framing control (`farm.render.control`), or None."""
+        ...
+
+    @property
+    def control_image(self) -> Image.Image | None:
+        """The control's map, at the render's size (`farm.controls.attach`)."""
         ...
 
 
@@ -102,7 +107,8 @@ class SceneRender:
     prompt: str
     negative: str | None
     seed: int
-    control: ControlRequest | None = None
+    control: SceneControl | None = None
+    control_image: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -398,7 +404,7 @@ class PhotoMakerPipeline:
                     f"negative prompt {negative!r} contains the trigger word {named[0]!r}; "
                     "a trigger word belongs only after the class word of the prompt: remove it"
                 )
-        check_controls([r.control for r in renders], self.controls, height, width)
+        check_controls(renders, self.controls, height, width)
 
     @torch.inference_mode()
     def __call__(
@@ -463,11 +469,10 @@ class PhotoMakerPipeline:
         time_ids = torch.tensor(
             [[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype
         ).repeat(batch * (2 if do_cfg else 1), 1)
-        controls = [r.control for r in renders]
         control = None  # a batch without control maps calls the UNet exactly as before
-        if self.controls is not None and any(controls):
+        if self.controls is not None and any(r.control for r in renders):
             control = BatchControl(
-                self.controls, controls, do_cfg=do_cfg, device=self.device, dtype=self.dtype
+                self.controls, renders, do_cfg=do_cfg, device=self.device, dtype=self.dtype
             )
 
         # 7. Denoising loop, with self-attention shared across scenes if asked.

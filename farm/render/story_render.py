@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from farm import __version__
+from farm.controls import attach, maps_beside
 from farm.identity.engine import Photo
 from farm.recipe import RenderSettings, png_bytes, render_filename
 from farm.render.loading import LoadedPreset
@@ -38,7 +39,7 @@ def render_story(
     """Render every scene and variant of `story` into `out_dir`; returns the manifest's path."""
     character = story.character
     settings = RenderSettings.of(story)
-    plan = story.plan()
+    plan = attach(story.plan(), story, maps_beside(story))
 
     started = time.perf_counter()
     identities = {

@@ -9,6 +9,7 @@ import click
 from farm.comic.layout import LAYOUTS, CaptionPosition, Layout, PageStyle
 from farm.comic.pages import MAX_DPI, MIN_DPI
 from farmcli.errors import one_line_errors
+from farmcli.job_refs import full_job_id
 
 
 @click.command()
@@ -52,6 +53,7 @@ def comic(
     page = PageSize.parse(page_spec, dpi)
     farm = Farm()
     try:
+        job_id = full_job_id(farm, job_id)
         with farm.sessions() as session:
             keys = build_job_outputs(
                 session,

@@ -87,18 +87,19 @@ def _job_samples(settings: Settings, job_id: str) -> tuple[list[tuple[str, bytes
     from farm.db.models import Character, Render
     from farm.db.states import RenderStatus
     from farm.evaluation import Sample
+    from farm.job_names import resolve_job_id
     from farm.lifecycle import get_job
     from farm.recipe import render_stem
 
     farm = Farm(settings)
     with farm.sessions() as session:
-        job = get_job(session, job_id)
+        job = get_job(session, resolve_job_id(session, job_id))
         character = session.get(Character, job.character_id)
         references = [(p.name, farm.storage.get(p.storage_key)) for p in character.photos]
         renders = list(
             session.scalars(
                 select(Render)
-                .where(Render.job_id == job_id, Render.status == RenderStatus.DONE)
+                .where(Render.job_id == job.id, Render.status == RenderStatus.DONE)
                 .order_by(Render.scene_index, Render.variant)
             )
         )

@@ -215,6 +215,27 @@ def retry(job_id: str) -> None:
 
 @main.command()
 @click.argument("job_id")
+@click.argument("scenes", nargs=-1, type=click.IntRange(min=1))
+@click.option("--all", "every", is_flag=True, help="Approve every scene not approved yet.")
+@one_line_errors
+def approve(job_id: str, scenes: tuple[int, ...], every: bool) -> None:
+    """Approve SCENES (numbered from 1) of JOB_ID, submitted with `approval: preview`: each
+    renders at full quality with its preview's seed."""
+    from farm.approval import approve_scenes
+    from farm.errors import InputError
+
+    if every == bool(scenes):
+        raise InputError("name the scenes to approve (numbered from 1), or give --all")
+    farm = _farm()
+    approved = approve_scenes(farm, full_job_id(farm, job_id), list(scenes) or None)
+    click.echo(
+        f"job {approved.job_id}: scene(s) {', '.join(map(str, approved.scenes))} approved; "
+        f"{approved.renders} render(s) in {approved.shards} shard(s) queued at full quality"
+    )
+
+
+@main.command()
+@click.argument("job_id")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @one_line_errors
 def fetch(job_id: str, out_dir: Path) -> None:

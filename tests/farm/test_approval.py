@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import select
 
 from farm.approval import approve_scenes, contact_sheet
@@ -19,6 +20,7 @@ from farm.preview import preview_of, preview_preset, preview_story
 from farm.queue.app import FINALIZE_JOB
 from farm.render.loading import LoadedPreset, load_preset
 from farm.render.presets import PRESETS, get_preset
+from farmcli.main import main
 from tests.farm.conftest import job_rows, make_story, submit, table_counts
 from workers.runtime import WorkerRuntime
 from workers.shard import run_shard
@@ -161,3 +163,33 @@ def test_cancelling_a_job_awaiting_approval_cancels_its_preview(farm, faces):
 def table_counts_of(farm: Farm) -> dict[str, int]:
     with farm.sessions() as session:
         return table_counts(session)
+
+
+def test_farm_approve_takes_a_short_id_and_scene_numbers(
+    farm, faces, tiny, tiny_fast, database_url, tmp_path
+):
+    env = {"FARM_DATA_DIR": str(tmp_path / "cli"), "FARM_DATABASE_URL": database_url}
+    job_id = submit(farm, faces, make_story(2, approval="preview")).job_id
+    plain = submit(farm, faces, make_story(1)).job_id
+
+    def farm_approve(*args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(main, ["approve", *args], env=env, catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    assert farm_approve(job_id[:8]) == (
+        2,
+        "",
+        "error: name the scenes to approve (numbered from 1), or give --all\n",
+    )
+    code, _, error = farm_approve(plain[:8], "1")
+    assert code == 2 and error.startswith(f"error: job {plain[:8]} was not submitted for approval")
+    with farm.sessions() as session:
+        preview = preview_of(session, job_id)
+    run_queued(farm, worker(farm, tiny, tiny_fast), preview.id)
+    assert farm_approve(job_id[:8], "2") == (
+        0,
+        f"job {job_id}: scene(s) 2 approved; 1 render(s) in 1 shard(s) queued at full quality\n",
+        "",
+    )
+    assert farm_approve(job_id[:8], "2")[2].endswith("approved already\n")
+    assert farm_approve(job_id[:8], "--all")[1].startswith(f"job {job_id}: scene(s) 1 approved")

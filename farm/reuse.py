@@ -81,6 +81,17 @@ class RecipeHasher:
             ),
         }
 
+        # Consistent attention (issue 16) makes a render's pixels depend on other scenes': its
+        # settings, and in story mode the recipes of the reference scenes every render attends
+        # to. (In batch mode the batch's other renders count too, which no hash can promise.)
+        self._consistency = None
+        document = story.consistency.document()
+        if document is not None and story.consistency.mode == "story":
+            wanted = story.consistency.reference_indices(len(story.scenes))
+            first = {p.scene_index: p for p in story.plan() if p.variant == 0}
+            document["references"] = [self.content(first[i]) for i in wanted if i in first]
+        self._consistency = document
+
     def content(self, planned: PlannedRender) -> str:
         """Everything that decides this render's pixels."""
         return self._hash(planned, planned.seed)
@@ -92,9 +103,9 @@ class RecipeHasher:
         return self._hash(planned, None)
 
     def _hash(self, planned: PlannedRender, seed: int | None) -> str:
-        extra = None
-        if planned.control is not None:  # until issue 16 names what of it decides pixels
-            extra = {"control": repr(planned.control)}
+        extra: dict[str, object] = {"consistency": self._consistency}
+        if planned.control is not None:  # what the scene asks for; its image by name so far
+            extra["control"] = planned.control.model_dump(mode="json")
         return render_hash(
             **self._common,
             prompt=planned.prompt,

@@ -57,13 +57,25 @@ def main(verbose: bool) -> None:
     help="Renders per UNet call (default: the preset's).",
 )
 @click.option("--device", default=None, help="torch device, e.g. cuda:0 or cpu (default: auto).")
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Render every scene, even those OUT holds already from an earlier run.",
+)
 @one_line_errors
 def render(
-    story_file: Path, out_dir: Path, preset: str | None, batch_size: int | None, device: str | None
+    story_file: Path,
+    out_dir: Path,
+    preset: str | None,
+    batch_size: int | None,
+    device: str | None,
+    fresh: bool,
 ) -> None:
-    """Render every scene of STORY_FILE on this machine, with no servers."""
+    """Render every scene of STORY_FILE on this machine, with no servers. Into a folder it
+    rendered before, only the changed scenes render, and files of scenes gone are removed."""
     from tqdm import tqdm
 
+    from farm.render.folder_reuse import FolderReuse, story_hasher
     from farm.render.loading import load_preset
     from farm.render.presets import PRESETS, get_preset
     from farm.render.story_render import render_story
@@ -83,12 +95,23 @@ def render(
         prompt_truncation=settings.prompt_truncation,
         noise=settings.noise,
     )
-    total = len(story.plan())
+    reuse = None if fresh else FolderReuse(out_dir, story_hasher(story, settings))
+    plan = story.plan()
+    total = len(plan) if reuse is None else len(reuse.split(plan)[0])
     with tqdm(total=total, unit="render", desc=f"{story.character.name} [{story.preset}]") as bar:
         manifest = render_story(
-            story, out_dir, loaded, batch_size=batch_size, on_render=lambda *_: bar.update()
+            story,
+            out_dir,
+            loaded,
+            batch_size=batch_size,
+            on_render=lambda *_: bar.update(),
+            reuse=reuse,
         )
-    click.echo(f"{total} renders in {out_dir.resolve()} (manifest: {manifest.resolve()})")
+    kept = "" if reuse is None else f", {len(plan) - total} kept from the last run"
+    removed = f", {len(reuse.removed)} removed" if reuse and reuse.removed else ""
+    click.echo(
+        f"{total} rendered{kept}{removed} in {out_dir.resolve()} (manifest: {manifest.resolve()})"
+    )
 
 
 @main.group()

@@ -18,6 +18,7 @@ from farm import __version__
 from farm.controls import attach, maps_beside
 from farm.identity.engine import Photo
 from farm.recipe import RenderSettings, png_bytes, render_filename
+from farm.render.folder_reuse import FolderReuse
 from farm.render.loading import LoadedPreset
 from farm.render.reference_scenes import render_batches
 from farm.storage.local import LocalStorage
@@ -35,8 +36,11 @@ def render_story(
     *,
     batch_size: int | None = None,
     on_render: Callable[[PlannedRender, Path], None] | None = None,
+    reuse: FolderReuse | None = None,
 ) -> Path:
-    """Render every scene and variant of `story` into `out_dir`; returns the manifest's path."""
+    """Render every scene and variant of `story` into `out_dir`; returns the manifest's path.
+    With `reuse`, renders the folder holds already (by content hash) are kept, not rendered,
+    and the files of scenes the story no longer has are removed."""
     character = story.character
     settings = RenderSettings.of(story)
     plan = attach(story.plan(), story, maps_beside(story))
@@ -53,17 +57,19 @@ def render_story(
     # Check every prompt first: a scene that cannot render must fail before any image exists.
     loaded.check(plan, settings, identities, class_words)
     identity_seconds = time.perf_counter() - started
+    todo, kept = (plan, []) if reuse is None else reuse.split(plan)
 
     # The output folder is object storage too: whole-file writes come with it.
     out = LocalStorage(out_dir)
-    entries = []
+    entries = [] if reuse is None else reuse.keep(out, kept, settings)
     size = batch_size or loaded.preset.batch_size
     for batch, result in render_batches(
-        loaded, story, plan, settings, identities, class_words, size
+        loaded, story, todo, settings, identities, class_words, size
     ):
         for planned, image in zip(batch, result.images, strict=True):
             name = render_filename(planned.scene_index, planned.variant)
-            out.put(name, png_bytes(image, planned, settings), "image/png")
+            png = png_bytes(image, planned, settings)
+            out.put(name, png, "image/png")
             entries.append(
                 {
                     "file": name,
@@ -76,9 +82,14 @@ def render_story(
                     "timings": {k: round(v / len(batch), 4) for k, v in result.timings.items()},
                 }
             )
+            if reuse is not None:
+                entries[-1].update(reuse.entry(planned, name, png), reused=False)
             if on_render is not None:
                 on_render(planned, out_dir / name)
 
+    if reuse is not None:  # kept and new renders in scene order; gone scenes' files removed
+        entries.sort(key=lambda entry: (entry["scene"], entry["variant"]))
+        reuse.remove_stale(out, entries)
     manifest = {
         "software": f"render-farm {__version__}",
         "cast": [
@@ -99,5 +110,7 @@ def render_story(
         "identity_seconds": round(identity_seconds, 4),
         "renders": entries,
     }
+    if reuse is not None:
+        manifest["removed"] = reuse.removed
     out.put("manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False).encode())
     return out_dir / "manifest.json"

@@ -9,6 +9,7 @@ target's own label (its pod or host and port), with `farm_worker_info` to join o
 |---|---|---|
 | `farm_renders_total` | counter | preset, outcome (done, failed) |
 | `farm_shard_interruptions_total` | counter | preset (shards handed on: their worker must stop) |
+| `farm_device_seconds_total` | counter | project, preset, device_kind (farm/accounting.py) |
 | `farm_render_phase_seconds` | histogram | preset, phase (identity, denoise, decode, upload) |
 | `farm_identity_cache_hits_total` | counter | tier (memory, storage) |
 | `farm_identity_cache_misses_total` | counter | - (the tokens were computed) |
@@ -50,6 +51,7 @@ MAX_PORT = 65535
 class WorkerMetrics:
     renders: Counter
     interruptions: Counter
+    device_seconds: Counter
     render_seconds: Histogram
     identity_hits: Counter
     identity_misses: Counter
@@ -67,6 +69,13 @@ def worker_metrics() -> WorkerMetrics:
             "farm_shard_interruptions",
             "Shards this worker handed on because it was told to stop; not failures.",
             ["preset"],
+        ),
+        # A project's name is a label: projects are a studio's few teams, and a bill per team
+        # is what the counter is for. Job and render ids never are.
+        device_seconds=Counter(
+            "farm_device_seconds",
+            "Seconds renders held this worker's device, by the project they were made for.",
+            ["project", "preset", "device_kind"],
         ),
         render_seconds=Histogram(
             "farm_render_phase_seconds",
@@ -100,6 +109,15 @@ def record_render(preset: str, *, done: bool, phases: Mapping[str, float | None]
             raise ValueError(f"unknown render phase {phase!r}; the phases are {PHASES}")
         if seconds is not None:
             metrics.render_seconds.labels(preset=preset, phase=phase).observe(seconds)
+
+
+def record_device_seconds(
+    project: str, preset: str, device_kind: str | None, seconds: float | None
+) -> None:
+    """Add a finished render's device seconds to its project's count (farm/accounting.py)."""
+    if seconds is not None:
+        labels = {"project": project, "preset": preset, "device_kind": device_kind or "unknown"}
+        worker_metrics().device_seconds.labels(**labels).inc(seconds)
 
 
 def record_interruption(preset: str) -> None:

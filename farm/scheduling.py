@@ -35,7 +35,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from farm.context import Farm
-from farm.db.models import DEFAULT_PROJECT, Job, Project, Shard
+from farm.db.models import DEFAULT_PROJECT, Job, Project, Shard, WorkerFailures
 from farm.db.retry import retried_on_lost_race
 from farm.db.states import JobStatus, ShardStatus
 from farm.errors import InputError
@@ -73,7 +73,7 @@ def whose_turn(session: Session, hint: Shard, worker: str, now: datetime) -> Sha
     ):
         return hint
     preset = session.scalar(select(Job.preset).where(Job.id == hint.job_id))
-    turn = take_turn(session, preset) if preset is not None else None
+    turn = take_turn(session, preset, worker) if preset is not None else None
     if turn is not None:
         if turn.id != hint.id:
             log.info("the task of shard %s takes shard %s, whose turn it is", hint.id, turn.id)
@@ -84,10 +84,16 @@ def whose_turn(session: Session, hint: Shard, worker: str, now: datetime) -> Sha
     return hint
 
 
-def take_turn(session: Session, preset: str) -> Shard | None:
+def take_turn(session: Session, preset: str, worker: str | None = None) -> Shard | None:
     """The queued shard of `preset` a free worker takes now, locked for the caller's claim
     (rows another claim holds are skipped), its project charged for it; None when no project
-    may run one (nothing queued, or all of it capped or paused)."""
+    may run one (nothing queued, or all of it capped or paused). Jobs that keep `worker` off
+    (farm/blocklist.py) are not its to take."""
+    kept_off = exists().where(
+        WorkerFailures.job_id == Job.id,
+        WorkerFailures.worker_id == worker,
+        WorkerFailures.failures >= WorkerFailures.BLOCKLIST_AFTER,
+    )
     jobs = session.execute(
         select(Job.id, Job.project_id)
         .where(
@@ -95,6 +101,7 @@ def take_turn(session: Session, preset: str) -> Shard | None:
             Job.preset == preset,
             Job.cancel_requested.is_(False),
             exists().where(Shard.job_id == Job.id, Shard.status == ShardStatus.QUEUED),
+            ~kept_off,
         )
         .order_by(Job.priority.desc(), Job.created, Job.id)
     ).all()

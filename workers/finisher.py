@@ -31,10 +31,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.context import Farm
-from farm.db.models import Render
+from farm.db.models import DEFAULT_PROJECT, Render
 from farm.jobs import render_key, thumb_key
 from farm.logs import log_context
-from farm.metrics import record_render
+from farm.metrics import record_device_seconds, record_render
 from farm.recipe import RenderSettings, png_bytes
 from farm.story import PlannedRender
 from workers.cores import unpin_thread
@@ -65,6 +65,8 @@ class ShardRun:
     preset: str
     settings: RenderSettings
     revision: int = 1  # of the job's story, which made the shard's renders: part of their keys
+    project: str = DEFAULT_PROJECT  # the job's project's name: the device seconds' label
+    device_kind: str | None = None  # the make of the worker's device (farm/accounting.py)
     tally: Tally = field(default_factory=Tally)
     # The first batch that could not be stored: it stops the shard, and ends it with its error.
     store_error: Exception | None = None
@@ -82,6 +84,7 @@ class Rendered:
     identity_s: float
     denoise_s: float | None
     decode_s: float | None
+    device_s: float | None = None  # see Render.device_s
 
 
 def renders_by_id(session: Session, render_ids: Sequence[int]) -> dict[int, Render]:
@@ -184,6 +187,8 @@ class Finisher:
                     face_similarity=checked.similarity,
                     qc_retries=checked.retries,
                     qc_seed=checked.seed if checked.seed != item.planned.seed else None,
+                    device_s=item.device_s,
+                    device_kind=run.device_kind,
                 )
         run.tally.done += len(rendered)
         for item, uploaded in zip(rendered, upload_s, strict=True):
@@ -198,6 +203,7 @@ class Finisher:
                     "upload": uploaded,
                 },
             )
+            record_device_seconds(run.project, run.preset, run.device_kind, item.device_s)
             self.farm.events.publish(
                 run.job_id,
                 "render.done",

@@ -13,17 +13,19 @@ import functools
 import logging
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 from sqlalchemy import select
 
 from farm import blocklist
+from farm.accounting import device_kind
 from farm.controls import attach, stored_maps
 from farm.db.models import (
     CastMember,
     Character,
     Job,
+    Project,
     Render,
     Shard,
     StoredIdentityTokens,
@@ -37,6 +39,8 @@ from farm.errors import InputError
 from farm.identity.cache import identity_key
 from farm.lifecycle import (
     CANCELLED,
+    PAUSED,
+    JobPaused,
     cancel_shard,
     close_job,
     end_shard,
@@ -52,6 +56,7 @@ from farm.queue.outbox import ShardTask, send_shards
 from farm.recipe import RenderSettings
 from farm.render.checkpoint import Checkpoint, CheckpointError, RenderInterrupted
 from farm.render.pipeline import RenderCancelled
+from farm.scheduling import send_released, whose_turn
 from farm.story import PlannedRender, Story
 from workers.finisher import Rendered, ShardRun
 from workers.qc import IdentityCheck
@@ -61,6 +66,7 @@ from workers.steps import StepReporter
 log = logging.getLogger(__name__)
 
 _ENDED = (ShardStatus.SUCCEEDED, ShardStatus.FAILED, ShardStatus.CANCELLED)
+_HELD = (*_ENDED, ShardStatus.PAUSED)  # not to run now: "already succeeded", "already paused"
 _TODO = RENDER_MOVES["start"].sources  # the renders a shard's run still makes
 # A worker kept off a job waits this long before handing the job's shard back to the queue:
 # the pause is all that stops it taking the same task again at once while the other workers
@@ -114,6 +120,9 @@ class Claim:
     cast: list[tuple[str, Character]]
     checkpoint_key: str | None = None  # an interrupted run's, which this run resumes
     revision: int = 1  # of the story that made the shard's renders (farm/revisions.py)
+    # The shard claimed: the task's own, or the one whose turn it was (farm/scheduling.py).
+    shard_id: int = field(kw_only=True)
+    project: str = field(kw_only=True)  # its job's project's name, for the device seconds
 
 
 def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None) -> Future[str]:
@@ -133,8 +142,17 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
         ended: Future[str] = Future()
         ended.set_result(claim)
         return ended
+    shard_id = claim.shard_id  # the one whose turn it was
     settings = RenderSettings.of(claim.story)
-    run = ShardRun(shard_id, claim.job_id, claim.preset, settings, claim.revision)
+    run = ShardRun(
+        shard_id,
+        claim.job_id,
+        claim.preset,
+        settings,
+        claim.revision,
+        project=claim.project,
+        device_kind=device_kind(runtime.device),
+    )
     with log_context(job=claim.job_id, shard=shard_id):
         runtime.hold(shard_id)
         runtime.current_shard = shard_id
@@ -144,6 +162,8 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
             _render(runtime, run, claim)
         except RenderCancelled:
             error = CANCELLED
+        except JobPaused:
+            error = PAUSED
         except ShardInterrupted as interruption:
             stopped = interruption
         except Exception as failure:
@@ -183,6 +203,7 @@ def _end(
         log.info("shard %s: %s", run.shard_id, outcome)
         release_worker(farm, runtime.name, run.shard_id, run.tally.done, run.tally.failed)
         close_job(farm, run.job_id)
+        send_released(farm, run.job_id)  # the turns its project's cap held back
     except Exception:
         log.exception(
             "shard %s could not be ended; its lease runs out and the reaper sends it again",
@@ -201,9 +222,13 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
         shard = session.get(Shard, shard_id, with_for_update=True)
         if shard is None:
             return "unknown shard (its job was deleted)"
-        if shard.status in _ENDED:
-            return f"already {shard.status}"
         now = utcnow()
+        turn = whose_turn(session, shard, runtime.name, now)  # farm/scheduling.py
+        if turn is None:
+            return "turn given up: its project runs as many shards as its cap allows"
+        shard, shard_id = turn, turn.id
+        if shard.status in _HELD:
+            return f"already {shard.status}"
         if (
             shard.status is ShardStatus.RUNNING
             and shard.worker_id != runtime.name
@@ -255,6 +280,7 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
         )
         cast = [(m.trigger, session.get(Character, m.character_id)) for m in members]
         story = Story.model_validate(job.spec)
+        project = session.get_one(Project, job.project_id).name
         renders = [
             PlannedRender(r.scene_index, r.variant, r.prompt, r.negative, r.seed, r.caption)
             for r in rows
@@ -269,6 +295,8 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
             cast,
             shard.checkpoint_key,
             rows[0].revision if rows else job.revision,
+            shard_id=shard.id,
+            project=project,
         )
 
 
@@ -342,6 +370,7 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
                 hooks["resume"] = resume
                 log.info("shard %s resumes its batch at step %d", run.shard_id, resume.step)
             resume, batch_size = None, loaded.preset.batch_size
+        batch_started = time.perf_counter()
         try:
             # Splits a batch, then offloads, on out-of-memory errors.
             result = loaded.render(
@@ -364,14 +393,18 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
             continue
         if "resume" in hooks and claim.checkpoint_key is not None:
             _forget(runtime, claim.checkpoint_key)
+        held_s = (time.perf_counter() - batch_started) / len(batch)  # the device, per render
         per_render = {k: v / len(batch) for k, v in result.timings.items()}
         rendered = []
         for (render_id, planned), image in zip(batch, result.images, strict=True):
             checked = None  # scored beside the device, by the finisher
+            qc_s = 0.0  # its QC re-renders' device time, made here
             if check.may_render_again:  # the check may need the pipeline: here, then
                 with log_context(render=render_id):
                     again = functools.partial(render_again, planned)
+                    qc_started = time.perf_counter()
                     checked = check.check(image, planned, again)
+                    qc_s = time.perf_counter() - qc_started
             rendered.append(
                 Rendered(
                     render_id,
@@ -381,6 +414,7 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
                     identity_s=per_render_identity_s,
                     denoise_s=per_render.get("denoise"),
                     decode_s=per_render.get("decode"),
+                    device_s=per_render_identity_s + held_s + qc_s,
                 )
             )
         runtime.finisher.store(run, check, rendered)

@@ -10,7 +10,7 @@ Nothing renders, so hundreds of claims stay fast and every run is the same.
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from sqlalchemy import select
@@ -18,8 +18,8 @@ from sqlalchemy.exc import IntegrityError
 
 from farm.auth import ensure_project
 from farm.context import Farm
-from farm.db.models import Job, Project, Shard
-from farm.db.states import JobStatus, ShardStatus
+from farm.db.models import Job, Project, Shard, Worker
+from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.db.types import utcnow
 from farm.errors import InputError
 from farm.lifecycle import PAUSED, cancel_job, end_shard, finish_job_if_done
@@ -33,6 +33,8 @@ from farm.scheduling import (
     whose_turn,
 )
 from tests.farm.conftest import job_rows, make_story, submit
+from tests.farm.test_run_shard import runtime_with
+from workers.shard import run_shard
 
 
 def project(farm: Farm, name: str, weight: float = 1, cap: int | None = None) -> int:
@@ -305,3 +307,62 @@ def test_the_database_refuses_a_weight_that_is_not_positive(farm):
         session.get_one(Project, team).share_weight = 0
     with farm.sessions() as session:
         assert session.scalar(select(Project.share_weight).where(Project.id == team)) == 1
+
+
+# --- Through the worker's own claim and render loop (workers/shard.py), on the tiny preset ----
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_worker_takes_the_shard_whose_turn_it_is(farm, faces, tiny):
+    runtime = runtime_with(farm, tiny)
+    team = project(farm, "features")
+    first = submit_to(farm, faces, team, shards=1)
+    second = submit_to(farm, faces, team, shards=1)
+    set_priority(farm, second, 9)
+
+    assert run_shard(runtime, job_rows(farm, first)[1][0].id).result() == "succeeded"
+
+    assert job_rows(farm, second)[0].status is JobStatus.SUCCEEDED
+    assert job_rows(farm, first)[1][0].status is ShardStatus.QUEUED  # the next task's turn
+
+
+class PausesItsJob:
+    """The tiny pipeline, whose first call pauses the job, as a producer would mid-shard."""
+
+    def __init__(self, pipeline, farm: Farm) -> None:
+        self.pipeline, self.farm, self.job_id = pipeline, farm, None
+
+    def __call__(self, *args, **kwargs):
+        if self.job_id is not None:
+            pause_job(self.farm, self.job_id)
+            self.job_id = None
+        return self.pipeline(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.pipeline, name)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_job_paused_mid_shard_stops_at_its_next_batch_and_resumes(farm, faces, tiny):
+    pipeline = PausesItsJob(tiny.pipeline, farm)
+    one_at_a_time = replace(tiny, preset=replace(tiny.preset, batch_size=1), pipeline=pipeline)
+    runtime = runtime_with(farm, one_at_a_time)
+    job_id = submit_to(farm, faces, project(farm, "features"), shards=1)
+    pipeline.job_id = job_id
+
+    assert run_shard(runtime, job_rows(farm, job_id)[1][0].id).result() == "paused"
+
+    job, (shard,), renders = job_rows(farm, job_id)
+    assert job.status is JobStatus.PAUSED
+    assert (shard.status, shard.attempts, shard.worker_id) == (ShardStatus.PAUSED, 0, None)
+    assert [r.status for r in renders] == [RenderStatus.DONE, RenderStatus.QUEUED]
+    with farm.sessions() as session:
+        assert session.get_one(Worker, runtime.name).current_shard_id is None  # holds nothing
+
+    farm.celery.sent.clear()
+    resume_job(farm, job_id)
+    (task,) = farm.celery.sent
+    assert run_shard(runtime, task.args[0]).result() == "succeeded"
+    job, (shard,), renders = job_rows(farm, job_id)
+    assert (job.status, shard.attempts) == (JobStatus.SUCCEEDED, 1)
+    assert {r.status for r in renders} == {RenderStatus.DONE}

@@ -32,6 +32,7 @@ from farm.metrics import record_model_load, watch_worker
 from farm.quality import Reference
 from farm.render.loading import LoadedPreset, load_preset, pick_device, warm_up
 from farm.render.presets import get_preset
+from farm.render.reference_scenes import ReferenceTokens
 from workers.cores import pin_render_thread, unpin_thread
 from workers.finisher import Finisher
 
@@ -85,6 +86,13 @@ class WorkerRuntime:
     def photos(self) -> PhotoCache:
         """The photos of the characters this worker renders, downloaded once each."""
         return PhotoCache(self.farm.storage)
+
+    @cached_property
+    def shared_tokens(self) -> ReferenceTokens:
+        """Story-mode consistency's reference tokens: read, or rendered once across the farm,
+        and kept for the next shards of the same story."""
+        farm = self.farm
+        return ReferenceTokens(farm.storage, key_lock(farm.engine, farm.settings.data_dir))
 
     @classmethod
     def start(

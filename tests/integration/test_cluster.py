@@ -9,6 +9,7 @@ Celery forks a new one, which loads the preset again.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -16,7 +17,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 
 from farm.context import Farm
@@ -24,7 +27,11 @@ from farm.db.models import Render, Shard, StoredIdentityTokens, Worker
 from farm.db.states import JobStatus, RenderStatus, ShardStatus, WorkerStatus
 from farm.jobs import render_key
 from farm.queue.app import render_queue
+from farm.recipe import render_filename
+from farm.render.loading import LoadedPreset
+from farm.render.story_render import render_story
 from farm.storage import Storage
+from farm.story import Story
 from tests.fixtures.farm_cluster import (
     REPO,
     FarmCluster,
@@ -36,6 +43,7 @@ from tests.fixtures.farm_cluster import (
     wait_for_job,
     wait_for_running_render,
 )
+from tests.fixtures.tiny import REFS
 
 pytestmark = pytest.mark.slow
 
@@ -146,6 +154,42 @@ def test_a_story_renders_on_two_workers_and_a_second_job_reuses_its_identity(
         lines = [line for line in log.splitlines() if f"job {job.id} shard" in line]
         assert len(lines) == len(job_rows(farm, job.id)[1]), "one identity line per shard"
         assert sum(" computed in " in line for line in lines) == computed, "\n".join(lines)
+
+
+def test_story_consistency_split_over_two_workers_equals_one_process(
+    farm_cluster: FarmCluster,
+    workers: WorkerGroup,
+    farm: Farm,
+    bucket: Storage,
+    tiny: LoadedPreset,
+    tmp_path: Path,
+) -> None:
+    """Every render attends to the same two reference scenes, rendered once by one worker and
+    read from the bucket by the other: the pictures are those of one process."""
+    story, photos = make_story("newton_man", 5)
+    consistency = {"mode": "story", "reference_scenes": 2, "window": [0, 1], "strength": 2}
+    spec = story.model_dump(mode="json") | {"consistency": consistency}
+    submitted = farm_cluster.submit(farm, Story.model_validate(spec), photos)
+    assert submitted.shards == 3
+    wait_for_job(farm, submitted.job_id, [workers])
+    assert_every_render_done_once(farm, bucket, submitted.job_id, 5)
+    _, _, renders = job_rows(farm, submitted.job_id)
+    assert {r.worker_id for r in renders} == set(workers.names()), "both workers took part"
+
+    local = Story.model_validate(spec, context={"source_dir": REFS / "newton_man"})
+    render_story(local, tmp_path, tiny)
+    for render in renders:
+        with Image.open(io.BytesIO(bucket.get(render.storage_key))) as image:
+            farmed = np.asarray(image).astype(np.int16)
+        with Image.open(tmp_path / render_filename(render.scene_index, render.variant)) as image:
+            alone = np.asarray(image).astype(np.int16)
+        assert np.abs(farmed - alone).max() <= 1, f"scene {render.scene_index + 1}"
+
+    # Rendered once across the farm, stored one object per step with the manifest last.
+    assert workers.log().count("rendered 2 reference scenes") == 1
+    stored = [key for key in bucket.list("consistency/") if key.endswith("manifest.json")]
+    assert len(stored) == 1
+    assert len(list(bucket.list(stored[0].rsplit("/", 1)[0]))) == 1 + 2  # 2 steps
 
 
 def test_the_workers_run_with_the_reliability_settings(workers: WorkerGroup, farm: Farm) -> None:

@@ -9,19 +9,20 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from farm.db.models import Job, Render, Shard
-from farm.db.queries import job_progress
 from farm.db.states import RenderStatus
+from farm.progress import eta_text, job_report
 
 TIMED_STEPS = ("identity_s", "denoise_s", "decode_s", "upload_s")
 
 
 def job_summary(session: Session, job_id: str) -> dict[str, Any] | None:
-    """Status, counts per render state, fraction done, and mean seconds per render step."""
+    """Status, counts per render state, fraction done (running renders by their share of
+    steps), the ETA and why it waits, and mean seconds per render step."""
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         return None
-    counts = job_progress(session, job_id)
-    done = counts[RenderStatus.DONE]
+    report = job_report(session, job_id)
+    counts, reported = report.counts, report.as_json()
     means = session.execute(
         select(*(func.avg(getattr(Render, step)) for step in TIMED_STEPS)).where(
             Render.job_id == job_id, Render.status == RenderStatus.DONE
@@ -31,8 +32,12 @@ def job_summary(session: Session, job_id: str) -> dict[str, Any] | None:
         "status": str(job.status),
         "total": job.renders_total,
         "counts": {str(state): n for state, n in counts.items()},
-        "fraction": round(done / job.renders_total, 4) if job.renders_total else 1.0,
-        "percent": round(100 * done / job.renders_total) if job.renders_total else 100,
+        "fraction": round(report.fraction, 4),
+        "percent": int(100 * report.fraction),
+        "running": reported["running"],
+        "eta_s": reported["eta_s"],
+        "eta": eta_text(report.eta_s),
+        "waiting": report.waiting,
         "timings": {
             step: None if mean is None else round(mean, 3)
             for step, mean in zip(TIMED_STEPS, means, strict=True)

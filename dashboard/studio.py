@@ -23,10 +23,12 @@ from farm.characters import character_photos, create_character
 from farm.context import Farm
 from farm.db.models import Character
 from farm.errors import InputError
+from farm.estimates import plan_seconds
 from farm.identity.faces import Face, FaceAnalyzer, primary_face
 from farm.identity.photos import MAX_PHOTO_BYTES, Photo, decoded_pixels, load_photo
 from farm.jobs import Submitted, submit_story
 from farm.render.presets import PRESETS
+from farm.serving import served_presets, waiting_note
 from farm.settings import Settings
 from farm.story import MAX_PHOTOS, Story, parse_story
 from farm.story import Character as CharacterSpec
@@ -180,13 +182,25 @@ class Plan:
     width: int
     height: int
     preset: str
+    # What will hold it up, e.g. "no worker serves preset X: it will wait": warnings, never a
+    # refusal (a worker for the preset may start).
+    warnings: list[str]
+    # Seconds on the farm as it is now, from its measured renders of the preset; None when it
+    # has no figures for the preset or no worker serves it.
+    estimated_s: float | None
 
 
 def plan_of(farm: Farm, story: Story) -> Plan:
     renders = len(story.plan())
     width, height = story.render_size()
     shards = math.ceil(renders / farm.settings.shard_size)
-    return Plan(renders, shards, width, height, story.preset)
+    with farm.sessions() as session:
+        served = served_presets(session)
+        estimated = plan_seconds(session, story.preset, renders, shards, served)
+    note = waiting_note(story.preset, served)
+    warnings = [note] if note else []
+    rounded = None if estimated is None else round(estimated, 1)
+    return Plan(renders, shards, width, height, story.preset, warnings, rounded)
 
 
 def submit(

@@ -25,6 +25,7 @@ from dashboard.api.schemas import (
     RenderPage,
     RenderQuery,
     Retried,
+    RunningRenderOut,
     ShardOut,
     TimingsOut,
 )
@@ -108,12 +109,22 @@ def job_out(job: Job, counts: dict[str, int]) -> JobOut:
     )
 
 
+def progress_out(summary: dict[str, Any]) -> ProgressOut:
+    """A job's progress per render and step, with its ETA and why it waits (the job page's)."""
+    return ProgressOut(
+        **{key: summary[key] for key in ("total", "counts", "fraction", "percent")},
+        running=[RunningRenderOut(**r) for r in summary["running"]],
+        eta_s=summary["eta_s"],
+        waiting=summary["waiting"],
+    )
+
+
 def job_detail(session: Session, job: Job) -> JobDetail:
     summary = job_summary(session, job.id)
     assert summary is not None  # the caller has just read the job
     has_comic = job.status in ENDED and bool(comic_keys(farm().storage, job.id))
     return JobDetail(
-        **job_out(job, summary["counts"]).model_dump(),
+        **{**job_out(job, summary["counts"]).model_dump(), "progress": progress_out(summary)},
         story=job.spec,
         shards=[ShardOut(**row) for row in shard_rows(session, job.id)],
         timings=TimingsOut(**summary["timings"]),

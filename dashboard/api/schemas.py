@@ -78,11 +78,28 @@ class CharacterPage(BaseModel):
 # --- jobs ------------------------------------------------------------------------------------
 
 
+class RunningRenderOut(BaseModel):
+    render_id: int
+    scene: int
+    variant: int
+    steps_done: int = Field(description="The denoising step its batch has reached.")
+    steps: int | None = Field(description="Its denoising steps; null before the first.")
+
+
 class ProgressOut(BaseModel):
     total: int
     counts: dict[str, int] = Field(description="Renders per state: queued, running, done, ...")
-    fraction: float
+    fraction: float = Field(description="Done renders, plus running ones by their share of steps.")
     percent: int
+    running: list[RunningRenderOut] = Field(
+        default_factory=list, description="The renders running now (in a job's detail)."
+    )
+    eta_s: float | None = Field(
+        None, description="Seconds left, from the farm's measured renders of the preset."
+    )
+    waiting: str | None = Field(
+        None, description="Why the job cannot move, e.g. no live worker serves its preset."
+    )
 
 
 class ShardOut(BaseModel):
@@ -156,6 +173,14 @@ class PlanOut(BaseModel):
     width: int
     height: int
     preset: str
+    warnings: list[str] = Field(
+        description="What will hold the job up, e.g. 'no worker serves preset X: it will wait' "
+        "(a warning: the job is still accepted)."
+    )
+    estimated_s: float | None = Field(
+        description="Seconds on the farm as it is now, from its measured renders of the "
+        "preset; null when it has none or no worker serves the preset."
+    )
 
 
 class Retried(BaseModel):

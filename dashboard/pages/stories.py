@@ -19,11 +19,14 @@ from farm.documents import parse_document
 from farm.errors import InputError
 from farm.jobs import check_submission
 from farm.render.presets import PRESETS
+from farm.serving import default_preset, served_presets, waiting_note
 from farm.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLES
 from farm.webhooks import check_webhook_url
 
 stories = Blueprint("stories", __name__)
 
+# The form's preset when a live worker serves it; else the one most live workers serve.
+USUAL_PRESET = "photomaker-v2"
 # Form fields that go into the story as they are; pydantic turns "50" into 50 and names the
 # field when it cannot.
 STORY_FIELDS = ("preset", "style", "steps", "guidance", "style_strength", "seed", "variants")
@@ -97,10 +100,13 @@ def _form_page(status: int = 200, error: str | None = None) -> tuple[str, int]:
                 .order_by(Character.name, Character.id)
             )
         )
+        served = served_presets(session)
+    default = PRESETS[default_preset(served, USUAL_PRESET)]
     page = render_template(
         "stories/new.html",
         characters=characters,
-        presets=list(PRESETS),
+        presets=[(preset, waiting_note(name, served)) for name, preset in PRESETS.items()],
+        default_preset=default,
         styles=list(STYLES),
         default_style=DEFAULT_STYLE,
         aspects=list(ASPECT_RATIOS),

@@ -40,6 +40,9 @@ def test_a_story_becomes_a_job_of_shards_sent_to_its_preset(studio: Studio, char
         "counts": {"queued": 3, "running": 0, "done": 0, "failed": 0, "cancelled": 0},
         "fraction": 0.0,
         "percent": 0,
+        "running": [],
+        "eta_s": None,
+        "waiting": "no worker serves preset tiny: it will wait",  # no worker in this test
     }
     assert [s["status"] for s in job["shards"]] == ["queued", "queued"]
     assert job["story"]["scenes"][0]["caption"] == "Chapter 1"
@@ -60,6 +63,8 @@ def test_a_plan_counts_renders_and_shards_and_writes_nothing(studio: Studio, cha
         "width": 64,
         "height": 64,
         "preset": "tiny",
+        "warnings": ["no worker serves preset tiny: it will wait"],  # a warning, not a refusal
+        "estimated_s": None,
     }
     assert studio.rows() == before and not studio.tasks.sent
 

@@ -101,7 +101,15 @@ def test_the_story_form_submits_a_job(studio: Studio, artist):
     }
 
     preview = client.post("/stories/preview", data=form, headers={"X-CSRF-Token": csrf})
-    assert preview.json == {"renders": 3, "shards": 2, "width": 64, "height": 64, "preset": "tiny"}
+    assert preview.json == {
+        "renders": 3,
+        "shards": 2,
+        "width": 64,
+        "height": 64,
+        "preset": "tiny",
+        "warnings": ["no worker serves preset tiny: it will wait"],  # no worker in this test
+        "estimated_s": None,
+    }
     response = client.post("/stories/new", data=form)
 
     assert response.status_code == 302

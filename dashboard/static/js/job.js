@@ -25,9 +25,18 @@
 
   function showProgress(p) {
     const bar = field("bar");
-    bar.max = Math.max(p.total, 1);
-    bar.value = p.counts.done;
+    bar.max = 1;
+    bar.value = p.fraction;
     field("percent").textContent = `${p.percent}%`;
+    field("eta").textContent = p.eta;
+    const running = field("running");
+    running.textContent = p.running
+      .map((r) => `scene ${r.scene + 1} v${r.variant} step ${r.steps_done}/${r.steps ?? "?"}`)
+      .join(", ");
+    running.hidden = !p.running.length;
+    const waiting = field("waiting");
+    waiting.textContent = p.waiting || "";
+    waiting.hidden = !p.waiting;
     const status = field("status");
     status.textContent = p.status;
     status.className = `badge status-${p.status}`;

@@ -13,6 +13,8 @@
   const character = form.querySelector("[data-character]");
   const hint = form.querySelector("[data-trigger-hint]");
   const aspect = form.querySelector("[data-aspect]");
+  const preset = form.querySelector("[data-preset]");
+  const presetNote = form.querySelector("[data-preset-note]");
 
   // --- scenes as lines <-> as a table ---------------------------------------------------
   function linesToRows() {
@@ -86,7 +88,31 @@
     }
   }
 
+  // --- preset: its own size, steps and guidance, and whether a worker serves it -------------
+  function choosePreset() {
+    const option = preset.selectedOptions[0];
+    for (const name of ["width", "height", "steps", "guidance"]) {
+      form.querySelector(`#${name}`).value = option.dataset[name];
+    }
+    aspect.value = "custom";
+    showSize();
+    showPresetNote();
+  }
+
+  function showPresetNote() {
+    const note = preset.selectedOptions[0].dataset.note;
+    presetNote.textContent = note;
+    presetNote.hidden = !note;
+  }
+
   // --- preview ------------------------------------------------------------------------
+  function estimate(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    const whole = Math.round(seconds);
+    const text = whole < 60 ? `${whole} s` : `${Math.floor(whole / 60)} min ${whole % 60} s`;
+    return `, about ${text} on the farm now`;
+  }
+
   let timer = null;
   async function showPreview() {
     if (!textarea.value.trim()) {
@@ -96,8 +122,9 @@
     const { ok, data } = await window.farmPost(form.dataset.previewUrl, new FormData(form));
     if (ok) {
       preview.textContent = `${data.renders} render(s) in ${data.shards} shard(s), ` +
-        `${data.width} × ${data.height}, preset ${data.preset}`;
-      preview.className = "preview ok";
+        `${data.width} × ${data.height}, preset ${data.preset}${estimate(data.estimated_s)}` +
+        data.warnings.map((warning) => `; ${warning}`).join("");
+      preview.className = data.warnings.length ? "preview warn" : "preview ok";
     } else {
       preview.textContent = data.error;
       preview.className = "preview bad";
@@ -111,6 +138,7 @@
 
   character.addEventListener("change", showHint);
   aspect.addEventListener("change", showSize);
+  preset.addEventListener("change", choosePreset);
   form.addEventListener("input", schedulePreview);
   form.addEventListener("change", schedulePreview);
   form.querySelector('[data-action="preview"]').addEventListener("click", showPreview);

@@ -310,19 +310,22 @@ def local_secret_key(settings: Settings) -> str:
 
 
 def start_dashboard(settings: Settings, port: int) -> subprocess.Popen[bytes]:
-    """The dashboard for `farm up`: Flask's server on loopback, which suits one machine; a
-    studio's server runs gunicorn (deploy/Dockerfile.dashboard)."""
+    """The dashboard for `farm up`, on loopback: gunicorn with the deployed configuration
+    (dashboard/gunicorn_conf.py), one process, so that the farm on one machine is served as a
+    studio's server is (live streams get their threads) and no development server warns."""
     env = {**os.environ, "FARM_SECRET_KEY": local_secret_key(settings)}
     command = [
         sys.executable,
         "-m",
-        "flask",
-        "--app",
-        "dashboard.app:create_app",
-        "run",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+        "gunicorn",
+        "--config",
+        "python:dashboard.gunicorn_conf",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+        "dashboard.app:create_app()",
     ]
     return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from farm.accounting import job_usage
 from farm.db.models import Job, Render, Shard
 from farm.db.queries import job_progress
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
@@ -51,6 +52,7 @@ class JobReport:
     per_render_s: float | None  # measured (farm/estimates.py); None: no figures yet
     eta_s: float | None  # None: ended, waiting for a worker, or no figures yet
     waiting: str | None  # why it cannot move: no live worker serves its preset
+    device_s: float = 0.0  # what its finished renders held their devices for (farm/accounting.py)
 
     @property
     def done(self) -> int:
@@ -85,6 +87,7 @@ class JobReport:
             "per_render_s": None if self.per_render_s is None else round(self.per_render_s, 3),
             "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
             "waiting": self.waiting,
+            "device_s": round(self.device_s, 3),
         }
 
 
@@ -100,8 +103,18 @@ def job_report(session: Session, job_id: str, now: datetime | None = None) -> Jo
             .order_by(Render.scene_index, Render.variant)
         ).all()
     ]
+    device_s = job_usage(session, [job.id])[job.id].device_s
     report = JobReport(
-        job.id, job.status, job.preset, job.renders_total, counts, running, None, None, None
+        job.id,
+        job.status,
+        job.preset,
+        job.renders_total,
+        counts,
+        running,
+        None,
+        None,
+        None,
+        device_s,
     )
     if job.status not in LIVE_JOB:
         return report
@@ -124,6 +137,7 @@ def job_report(session: Session, job_id: str, now: datetime | None = None) -> Jo
         per_render,
         eta,
         waiting,
+        device_s,
     )
 
 

@@ -218,6 +218,8 @@ def status_lines(report: JobReport, shards: list[dict[str, Any]]) -> list[str]:
         f"{int(100 * report.fraction)}%" + (f"  {eta}" if eta else "")
     ]
     lines.append("  " + "  ".join(f"{s}: {n}" for s, n in report.counts.items() if n))
+    if report.device_s:
+        lines.append(f"  device: {report.device_s:.1f} s")
     if report.running:
         steps = ", ".join(
             f"scene {r.scene} v{r.variant} step {r.steps_done}/{r.steps or '?'}"

@@ -26,6 +26,7 @@ from farmcli.jobs import (
     status,
     unsent_note,
 )
+from farmcli.scheduling import pause, priority, projects, unpause, usage
 from farmcli.tokens import tokens
 
 if TYPE_CHECKING:
@@ -368,5 +369,10 @@ for command in (
     comic,
     evaluate_command,
     tokens,
+    pause,
+    unpause,
+    priority,
+    projects,
+    usage,
 ):
     main.add_command(command)

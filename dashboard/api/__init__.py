@@ -134,6 +134,7 @@ from dashboard.api import (  # noqa: E402, F401
     access,
     approvals,
     characters,
+    editorial,
     farm_routes,
     jobs,
     openapi,

@@ -62,7 +62,31 @@ def story_from_form(form: MultiDict[str, str]) -> dict[str, Any]:
     if form.get("negative_prompt", "").strip():
         data["negative_prompt"] = form["negative_prompt"]
     data["scenes"] = parse_scenes(form.get("scenes", ""))
+    consistency = consistency_from_form(form)
+    if consistency is not None:
+        data["consistency"] = consistency
     return data
+
+
+def consistency_from_form(form: MultiDict[str, str]) -> dict[str, Any] | None:
+    """The form's consistency fields as the story key (None: off, the story's default). The
+    reference scenes are a count ("2": the first two) or scene numbers ("1, 4")."""
+    mode = form.get("consistency_mode", "off")
+    if mode == "off":
+        return None
+    consistency: dict[str, Any] = {"mode": mode}
+    if form.get("consistency_strength", "").strip():
+        consistency["strength"] = form["consistency_strength"].strip()
+    references = form.get("reference_scenes", "").strip()
+    if mode == "story" and references:
+        numbers = [part.strip() for part in references.split(",")]
+        if not all(number.isdigit() for number in numbers):
+            raise InputError(
+                f"reference scenes: {references!r} is neither a count (2) nor scene numbers (1, 4)"
+            )
+        as_list = "," in references
+        consistency["reference_scenes"] = [int(n) for n in numbers] if as_list else int(numbers[0])
+    return consistency
 
 
 def story_from_file(form: MultiDict[str, str]) -> dict[str, Any]:

@@ -111,10 +111,11 @@ def render_references(
 
 
 class ReferenceTokens:
-    """A worker's way to the shared tokens of a story: its memory (the last few stories), then
-    object storage, then rendering the reference batch once across the farm (under `lock`)."""
+    """A worker's way to the shared tokens of a story: its memory (the last story only: on SDXL
+    they take gigabytes), then object storage, then rendering the reference batch once across
+    the farm (under `lock`)."""
 
-    def __init__(self, storage: Storage, lock: KeyLock, capacity: int = 2) -> None:
+    def __init__(self, storage: Storage, lock: KeyLock, capacity: int = 1) -> None:
         self.storage = storage
         self.lock = lock
         self.capacity = capacity

@@ -1,0 +1,185 @@
+"""What consistent self-attention costs: render time against `off`, and the bytes each reference
+scene stores in story mode.
+
+On the tiny preset (CPU) the same renders are made with consistency off, in batch mode and in
+story mode, taking turns `--repeats` times (the median is reported: a shared machine drifts):
+- `off` and `batch`: every render in batches of `--batch`;
+- `story`: the reference batch (rendered once per story, its tokens recorded), then the other
+  renders in batches, reading those tokens, as workers do; the reference batch is timed apart,
+  since the farm pays it once per story, not per render.
+The shared tokens are stored and loaded through object storage (a folder here), timed too.
+
+For SDXL the stored bytes follow from the architecture alone (tokens per layer x channels x
+layers x steps in the window x guidance branches x 2 bytes), so they are computed from the
+published UNet config (bench/sdxl_arch.py) at 1024x1024, 50 steps, the default settings; its
+render time needs a GPU (not measured here).
+
+    .venv/bin/python bench/consistency.py [--renders 8] [--steps 8] [--repeats 3] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from diffusers import UNet2DConditionModel  # noqa: E402
+
+from bench.sdxl_arch import SDXL_BASE  # noqa: E402
+from farm.consistency import Consistency  # noqa: E402
+from farm.recipe import RenderSettings  # noqa: E402
+from farm.render.consistency import (  # noqa: E402
+    ConsistentAttention,
+    SharedTokens,
+    self_attention_layers,
+)
+from farm.render.loading import LoadedPreset, load_preset  # noqa: E402
+from farm.render.pipeline import SceneRender  # noqa: E402
+from farm.render.presets import get_preset  # noqa: E402
+from farm.render.reference_scenes import load_tokens, store_tokens  # noqa: E402
+from farm.storage.local import LocalStorage  # noqa: E402
+from tests.fixtures.tiny import photos_of  # noqa: E402
+
+PROMPTS = ("reading in a library", "walking in a garden", "at a desk", "under a tree")
+
+
+def renders(count: int) -> list[SceneRender]:
+    return [
+        SceneRender(f"a man img {PROMPTS[i % len(PROMPTS)]}", "lowres", 1000 + i)
+        for i in range(count)
+    ]
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def tiny_figures(args: argparse.Namespace, models_dir: Path) -> dict:
+    loaded: LoadedPreset = load_preset(get_preset("tiny"), models_dir, device="cpu")
+    identity = loaded.identity.tokens_for(photos_of("newton_man", 2))
+    identities, words = {"img": identity}, {"img": "man"}
+    settings = RenderSettings("tiny", 64, 64, args.steps, 5.0, "(No style)", 20)
+    consistency = Consistency(mode="story", reference_scenes=args.references)
+    scenes = renders(args.renders)
+    references, others = scenes[: args.references], scenes[args.references :]
+
+    def in_batches(items: list[SceneRender], attention: ConsistentAttention | None) -> None:
+        for start in range(0, len(items), args.batch):
+            batch = items[start : start + args.batch]
+            loaded.render(batch, settings, identities, words, consistency=attention)
+
+    shared: dict[str, SharedTokens] = {}
+
+    def story_references() -> None:
+        attention = ConsistentAttention(consistency, record=True)
+        loaded.render(references, settings, identities, words, consistency=attention)
+        shared["tokens"] = attention.recorded
+
+    in_batches(scenes[: args.batch], None)  # warm-up
+    runs: dict[str, list[float]] = {"off": [], "batch": [], "story": [], "references": []}
+    for _ in range(args.repeats):
+        runs["off"].append(timed(lambda: in_batches(scenes, None)))
+        batch_mode = ConsistentAttention(consistency.model_copy(update={"mode": "batch"}))
+        runs["batch"].append(timed(lambda: in_batches(scenes, batch_mode)))  # noqa: B023
+        runs["references"].append(timed(story_references))
+        reading = ConsistentAttention(consistency, reading=shared["tokens"])
+        runs["story"].append(timed(lambda: in_batches(others, reading)))  # noqa: B023
+    median = {name: statistics.median(seconds) for name, seconds in runs.items()}
+    per_render = {
+        "off": median["off"] / len(scenes),
+        "batch": median["batch"] / len(scenes),
+        "story (reading)": median["story"] / len(others),
+        "story (reference batch)": median["references"] / len(references),
+    }
+    tokens = shared["tokens"]
+    with tempfile.TemporaryDirectory() as folder:
+        storage = LocalStorage(folder)
+        store_s = timed(lambda: store_tokens(storage, "consistency/bench/x", tokens))
+        load_s = timed(lambda: load_tokens(storage, "consistency/bench/x"))
+    return {
+        "renders": len(scenes),
+        "reference_scenes": len(references),
+        "steps": args.steps,
+        "batch": args.batch,
+        "size": "64x64",
+        "seconds_per_render": {k: round(v, 4) for k, v in per_render.items()},
+        "ratio_to_off": {k: round(v / per_render["off"], 3) for k, v in per_render.items()},
+        "stored_bytes_per_reference_scene": tokens.nbytes // len(references),
+        "stored_objects": len(tokens.steps) + 1,
+        "store_s": round(store_s, 4),
+        "load_s": round(load_s, 4),
+    }
+
+
+def sdxl_bytes(height: int = 1024, width: int = 1024, steps: int = 50) -> dict:
+    """Bytes one reference scene stores on SDXL at the default settings, from its UNet config:
+    a block's self-attention sees the latent (1/8 of the image) halved once per down block
+    before it, and up blocks mirror them."""
+    settings = Consistency(mode="story")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SDXL_BASE.unet)
+    depth = len(unet.config.block_out_channels)
+    latent = (height // 8) * (width // 8)
+    in_window = sum(settings.applies(step, steps) for step in range(steps))
+    per_step = 0
+    layers = self_attention_layers(unet, settings.blocks)
+    for name, attn in layers.items():
+        block, place = name.split(".")[:2]
+        if block == "mid_block":
+            halvings = depth - 1
+        else:
+            halvings = int(place) if block == "down_blocks" else depth - 1 - int(place)
+        tokens = latent // 4**halvings
+        channels = attn.to_q.out_features
+        per_step += max(1, round(settings.sample_rate * tokens)) * channels
+    branches, half = 2, 2  # guidance's two halves; fp16/bf16
+    total = per_step * in_window * branches * half
+    return {
+        "size": f"{width}x{height}",
+        "steps": steps,
+        "steps_in_window": in_window,
+        "layers": len(layers),
+        "bytes_per_reference_scene": total,
+        "bytes_per_step_object_per_reference": per_step * branches * half,
+        "gib_per_reference_scene": round(total / 2**30, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--renders", type=int, default=8)
+    parser.add_argument("--references", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/consistency.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as scratch:
+        tiny = tiny_figures(args, args.models_dir or Path(scratch))
+    results = {
+        "machine": {"cpu_threads": args.threads, "python": platform.python_version()},
+        "tiny": tiny,
+        "sdxl (computed)": sdxl_bytes(),
+    }
+    print(json.dumps(results, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ from dashboard.scope import character_of
 from farm.auth import Principal
 from farm.characters import character_photos, create_character
 from farm.context import Farm
+from farm.controls import submitted_story
 from farm.db.models import Character
 from farm.errors import InputError
 from farm.estimates import plan_seconds
@@ -170,7 +171,11 @@ def story_for(character: Character, data: Mapping[str, Any], source: str = "stor
         "photos": [photo.name for photo in character.photos],
         "face_crop": character.face_crop,
     }
-    return parse_story({**data, "character": spec}, presets=PRESETS, source=source)
+    # The character's outfits come with the body (in a story file they sit under `character`).
+    body = {key: value for key, value in data.items() if key != "outfits"}
+    if "outfits" in data:
+        spec["outfits"] = data["outfits"]
+    return parse_story({**body, "character": spec}, presets=PRESETS, source=source)
 
 
 @dataclass(frozen=True)
@@ -213,13 +218,16 @@ def submit(
     priority: int,
     webhook_url: str | None,
     source: str = "story",
+    control_files: Mapping[str, bytes] | None = None,
 ) -> Submitted:
-    """Plan and queue a story for one of the project's characters, as `farm submit` does."""
+    """Plan and queue a story for one of the project's characters, as `farm submit` does.
+    `control_files` are the control images uploaded with it, by file name (a form's)."""
     if webhook_url:
         check_webhook_url(webhook_url, farm.settings)
     with farm.sessions() as session:
         character = character_of(session, who, character_id)
         story = story_for(character, data, source)
+        story = submitted_story(farm.storage, story, control_files or {})
         photos = character_photos(farm.storage, character)
     # submit_story finds this very character again by its photos, so its identity tokens,
     # already cached, are not computed again.

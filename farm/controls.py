@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated
 
 from PIL import Image
@@ -27,7 +28,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from pydantic_core import PydanticCustomError
 
 from farm.errors import InputError
-from farm.identity.photos import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS, content_hash, load_photo
+from farm.identity.photos import (
+    ALLOWED_FORMATS,
+    MAX_PHOTO_BYTES,
+    MAX_PHOTO_PIXELS,
+    content_hash,
+    load_photo,
+)
 from farm.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -35,6 +42,8 @@ if TYPE_CHECKING:
 
 STORED = "sha256:"
 _STORED_REF = re.compile(r"^sha256:[0-9a-f]{64}$")
+# What Pillow raises on bytes that are no image; `load_photo` turns them into its message.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 _DATA_URL = re.compile(r"^data:image/(png|jpeg|webp);base64,", re.IGNORECASE)
 
 
@@ -122,17 +131,26 @@ def is_data_url(image: str) -> bool:
 def judge_control_image(data: bytes, where: str, size: tuple[int, int]) -> ControlImage:
     """The image as the renders will use it, or an `InputError` naming the scene and the fix."""
     width, height = size
+    try:  # the size is judged from the header first: a wrong one is the problem to name
+        header: tuple[int, int] | None = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS).size
+    except _DECODE_ERRORS:
+        header = None  # unreadable: `load_photo` says why
+    if header is not None and header != size:
+        raise InputError(_wrong_size(where, header, size))
     try:
         image = load_photo(data, where, max_pixels=MAX_PHOTO_PIXELS)
     except InputError as error:
         raise InputError(str(error).replace("photo ", "control image ", 1)) from None
-    if image.size != size:
-        raise InputError(
-            f"control image {where!r}: {image.width}x{image.height}, but the story renders "
-            f"{width}x{height}; a control map must have the render's size exactly (resize or "
-            "re-export it at that size)"
-        )
+    if image.size != size:  # turned by its EXIF orientation
+        raise InputError(_wrong_size(where, image.size, size))
     return ControlImage(data, content_hash(data), width, height)
+
+
+def _wrong_size(where: str, got: tuple[int, int], size: tuple[int, int]) -> str:
+    return (
+        f"control image {where!r}: {got[0]}x{got[1]}, but the story renders {size[0]}x{size[1]}; "
+        "a control map must have the render's size exactly (resize or re-export it at that size)"
+    )
 
 
 def _data_url_bytes(image: str) -> bytes:
@@ -173,8 +191,9 @@ def control_images(
                 data, name = storage.get(key), image
             elif is_data_url(image):
                 data, name = _data_url_bytes(image), "data URL"
-            elif image in files:
-                data, name = files[image], image
+            elif image in files or PurePosixPath(image).name in files:
+                # A form's upload carries its file name only: matched by a path's last part.
+                data, name = files.get(image) or files[PurePosixPath(image).name], image
             else:
                 raise InputError(
                     f"no image {image!r} came with the story; upload it with the story (by "
@@ -219,7 +238,8 @@ def with_stored_refs(story: Story, images: Mapping[str, ControlImage]) -> Story:
         control = scene.get("control")
         if control is not None:
             control["image"] = images[control["image"]].ref
-    return type(story).model_validate(data)
+    # Where its photos' paths start stays as it was (`farm submit` reads them next).
+    return type(story).model_validate(data, context={"source_dir": story.source_dir})
 
 
 def submitted_story(storage: Storage, story: Story, files: Mapping[str, bytes]) -> Story:

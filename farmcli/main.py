@@ -182,6 +182,7 @@ def db_upgrade() -> None:
 def submit(story_file: Path, priority: int, preset: str | None, project: str | None) -> None:
     """Plan STORY_FILE into shards and queue them in the project (the default one unless
     --project or FARM_PROJECT names another); prints the job id."""
+    from farm.controls import files_beside, submitted_story
     from farm.identity.faces import open_face_analyzer
     from farm.jobs import submit_story
     from farm.render.presets import PRESETS, get_preset
@@ -196,6 +197,8 @@ def submit(story_file: Path, priority: int, preset: str | None, project: str | N
     if project is not None:
         with farm.sessions() as session:
             project_id = project_id_of(session, project)
+    # Control images beside the story file, judged and stored by content before the job.
+    story = submitted_story(farm.storage, story, files_beside(story))
     faces = open_face_analyzer("dlib", farm.settings.models_dir)
     cast_photos = {p.trigger: character_photos(story, p) for p in story.cast}
     with broker_said_once():

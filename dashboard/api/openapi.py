@@ -156,12 +156,13 @@ def job_create_schemas() -> dict[str, Any]:
     """`JobCreate`: the story spec with `character_id` where the character section is."""
     story = Story.model_json_schema(ref_template=REF)
     defs = story.pop("$defs", {})
-    defs.pop("Character", None)
+    character = defs.pop("Character")
     properties = dict(story["properties"])
     properties.pop("character")
     properties.pop("cast", None)  # refused by the farm's jobs, see dashboard.studio.story_for
     story["properties"] = {
         "character_id": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+        "outfits": character["properties"]["outfits"],  # the character's, for this story
         **properties,
         "priority": {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY, "default": 5},
         "webhook_url": {

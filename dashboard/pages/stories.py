@@ -17,6 +17,7 @@ from dashboard.studio import plan_of, story_for, submit
 from farm.db.models import Character, Role
 from farm.documents import parse_document
 from farm.errors import InputError
+from farm.identity.photos import MAX_PHOTO_BYTES
 from farm.jobs import check_submission
 from farm.render.presets import PRESETS
 from farm.serving import default_preset, served_presets, waiting_note
@@ -97,8 +98,21 @@ def story_from_file(form: MultiDict[str, str]) -> dict[str, Any]:
     data = parse_document(upload.read(limits.max_bytes + 1), "story file", limits)
     if not isinstance(data, dict):
         raise InputError("story file: a story is a mapping with 'scenes' (and settings) at the top")
-    data.pop("character", None)  # the character is the one picked on the page, with its photos
+    character = data.pop("character", None)  # the one picked on the page, with its photos,
+    if isinstance(character, dict) and "outfits" in character:  # in the story's outfits
+        data["outfits"] = character["outfits"]
     return data
+
+
+def control_uploads() -> dict[str, bytes]:
+    """The control images uploaded beside a story file, by file name (a browser sends no
+    folder): the story names each by its path, matched here by its last part."""
+    files = {}
+    for upload in request.files.getlist("control_images"):
+        if upload.filename:
+            name = upload.filename.replace("\\", "/").rsplit("/", 1)[-1]
+            files[name] = upload.read(MAX_PHOTO_BYTES + 1)  # one byte over is enough to refuse
+    return files
 
 
 def chosen_character_id(form: MultiDict[str, str]) -> int:
@@ -162,6 +176,7 @@ def create() -> Response | tuple[str, int]:
             priority=priority_of(form),
             webhook_url=form.get("webhook_url", "").strip() or None,
             source="story file" if from_file else "story",
+            control_files=control_uploads() if from_file else None,
         )
     except InputError as error:
         return _form_page(400, str(error))

@@ -39,7 +39,8 @@ def test_the_job_body_is_the_story_spec_with_a_character_id(studio: Studio):
         schemas = document()["components"]["schemas"]
     job = schemas["JobCreate"]
     story_fields = set(Story.model_fields) - {"character", "cast"}
-    assert set(job["properties"]) == story_fields | {"character_id", "priority", "webhook_url"}
+    extra = {"character_id", "priority", "webhook_url", "outfits"}  # the character's outfits
+    assert set(job["properties"]) == story_fields | extra
     assert "character_id" in job["required"] and "scenes" in job["required"]
     assert job["additionalProperties"] is False
     assert schemas["CharacterCreate"]["properties"]["photos"]["maxItems"] == 16

@@ -15,6 +15,7 @@ from farm.logs import configure_logging
 from farm.settings import Settings
 from farmcli.admin import drain, gc, queues, requeue, resume, workers
 from farmcli.comic import comic
+from farmcli.editorial import pick, reroll, revise
 from farmcli.errors import one_line_errors
 from farmcli.evaluation import evaluate_command
 from farmcli.job_refs import full_job_id
@@ -370,6 +371,9 @@ for command in (
     requeue,
     gc,
     comic,
+    revise,
+    reroll,
+    pick,
     evaluate_command,
     tokens,
     pause,

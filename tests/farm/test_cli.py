@@ -114,7 +114,9 @@ def test_submit_status_fetch_cancel(env, tiny, tmp_path):
         "0005-v0.png",
     ]
 
-    second = farm_cli(env, "submit", story, "--priority", "9").stdout.strip()
+    # Another preset: the same story again would reuse every render (farm/reuse.py) and end.
+    second = farm_cli(env, "submit", story, "--priority", "9", "--preset", "tiny-v1")
+    second = second.stdout.strip()
     # The 8 characters the dashboard shows name the job wherever the CLI takes one.
     assert farm_cli(env, "cancel", second[:8]).stdout == f"job {second} cancelled\n"
     again = farm_cli(env, "cancel", second, code=2)

@@ -19,7 +19,8 @@ from sqlalchemy import select
 from dashboard.context import farm
 from dashboard.scope import MAX_ID, character_of, job_of, render_of
 from dashboard.security import principal
-from farm.db.models import CharacterPhoto
+from farm.db.models import CharacterPhoto, Job
+from farm.job_names import file_stem
 from farm.recipe import render_filename
 from farm.storage.base import Storage
 
@@ -49,14 +50,15 @@ def comic_keys(storage: Storage, job_id: str) -> list[str]:
     return [key for key in keys if _extension(key) in CONTENT_TYPES]
 
 
-def browser_url(key: str) -> str | None:
-    """A URL the browser can fetch the object from directly, or None (serve it from here)."""
-    url = farm().storage.url_for(key, expires_s=PRESIGNED_FOR_S)
+def browser_url(key: str, download_name: str | None = None) -> str | None:
+    """A URL the browser can fetch the object from directly (saved as `download_name`, when
+    given), or None (serve it from here)."""
+    url = farm().storage.url_for(key, expires_s=PRESIGNED_FOR_S, download_name=download_name)
     return url if urlsplit(url).scheme in ("http", "https") else None
 
 
 def send_object(key: str, download_name: str | None = None) -> Any:
-    url = browser_url(key)
+    url = browser_url(key, download_name)
     if url is not None:
         return redirect(url)
     try:
@@ -108,10 +110,11 @@ def render_image(render_id: int) -> Any:
 @files.get("/renders/<int:render_id>/download")
 def render_download(render_id: int) -> Any:
     with farm().sessions() as session:
-        render, _ = render_of(session, principal(), render_id)
+        render, job = render_of(session, principal(), render_id)
     if render.storage_key is None:
         abort(404, f"render {render_id} is not finished")
-    return send_object(render.storage_key, render_filename(render.scene_index, render.variant))
+    name = render_filename(render.scene_index, render.variant)
+    return send_object(render.storage_key, f"{file_stem(job.name, job.id)}-{name}")
 
 
 @files.get("/renders/<int:render_id>/thumb")
@@ -132,8 +135,14 @@ def comic_file(job_id: Any, number: int) -> Any:
     if not 0 <= number < len(keys):
         abort(404, f"job {job.id} has no comic file {number}")
     key = keys[number]
-    name = key.rsplit("/", 1)[-1]
+    name = download_name(job, key)
     return send_object(key, None if _extension(key) in IMAGE_TYPES else name)
+
+
+def download_name(job: Job, key: str) -> str:
+    """What a job's output is saved as: its name first (`newton-ch1-comic.pdf`), so that a
+    folder of downloads from many jobs still says what each file is."""
+    return f"{file_stem(job.name, job.id)}-{key.rsplit('/', 1)[-1]}"
 
 
 def _extension(key: str) -> str:

@@ -30,7 +30,7 @@ from dashboard.api.schemas import (
     TimingsOut,
 )
 from dashboard.context import faces, farm
-from dashboard.files import browser_url, comic_keys
+from dashboard.files import browser_url, comic_keys, download_name
 from dashboard.progress import job_summary, shard_rows
 from dashboard.scope import MAX_ID, character_of, job_of
 from dashboard.security import principal
@@ -273,8 +273,8 @@ def outputs(job_id: Any) -> JobOutputs:
         job = job_of(session, principal(), str(job_id))
     items = []
     for number, key in enumerate(comic_keys(farm().storage, job.id)):
-        name = key.rsplit("/", 1)[-1]
-        url = browser_url(key) or url_for(
+        name = download_name(job, key)
+        url = browser_url(key, name) or url_for(
             "files.comic_file", job_id=job.id, number=number, _external=True
         )
         items.append(OutputFile(name=name, kind=name.rsplit(".", 1)[-1], url=url))

@@ -2,6 +2,7 @@
 little JavaScript they use lives in static/ and only adds to pages that work without it."""
 
 from dashboard.pages.admin import admin
+from dashboard.pages.approvals import approvals
 from dashboard.pages.auth import auth
 from dashboard.pages.characters import characters
 from dashboard.pages.farm_page import farm_page
@@ -9,4 +10,4 @@ from dashboard.pages.gallery import gallery
 from dashboard.pages.jobs import jobs
 from dashboard.pages.stories import stories
 
-PAGES = (auth, jobs, stories, characters, gallery, farm_page, admin)
+PAGES = (auth, jobs, approvals, stories, characters, gallery, farm_page, admin)

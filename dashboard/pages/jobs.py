@@ -24,9 +24,12 @@ from dashboard.files import IMAGE_TYPES, comic_keys
 from dashboard.progress import job_summary, shard_rows
 from dashboard.scope import job_of, page_number
 from dashboard.security import principal, requires
+from farm.approval import contact_sheet
 from farm.db.models import Character, Job, Render, Role
 from farm.db.states import JobStatus, RenderStatus
+from farm.job_names import file_stem
 from farm.lifecycle import cancel_job, retry_job
+from farm.recipe import render_filename
 from farm.storage.base import Storage
 
 jobs = Blueprint("jobs", __name__)
@@ -95,6 +98,7 @@ def detail(job_id: Any) -> str:
             )
         )
         retryable = any(s["status"] in ("failed", "cancelled") for s in shards)
+        sheet = contact_sheet(session, job)  # empty unless submitted for approval
         qc_retried = session.scalar(
             select(func.count())
             .select_from(Render)
@@ -113,6 +117,7 @@ def detail(job_id: Any) -> str:
         has_comic=has_comic,
         qc_retried=qc_retried,
         story=job.spec,
+        sheet=sheet,
     )
 
 
@@ -146,24 +151,27 @@ def download(job_id: Any) -> Response:
     neither the dashboard's memory nor the wait before the first byte grows with the job."""
     with farm().sessions() as session:
         job = job_of(session, principal(), str(job_id))
-        keys = list(
-            session.scalars(
-                select(Render.storage_key)
+        files = [
+            (render_filename(scene, variant), key)
+            for scene, variant, key in session.execute(
+                select(Render.scene_index, Render.variant, Render.storage_key)
                 .where(Render.job_id == job.id, Render.status == RenderStatus.DONE)
                 .order_by(Render.scene_index, Render.variant)
             )
-        )
-    response = Response(_zip_stream(farm().storage, keys), mimetype="application/zip")
-    response.headers["Content-Disposition"] = f'attachment; filename="job-{job.id}.zip"'
+        ]
+    response = Response(_zip_stream(farm().storage, files), mimetype="application/zip")
+    name = f"{file_stem(job.name, job.id)}.zip"
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
 
 
-def _zip_stream(storage: Storage, keys: list[str]) -> Iterator[bytes]:
+def _zip_stream(storage: Storage, files: list[tuple[str, str]]) -> Iterator[bytes]:
+    """The (name, key) pairs' objects as one zip, each under its name."""
     sink = _Chunks()
     # PNGs are compressed already: storing them costs nothing in size and saves the CPU.
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
-        for key in keys:
-            archive.writestr(key.rsplit("/", 1)[-1], storage.get(key))
+        for name, key in files:
+            archive.writestr(name, storage.get(key))
             yield sink.take()
     yield sink.take()
 

@@ -69,5 +69,6 @@ class Storage(ABC):
         """Like `list`, with each object's size and modification time (one listing, no HEADs)."""
 
     @abstractmethod
-    def url_for(self, key: str, expires_s: int = 3600) -> str:
-        """A URL a browser can GET: presigned for S3, `file://` for a folder."""
+    def url_for(self, key: str, expires_s: int = 3600, download_name: str | None = None) -> str:
+        """A URL a browser can GET: presigned for S3, `file://` for a folder. With
+        `download_name`, a browser saves what it gets under that name (S3 answers with it)."""

@@ -63,5 +63,5 @@ class LocalStorage(Storage):
                 continue
             yield StoredObject(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
 
-    def url_for(self, key: str, expires_s: int = 3600) -> str:
-        return self._path(key).as_uri()
+    def url_for(self, key: str, expires_s: int = 3600, download_name: str | None = None) -> str:
+        return self._path(key).as_uri()  # no browser fetches it: the dashboard serves the bytes

@@ -352,14 +352,14 @@ class S3Storage(Storage):
                 return
             params["ContinuationToken"] = page["NextContinuationToken"]
 
-    def url_for(self, key: str, expires_s: int = 3600) -> str:
-        """A presigned GET URL: a bearer token for `expires_s` seconds, so it is never logged."""
+    def url_for(self, key: str, expires_s: int = 3600, download_name: str | None = None) -> str:
+        """A presigned GET URL: a bearer token for `expires_s` seconds, so it is never logged.
+        With `download_name`, S3 answers with a Content-Disposition that names the file."""
         if not 1 <= expires_s <= _MAX_PRESIGN_S:
             raise InputError(
                 f"invalid expires_s {expires_s}: a presigned URL lives 1 to {_MAX_PRESIGN_S} s"
             )
-        return self._client.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": self.bucket, "Key": self._key(key)},
-            ExpiresIn=expires_s,
-        )
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        if download_name is not None:
+            params["ResponseContentDisposition"] = f'attachment; filename="{download_name}"'
+        return self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)

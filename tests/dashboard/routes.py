@@ -94,6 +94,7 @@ ACCESS: dict[str, Access] = {
     "GET jobs.detail": Access(Role.VIEWER, "job_id"),
     "POST jobs.cancel": Access(Role.ARTIST, "job_id"),
     "POST jobs.retry": Access(Role.ARTIST, "job_id"),
+    "POST approvals.approve": Access(Role.ARTIST, "job_id"),
     "GET jobs.comic": Access(Role.VIEWER, "job_id"),
     "GET jobs.download": Access(Role.VIEWER, "job_id"),
     "GET gallery.job_gallery": Access(Role.VIEWER, "job_id"),

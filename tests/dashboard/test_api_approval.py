@@ -28,7 +28,11 @@ def approve(studio, job_id, who="a-artist", **body):
 def test_a_preview_job_is_approved_scene_by_scene(studio):
     job_id = submit(studio)
     shown = job(studio, job_id)
-    assert (shown["name"], shown["status"], shown["shards"]) == ("Newton ch1", "awaiting_approval", [])
+    assert (shown["name"], shown["status"], shown["shards"]) == (
+        "Newton ch1",
+        "awaiting_approval",
+        [],
+    )
     sheet = shown["approval"]
     assert [(s["scene"], s["state"]) for s in sheet["scenes"]] == [
         (1, "previewing"),
@@ -92,3 +96,29 @@ def test_approvals_a_job_cannot_take_are_refused_and_change_nothing(studio):
     assert {k: v for k, v in before.items() if k != "jobs"} == {
         k: v for k, v in after_cancel.items() if k != "jobs"
     }
+
+
+def test_the_job_page_shows_the_contact_sheet_and_approves_ticked_scenes(studio):
+    client = studio.client()
+    csrf = studio.log_in(client)
+    job_id = submit(studio)
+    page = client.get(f"/jobs/{job_id}").text
+    assert "Newton ch1" in page and 'data-field="approval"' in page
+    assert 'data-state="previewing"' in page and 'name="scenes"' not in page
+    finish_renders(studio, job(studio, job_id)["approval"]["preview_job_id"])
+    page = client.get(f"/jobs/{job_id}").text
+    assert 'data-approve-scene="1"' in page and 'data-approve-scene="2"' in page
+
+    before = studio.rows()
+    nothing = client.post(f"/jobs/{job_id}/approve", data={"csrf_token": csrf})
+    assert nothing.status_code == 400 and "name the scenes to approve" in nothing.text
+    assert studio.rows() == before
+
+    ticked = client.post(f"/jobs/{job_id}/approve", data={"csrf_token": csrf, "scenes": "2"})
+    assert ticked.status_code == 302
+    page = client.get(ticked.location).text
+    assert "Approved scene(s) 2: 2 render(s) queued at full quality." in page
+    assert 'data-scene="2" data-state="approved"' in page
+    every = client.post(f"/jobs/{job_id}/approve", data={"csrf_token": csrf, "every": "1"})
+    assert every.status_code == 302
+    assert [s["state"] for s in job(studio, job_id)["approval"]["scenes"]] == ["approved"] * 2

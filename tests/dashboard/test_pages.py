@@ -244,8 +244,8 @@ def test_the_zip_holds_every_finished_png(studio: Studio, artist):
 
     assert response.mimetype == "application/zip"
     archive = zipfile.ZipFile(io.BytesIO(response.get_data()))
-    assert archive.namelist() == ["0000-v0.png"]
-    assert archive.read("0000-v0.png").startswith(b"\x89PNG")
+    assert archive.namelist() == ["0001-v0.png"]  # scene 1: scenes are numbered from 1
+    assert archive.read("0001-v0.png").startswith(b"\x89PNG")
 
 
 def test_cancel_and_retry_from_the_job_page(studio: Studio, artist):

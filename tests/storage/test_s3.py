@@ -138,6 +138,15 @@ def test_url_for_downloads_the_object_with_a_plain_http_client(storage: Storage)
 # --- S3 only ------------------------------------------------------------------------------------
 
 
+def test_a_presigned_download_is_saved_under_the_name_asked_for(s3_storage: Storage) -> None:
+    s3_storage.put("jobs/j1/comic/comic.pdf", b"%PDF-1.4", "application/pdf")
+    url = s3_storage.url_for("jobs/j1/comic/comic.pdf", 60, download_name="newton-ch1-comic.pdf")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == b"%PDF-1.4"
+        disposition = response.headers["Content-Disposition"]
+    assert disposition == 'attachment; filename="newton-ch1-comic.pdf"'
+
+
 def test_url_is_presigned_with_the_expiry_and_serves_the_content_type(
     s3_storage: S3Storage,
 ) -> None:

@@ -222,11 +222,13 @@ def files_beside(story: Story) -> dict[str, bytes]:
     return files
 
 
-def maps_beside(story: Story) -> dict[str, Image.Image]:
-    """`farm render`'s control maps: read from beside the story file and judged, every problem
-    named at once, before a model loads."""
+def read_beside(story: Story) -> tuple[Story, dict[str, Image.Image]]:
+    """`farm render`'s control maps, read from beside the story file and judged (every problem
+    named at once, before a model loads), and the story naming each by its content as a job's
+    does, so that each PNG's recipe says which map steered it."""
     images = control_images(story, files_beside(story))
-    return {name: decode_control(image.data, name) for name, image in images.items()}
+    maps = {image.ref: decode_control(image.data, name) for name, image in images.items()}
+    return with_stored_refs(story, images), maps
 
 
 def with_stored_refs(story: Story, images: Mapping[str, ControlImage]) -> Story:

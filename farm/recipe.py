@@ -75,6 +75,8 @@ def png_bytes(image: Image.Image, planned: PlannedRender, settings: RenderSettin
         **asdict(settings),
         "software": f"render-farm {__version__}",
     }
+    if planned.control is not None:  # the map by its content: what steered the pose
+        recipe["control"] = planned.control.recipe()
     info.add_text("parameters", json.dumps(recipe, ensure_ascii=False))
     info.add_text("Software", recipe["software"])
     buffer = io.BytesIO()

@@ -104,8 +104,8 @@ class RecipeHasher:
 
     def _hash(self, planned: PlannedRender, seed: int | None) -> str:
         extra: dict[str, object] = {"consistency": self._consistency}
-        if planned.control is not None:  # what the scene asks for; its image by name so far
-            extra["control"] = planned.control.model_dump(mode="json")
+        if planned.control is not None:  # its map by content hash, its type and its scale
+            extra["control"] = planned.control.recipe()
         return render_hash(
             **self._common,
             prompt=planned.prompt,

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from farm import __version__
-from farm.controls import attach, maps_beside
+from farm.controls import attach, read_beside
 from farm.identity.engine import Photo
 from farm.recipe import RenderSettings, png_bytes, render_filename
 from farm.render.folder_reuse import FolderReuse
@@ -43,7 +43,8 @@ def render_story(
     and the files of scenes the story no longer has are removed."""
     character = story.character
     settings = RenderSettings.of(story)
-    plan = attach(story.plan(), story, maps_beside(story))
+    story, maps = read_beside(story)  # control maps named by content, as in a job's story
+    plan = attach(story.plan(), story, maps)
 
     started = time.perf_counter()
     identities = {

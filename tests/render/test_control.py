@@ -3,17 +3,22 @@ UNet, a zero scale is no control, and control models load from diffusers folders
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
 from PIL import Image, ImageDraw
 
 from farm.controls import ControlType, SceneControl
 from farm.errors import InputError, ModelNotFoundError
 from farm.identity.tokens import IdentityTokens
+from farm.recipe import render_filename
 from farm.render.control import (
     ControlModels,
     load_control_model,
@@ -22,8 +27,11 @@ from farm.render.control import (
     tiny_controlnet,
 )
 from farm.render.pipeline import SceneRender
+from farm.render.presets import PRESETS
+from farm.render.story_render import render_story
 from farm.render.tiny import ensure_tiny
-from tests.fixtures.tiny import photos_of
+from farm.story import load_story
+from tests.fixtures.tiny import EXAMPLES, photos_of
 
 SIZE = dict(height=64, width=64)
 
@@ -157,3 +165,37 @@ def test_a_folder_of_another_model_is_refused(tmp_path):
     (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
     with pytest.raises(ModelNotFoundError, match="not an SDXL ControlNetModel or T2IAdapter"):
         load_control_model(folder, torch.device("cpu"), torch.float32)
+
+
+def _story_file(folder: Path, pose: Image.Image) -> Path:
+    """The example story's first scene, posed by a map beside the file, and a plain one."""
+    shutil.copytree(EXAMPLES / "photos", folder / "photos")
+    pose.save(folder / "pose.png")
+    story = yaml.safe_load((EXAMPLES / "story.yaml").read_text())
+    first = story["scenes"][0]
+    story.update(steps=2, width=64, height=64, variants=1)
+    story.pop("aspect", None)
+    control = {"image": "pose.png", "type": "openpose", "scale": 1.0}
+    story["scenes"] = [{**first, "control": control}, {**first, "variants": 1}]
+    path = folder / "story.yaml"
+    path.write_text(yaml.safe_dump(story))
+    return path
+
+
+def test_farm_render_reads_the_map_beside_the_story_and_records_it(tiny, tmp_path):
+    story = load_story(_story_file(tmp_path, pose_map()), presets=PRESETS)
+    manifest = render_story(story, tmp_path / "out", tiny)
+    posed, plain = (Image.open(tmp_path / "out" / render_filename(i, 0)) for i in (0, 1))
+    assert np.abs(np.asarray(posed, np.int16) - np.asarray(plain, np.int16)).max() > 0
+    recipe = json.loads(posed.text["parameters"])
+    sha = hashlib.sha256((tmp_path / "pose.png").read_bytes()).hexdigest()
+    assert recipe["control"] == {"image": sha, "type": "openpose", "scale": 1.0}
+    assert "control" not in json.loads(plain.text["parameters"])
+    assert manifest.is_file()
+
+
+def test_farm_render_refuses_a_map_of_the_wrong_size_before_writing(tiny, tmp_path):
+    story = load_story(_story_file(tmp_path, pose_map((96, 64))), presets=PRESETS)
+    with pytest.raises(InputError, match=r"scenes\[0\].control.image: .*96x64, but the story"):
+        render_story(story, tmp_path / "out", tiny)
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from farm.db.models import Render, Worker
 from farm.db.states import WorkerStatus
+from farm.job_names import file_stem
 from tests.fixtures.dashboard import (
     Studio,
     finish_renders,
@@ -293,7 +294,11 @@ def test_the_api_lists_a_jobs_outputs_with_download_urls(studio: Studio, artist)
     storage.put(f"jobs/{job_id}/exports/renders.zip", b"PK zip", "application/zip")
 
     items = studio.call("GET", f"/api/v1/jobs/{job_id}/outputs").json["items"]
-    assert [(i["name"], i["kind"]) for i in items] == [("comic.cbz", "cbz"), ("renders.zip", "zip")]
+    named = file_stem(studio.call("GET", f"/api/v1/jobs/{job_id}").json["name"], job_id)
+    assert [(i["name"], i["kind"]) for i in items] == [
+        (f"{named}-comic.cbz", "cbz"),  # downloads carry the job's name
+        (f"{named}-renders.zip", "zip"),
+    ]
     zipped = client.get(items[1]["url"].removeprefix("http://localhost"))
     assert zipped.data == b"PK zip" and "attachment" in zipped.headers["Content-Disposition"]
 

@@ -60,6 +60,8 @@ def shard_rows(session: Session, job_id: str) -> list[dict[str, Any]]:
             "worker_id": shard.worker_id,
             "attempts": shard.attempts,
             "max_attempts": shard.max_attempts,
+            "interruptions": shard.interruptions,
+            "checkpoint_step": shard.checkpoint_step,
             "error": shard.error,
             "started": shard.started,
             "finished": shard.finished,

@@ -13,6 +13,7 @@ from dashboard.api import api, json_body, operation
 from dashboard.api.approvals import approval_out
 from dashboard.api.renders import render_out
 from dashboard.api.schemas import (
+    BlockedWorkerOut,
     JobCreated,
     JobDetail,
     JobOut,
@@ -35,6 +36,7 @@ from dashboard.progress import job_summary, shard_rows
 from dashboard.scope import MAX_ID, character_of, job_of
 from dashboard.security import principal
 from dashboard.studio import plan_of, story_for, submit
+from farm.blocklist import blocked_workers
 from farm.db.models import Job, Render, Role
 from farm.db.states import JobStatus, RenderStatus
 from farm.errors import InputError
@@ -123,10 +125,16 @@ def job_detail(session: Session, job: Job) -> JobDetail:
     summary = job_summary(session, job.id)
     assert summary is not None  # the caller has just read the job
     has_comic = job.status in ENDED and bool(comic_keys(farm().storage, job.id))
+    shards = [ShardOut(**row) for row in shard_rows(session, job.id)]
     return JobDetail(
         **{**job_out(job, summary["counts"]).model_dump(), "progress": progress_out(summary)},
         story=job.spec,
-        shards=[ShardOut(**row) for row in shard_rows(session, job.id)],
+        shards=shards,
+        interruptions=sum(shard.interruptions for shard in shards),
+        blocked_workers=[
+            BlockedWorkerOut(worker_id=b.worker_id, failures=b.failures, last_error=b.last_error)
+            for b in blocked_workers(session, job.id)
+        ],
         timings=TimingsOut(**summary["timings"]),
         approval=approval_out(session, job),
         comic_url=url_for("jobs.comic", job_id=job.id, _external=True) if has_comic else None,

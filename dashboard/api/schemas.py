@@ -108,10 +108,24 @@ class ShardOut(BaseModel):
     worker_id: str | None
     attempts: int
     max_attempts: int
+    interruptions: int = Field(
+        description="Runs handed on because their worker was told to stop; not attempts."
+    )
+    checkpoint_step: int | None = Field(
+        description="The denoising step an interrupted batch resumes at, while it waits."
+    )
     error: str | None
     started: datetime | None
     finished: datetime | None
     seconds: float | None
+
+
+class BlockedWorkerOut(BaseModel):
+    """A worker kept off the job after failing `failures` of its shards (farm/blocklist.py)."""
+
+    worker_id: str
+    failures: int
+    last_error: str | None
 
 
 class TimingsOut(BaseModel):
@@ -144,6 +158,10 @@ class JobOut(BaseModel):
 class JobDetail(JobOut):
     story: dict[str, Any] = Field(description="The validated story the job was planned from.")
     shards: list[ShardOut]
+    interruptions: int = Field(description="Shard runs interrupted (preempted), all shards.")
+    blocked_workers: list[BlockedWorkerOut] = Field(
+        description="Workers that failed two of the job's shards and take no more of them."
+    )
     timings: TimingsOut
     approval: ApprovalOut | None = Field(
         description="For a job submitted with `approval: preview`: each scene's preview and "

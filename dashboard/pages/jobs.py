@@ -24,6 +24,7 @@ from dashboard.files import IMAGE_TYPES, comic_keys
 from dashboard.progress import job_summary, shard_rows
 from dashboard.scope import job_of, page_number
 from dashboard.security import principal, requires
+from farm.blocklist import blocked_workers
 from farm.approval import contact_sheet
 from farm.db.models import Character, Job, Render, Role
 from farm.db.states import JobStatus, RenderStatus
@@ -89,6 +90,7 @@ def detail(job_id: Any) -> str:
         character = session.get(Character, job.character_id)
         summary = job_summary(session, job.id)
         shards = shard_rows(session, job.id)
+        blocked = blocked_workers(session, job.id)
         renders = list(
             session.scalars(
                 select(Render)
@@ -116,6 +118,8 @@ def detail(job_id: Any) -> str:
         retryable=retryable and job.status not in OPEN,
         has_comic=has_comic,
         qc_retried=qc_retried,
+        interruptions=sum(s["interruptions"] for s in shards),
+        blocked=blocked,
         story=job.spec,
         sheet=sheet,
     )

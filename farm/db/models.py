@@ -607,6 +607,10 @@ class Render(Timestamps, Base):
         self.error = None
         self.finished = None
 
+    def interrupt(self) -> None:
+        """Its worker was told to stop mid-batch: the render waits for its shard's next run."""
+        _move(self, "interrupt")
+
 
 class JobRevision(Timestamps, Base):
     """One revision of a job's story: what it asked for, and what it cost (renders kept from

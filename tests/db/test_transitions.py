@@ -243,6 +243,7 @@ METHODS: dict[type, dict[str, Callable[[Any], object]]] = {
         "start": lambda s: s.start("w", 60),
         "renew": lambda s: s.renew(60),
         "requeue": lambda s: s.requeue("error"),
+        "interrupt": lambda s: s.interrupt("told to stop"),
         "succeed": lambda s: s.succeed(),
         "fail": lambda s: s.fail("error"),
         "cancel": lambda s: s.cancel(),
@@ -256,6 +257,7 @@ METHODS: dict[type, dict[str, Callable[[Any], object]]] = {
         "fail": lambda r: r.fail("error"),
         "cancel": lambda r: r.cancel(),
         "reopen": lambda r: r.reopen(),
+        "interrupt": lambda r: r.interrupt(),
     },
     Worker: {
         "ready": lambda w: w.ready(),
@@ -275,7 +277,7 @@ STATES = {Job: JobStatus, Shard: ShardStatus, Render: RenderStatus, Worker: Work
 def _row(model: type, status: StrEnum) -> Any:
     """A row in `status`, with the counters its methods add to (unset before a flush)."""
     counters = {
-        Shard: {"attempts": 0, "max_attempts": 3},
+        Shard: {"attempts": 0, "max_attempts": 3, "interruptions": 0},
         Render: {"attempts": 0},
         Worker: {"renders_done": 0, "renders_failed": 0},
     }
@@ -372,6 +374,7 @@ _PAIRS = {
         (_R.RUNNING, _R.CANCELLED),
         (_R.FAILED, _R.QUEUED),
         (_R.CANCELLED, _R.QUEUED),
+        (_R.RUNNING, _R.QUEUED),
     },
     Worker: {
         (_W.STARTING, _W.IDLE),

@@ -20,19 +20,18 @@ import contextvars
 import io
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from PIL import Image
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from farm.context import Farm
-from farm.db.models import DEFAULT_PROJECT, Render
+from farm.db.models import DEFAULT_PROJECT
 from farm.jobs import render_key, thumb_key
+from farm.lifecycle import finish_renders
 from farm.logs import log_context
 from farm.metrics import record_device_seconds, record_render
 from farm.recipe import RenderSettings, png_bytes
@@ -85,11 +84,6 @@ class Rendered:
     denoise_s: float | None
     decode_s: float | None
     device_s: float | None = None  # see Render.device_s
-
-
-def renders_by_id(session: Session, render_ids: Sequence[int]) -> dict[int, Render]:
-    """The renders `render_ids`, read in one statement."""
-    return {r.id: r for r in session.scalars(select(Render).where(Render.id.in_(render_ids)))}
 
 
 class Finisher:
@@ -175,21 +169,24 @@ class Finisher:
         upload_s: list[float],
     ) -> None:
         """One transaction for the batch's rows, then the counts, metrics and events."""
+        finished = {}
+        for item, checked, uploaded in zip(rendered, scores, upload_s, strict=True):
+            key, thumb = _keys(run, item)
+            finished[item.render_id] = {
+                "storage_key": key,
+                "thumb_key": thumb,
+                "identity_s": item.identity_s,
+                "denoise_s": item.denoise_s,
+                "decode_s": item.decode_s,
+                "upload_s": uploaded,
+                "face_similarity": checked.similarity,
+                "qc_retries": checked.retries,
+                "qc_seed": checked.seed if checked.seed != item.planned.seed else None,
+                "device_s": item.device_s,
+                "device_kind": run.device_kind,
+            }
         with self.farm.sessions.begin() as session:
-            rows = renders_by_id(session, [item.render_id for item in rendered])
-            for item, checked, uploaded in zip(rendered, scores, upload_s, strict=True):
-                rows[item.render_id].finish(
-                    *_keys(run, item),
-                    identity_s=item.identity_s,
-                    denoise_s=item.denoise_s,
-                    decode_s=item.decode_s,
-                    upload_s=uploaded,
-                    face_similarity=checked.similarity,
-                    qc_retries=checked.retries,
-                    qc_seed=checked.seed if checked.seed != item.planned.seed else None,
-                    device_s=item.device_s,
-                    device_kind=run.device_kind,
-                )
+            finish_renders(session, finished)
         run.tally.done += len(rendered)
         for item, uploaded in zip(rendered, upload_s, strict=True):
             key, thumb = _keys(run, item)

@@ -12,7 +12,9 @@ import time
 
 import pytest
 
+from farm.auth import ensure_project
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
+from farm.jobs import submit_with_photos
 from farm.storage import Storage
 from tests.fixtures.farm_cluster import (
     FarmCluster,
@@ -65,10 +67,17 @@ def test_sigterm_mid_render_checkpoints_and_another_worker_resumes_it_byte_for_b
     assert (resumed.attempts, resumed.interruptions, resumed.checkpoint_key) == (1, 1, None)
     assert not bucket.exists(checkpoint_key(job_id, shard.id))
 
-    unbroken_id = farm_cluster.submit(farm, story, photos).job_id
+    # The same story rendered without a stop, in another project: a project's second job of
+    # the same content would reuse the first one's renders instead of rendering them.
+    with farm.sessions.begin() as session:
+        reference = ensure_project(session, "reference").id
+    unbroken_id = submit_with_photos(
+        farm, story, photos, farm_cluster.faces, project_id=reference
+    ).job_id
     wait_for_job(farm, unbroken_id, [other])
     _, _, unbroken = job_rows(farm, unbroken_id)
-    for render, reference in zip(renders, unbroken, strict=True):
-        assert bucket.get(render.storage_key) == bucket.get(reference.storage_key)
-        assert bucket.get(render.thumb_key) == bucket.get(reference.thumb_key)
+    for render, again in zip(renders, unbroken, strict=True):
+        assert again.reused_from_job is None and again.storage_key != render.storage_key
+        assert bucket.get(render.storage_key) == bucket.get(again.storage_key)
+        assert bucket.get(render.thumb_key) == bucket.get(again.thumb_key)
     other.stop()

@@ -12,6 +12,7 @@ from dashboard.scope import job_of, page_number, render_of
 from dashboard.security import principal
 from farm.db.models import Render
 from farm.db.states import RenderStatus
+from farm.picks import scene_picks
 from farm.story import Story
 
 gallery = Blueprint("gallery", __name__)
@@ -34,10 +35,13 @@ def job_gallery(job_id: Any) -> str:
                 .offset((page - 1) * size)
             )
         )
+        # Each scene's pick, which the comic shows and the gallery marks.
+        picks = {pick.render.scene_index: pick for pick in scene_picks(session, job.id)}
     return render_template(
         "gallery/job.html",
         job=job,
         renders=renders,
+        picks=picks,
         page=page,
         pages=max(1, -(-total // size)),
         total=total,

@@ -15,9 +15,10 @@ from typing import Any
 
 from PIL import Image
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
-from dashboard.scope import character_of
+from dashboard.scope import MAX_ID, character_of
 from farm.auth import Principal
 from farm.characters import character_photos, create_character
 from farm.context import Farm
@@ -31,7 +32,7 @@ from farm.jobs import Submitted, submit_story
 from farm.render.presets import PRESETS
 from farm.serving import served_presets, waiting_note
 from farm.settings import Settings
-from farm.story import MAX_PHOTOS, Story, parse_story
+from farm.story import MAX_CAST, MAX_PHOTOS, Story, parse_story
 from farm.story import Character as CharacterSpec
 from farm.webhooks import check_webhook_url
 
@@ -158,24 +159,65 @@ def add_character(
         )
 
 
-def story_for(character: Character, data: Mapping[str, Any], source: str = "story") -> Story:
-    """A story body (everything but the character) validated for this character's photos."""
+def cast_of(
+    session: Session, who: Principal, data: Mapping[str, Any], source: str = "story"
+) -> list[tuple[str, Character]]:
+    """The body's `cast`: characters of `who`'s project besides the main one, each with the
+    trigger word its prompts use for it (the character's own unless one is given)."""
+    cast = data.get("cast", [])
+    if not isinstance(cast, list) or len(cast) >= MAX_CAST:
+        raise InputError(
+            f"{source}: cast: a list of at most {MAX_CAST - 1} entries like "
+            f'{{"character_id": 7, "trigger": "img2"}} (got {cast!r:.80})'
+        )
+    members = []
+    for index, entry in enumerate(cast):
+        where = f"{source}: cast[{index}]"
+        if not isinstance(entry, Mapping) or not set(entry) <= {"character_id", "trigger"}:
+            raise InputError(
+                f"{where}: name one of your characters by character_id, with the trigger its "
+                f"prompts use if not its own (got {entry!r:.80})"
+            )
+        character_id = entry.get("character_id")
+        if type(character_id) is not int or not 1 <= character_id <= MAX_ID:
+            raise InputError(
+                f"{where}.character_id: the id of one of your characters (got {character_id!r})"
+            )
+        character = character_of(session, who, character_id)
+        trigger = entry.get("trigger", character.trigger)
+        if not isinstance(trigger, str):
+            raise InputError(f"{where}.trigger: one word of letters or digits (got {trigger!r})")
+        members.append((trigger, character))
+    return members
+
+
+def story_for(
+    character: Character,
+    data: Mapping[str, Any],
+    source: str = "story",
+    cast: Sequence[tuple[str, Character]] = (),
+) -> Story:
+    """A story body (everything but the characters) validated for this character's photos and
+    those of its `cast` (from `cast_of`), as a story file with the same people would be."""
     refuse_nul(data, source)
-    if data.get("cast"):
-        # Jobs render one character's identity (workers/shard.py); only `farm render` has casts.
-        raise InputError(f"{source}: cast: jobs on the farm render one character per story")
-    spec = {
+    spec = _spec(character, character.trigger)
+    # The character's outfits come with the body (in a story file they sit under `character`).
+    body = {key: value for key, value in data.items() if key not in ("outfits", "cast")}
+    if "outfits" in data:
+        spec["outfits"] = data["outfits"]
+    people = [_spec(member, trigger) for trigger, member in cast]
+    return parse_story({**body, "character": spec, "cast": people}, presets=PRESETS, source=source)
+
+
+def _spec(character: Character, trigger: str) -> dict[str, Any]:
+    """A character row as a story's character section (its photos are the farm's)."""
+    return {
         "name": character.name,
         "class_word": character.class_word,
-        "trigger": character.trigger,
+        "trigger": trigger,
         "photos": [photo.name for photo in character.photos],
         "face_crop": character.face_crop,
     }
-    # The character's outfits come with the body (in a story file they sit under `character`).
-    body = {key: value for key, value in data.items() if key != "outfits"}
-    if "outfits" in data:
-        spec["outfits"] = data["outfits"]
-    return parse_story({**body, "character": spec}, presets=PRESETS, source=source)
 
 
 @dataclass(frozen=True)
@@ -226,9 +268,11 @@ def submit(
         check_webhook_url(webhook_url, farm.settings)
     with farm.sessions() as session:
         character = character_of(session, who, character_id)
-        story = story_for(character, data, source)
+        cast = cast_of(session, who, data, source)
+        story = story_for(character, data, source, cast)
         story = submitted_story(farm.storage, story, control_files or {})
         photos = character_photos(farm.storage, character)
+        cast_photos = {trigger: character_photos(farm.storage, m) for trigger, m in cast}
     # submit_story finds this very character again by its photos, so its identity tokens,
     # already cached, are not computed again.
     return submit_story(
@@ -239,6 +283,7 @@ def submit(
         priority=priority,
         webhook_url=webhook_url or None,
         project_id=who.project_id,
+        cast_photos=cast_photos,
     )
 
 

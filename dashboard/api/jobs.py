@@ -35,7 +35,7 @@ from dashboard.files import browser_url, comic_keys, download_name
 from dashboard.progress import job_summary, shard_rows
 from dashboard.scope import MAX_ID, character_of, job_of
 from dashboard.security import principal
-from dashboard.studio import plan_of, story_for, submit
+from dashboard.studio import cast_of, plan_of, story_for, submit
 from farm.blocklist import blocked_workers
 from farm.db.models import Job, Render, Role
 from farm.db.states import JobStatus, RenderStatus
@@ -216,7 +216,7 @@ def plan_job() -> PlanOut:
     character_id, story, priority, webhook_url = job_request(json_body())
     with farm().sessions() as session:
         character = character_of(session, principal(), character_id)
-        planned = story_for(character, story)
+        planned = story_for(character, story, cast=cast_of(session, principal(), story))
     check_submission(planned, priority)
     if webhook_url:
         check_webhook_url(webhook_url, farm().settings)

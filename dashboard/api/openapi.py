@@ -21,7 +21,7 @@ from dashboard.security import public
 from farm.db.models import Role
 from farm.identity.photos import ALLOWED_FORMATS
 from farm.queue.app import MAX_PRIORITY
-from farm.story import MAX_PHOTOS, Story
+from farm.story import MAX_CAST, MAX_PHOTOS, Story
 from farm.webhooks import MAX_URL_LENGTH
 
 REF = "#/components/schemas/{model}"
@@ -159,7 +159,25 @@ def job_create_schemas() -> dict[str, Any]:
     character = defs.pop("Character")
     properties = dict(story["properties"])
     properties.pop("character")
-    properties.pop("cast", None)  # refused by the farm's jobs, see dashboard.studio.story_for
+    # The cast names characters of the project by id, as the main one is (dashboard.studio).
+    properties["cast"] = {
+        "type": "array",
+        "maxItems": MAX_CAST - 1,
+        "items": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["character_id"],
+            "properties": {
+                "character_id": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                "trigger": {
+                    "type": "string",
+                    "description": "The word its prompts use for it; default: its own trigger.",
+                },
+            },
+        },
+        "description": "Other characters who may share a scene, each with its trigger word "
+        "(e.g. 'a man img and a woman img2 at a table').",
+    }
     story["properties"] = {
         "character_id": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
         "outfits": character["properties"]["outfits"],  # the character's, for this story

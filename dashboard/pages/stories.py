@@ -13,7 +13,7 @@ from werkzeug.datastructures import MultiDict
 from dashboard.context import faces, farm
 from dashboard.scope import MAX_ID, character_of
 from dashboard.security import principal, requires
-from dashboard.studio import plan_of, story_for, submit
+from dashboard.studio import cast_of, plan_of, story_for, submit
 from farm.db.models import Character, Role
 from farm.documents import parse_document
 from farm.errors import InputError
@@ -21,6 +21,7 @@ from farm.identity.photos import MAX_PHOTO_BYTES
 from farm.jobs import check_submission
 from farm.render.presets import PRESETS
 from farm.serving import default_preset, served_presets, waiting_note
+from farm.story import MAX_CAST
 from farm.styles import ASPECT_RATIOS, DEFAULT_STYLE, STYLES
 from farm.webhooks import check_webhook_url
 
@@ -66,7 +67,7 @@ def story_from_form(form: MultiDict[str, str]) -> dict[str, Any]:
     consistency = consistency_from_form(form)
     if consistency is not None:
         data["consistency"] = consistency
-    return data
+    return {**data, **story_options(form)}
 
 
 def consistency_from_form(form: MultiDict[str, str]) -> dict[str, Any] | None:
@@ -90,6 +91,36 @@ def consistency_from_form(form: MultiDict[str, str]) -> dict[str, Any] | None:
     return consistency
 
 
+def story_options(form: MultiDict[str, str]) -> dict[str, Any]:
+    """What both forms add to a story: its title, preview-first approval, and its cast."""
+    options: dict[str, Any] = {}
+    if form.get("title", "").strip():
+        options["title"] = form["title"]
+    if form.get("approval") == "preview":
+        options["approval"] = "preview"
+    cast = cast_from_form(form)
+    if cast:
+        options["cast"] = cast
+    return options
+
+
+def cast_from_form(form: MultiDict[str, str]) -> list[dict[str, Any]]:
+    """The characters chosen for the other trigger words, a row each (an empty row: none)."""
+    cast = []
+    for row in range(1, MAX_CAST):
+        chosen = form.get(f"cast_character_{row}", "").strip()
+        if not chosen:
+            continue
+        if not chosen.isdigit():
+            raise InputError(f"cast, row {row}: pick one of your characters")
+        entry: dict[str, Any] = {"character_id": int(chosen)}
+        trigger = form.get(f"cast_trigger_{row}", "").strip()
+        if trigger:
+            entry["trigger"] = trigger
+        cast.append(entry)
+    return cast
+
+
 def story_from_file(form: MultiDict[str, str]) -> dict[str, Any]:
     upload = request.files.get("story_file")
     if upload is None or not upload.filename:
@@ -101,7 +132,17 @@ def story_from_file(form: MultiDict[str, str]) -> dict[str, Any]:
     character = data.pop("character", None)  # the one picked on the page, with its photos,
     if isinstance(character, dict) and "outfits" in character:  # in the story's outfits
         data["outfits"] = character["outfits"]
-    return data
+    file_cast = data.pop("cast", None) or []  # and so are the others, for their triggers
+    options = story_options(form)
+    if file_cast and "cast" not in options:
+        triggers = ", ".join(
+            str(p.get("trigger")) for p in file_cast if isinstance(p, dict) and p.get("trigger")
+        )
+        raise InputError(
+            f"story file: cast: choose one of your characters for each other trigger word "
+            f"({triggers or 'see the file'})"
+        )
+    return {**data, **options}
 
 
 def control_uploads() -> dict[str, bytes]:
@@ -148,6 +189,7 @@ def _form_page(status: int = 200, error: str | None = None) -> tuple[str, int]:
         styles=list(STYLES),
         default_style=DEFAULT_STYLE,
         aspects=list(ASPECT_RATIOS),
+        max_cast=MAX_CAST,
         form=request.form if request.method == "POST" else MultiDict(request.args),
         error=error,
     )
@@ -193,7 +235,8 @@ def preview() -> Response | tuple[Response, int]:
         character_id = chosen_character_id(form)
         data = story_from_form(form)
         with farm().sessions() as session:
-            story = story_for(character_of(session, principal(), character_id), data)
+            character = character_of(session, principal(), character_id)
+            story = story_for(character, data, cast=cast_of(session, principal(), data))
         check_submission(story, priority_of(form))
         if form.get("webhook_url", "").strip():
             check_webhook_url(form["webhook_url"].strip(), farm().settings)

@@ -38,7 +38,7 @@ def test_the_job_body_is_the_story_spec_with_a_character_id(studio: Studio):
     with studio.app.test_request_context():
         schemas = document()["components"]["schemas"]
     job = schemas["JobCreate"]
-    story_fields = set(Story.model_fields) - {"character", "cast"}
+    story_fields = set(Story.model_fields) - {"character"}  # the cast names characters by id
     extra = {"character_id", "priority", "webhook_url", "outfits"}  # the character's outfits
     assert set(job["properties"]) == story_fields | extra
     assert "character_id" in job["required"] and "scenes" in job["required"]

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import warnings
 
 from celery import Task
+from celery.exceptions import SecurityWarning
 from celery.signals import (
     setup_logging,
     worker_process_init,
@@ -28,6 +30,7 @@ from farm.logs import configure_logging, log_context
 from farm.metrics import metrics_port, start_metrics_server
 from farm.queue.app import FINALIZE_JOB, REAP, RENDER_SHARD, make_celery
 from farm.settings import Settings
+from workers.routine_logs import quiet_routine_reaps
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("workers")
@@ -35,6 +38,11 @@ log = logging.getLogger("workers")
 PRESETS = [p for p in os.environ.get("FARM_WORKER_PRESETS", "tiny").split(",") if p]
 SLOT = os.environ.get("FARM_WORKER_SLOT", "0")
 
+# Celery warns whenever a worker runs as root. The farm's images run their workers as an
+# unprivileged user (deploy/), and its tasks are JSON only (no pickle, what makes root
+# dangerous to Celery), so a root worker is a developer's box or CI, where the warning says
+# nothing to act on.
+warnings.filterwarnings("ignore", category=SecurityWarning)
 app = make_celery(Settings.from_env(), PRESETS)
 _runtime: WorkerRuntime | None = None
 # Set in the main process once its consumer takes tasks; the pool children, forked from it,
@@ -59,6 +67,7 @@ def _stopping(**_: object) -> None:
 def _configure_logging(loglevel: int | None = None, **_: object) -> None:
     """Connected, so Celery installs no handler of its own, in the worker and in beat."""
     configure_logging(loglevel or logging.INFO, Settings.from_env().log_format)
+    quiet_routine_reaps()
 
 
 @worker_process_init.connect

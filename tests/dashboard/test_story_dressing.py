@@ -68,6 +68,10 @@ def test_the_api_takes_outfits_locations_and_a_control_image(studio: Studio, cha
     line = "outfit coat · location library · wide shot · openpose control × 0.8"
     assert line in client.get(f"/jobs/{created.json['id']}").text
     assert line in client.get(f"/renders/{renders[0]['id']}").text
+    assert line in client.get(f"/jobs/{created.json['id']}/comic").text
+    plain = studio.call("POST", "/api/v1/jobs", json=story_body(character_id)).json["id"]
+    for page in (f"/jobs/{plain}", f"/jobs/{plain}/comic"):  # nothing to list: no table
+        assert 'data-field="scene-dressing"' not in client.get(page).text
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from farm.db.models import Job, Render
-from farm.db.states import RenderStatus
+from farm.picks import scene_picks
 from farm.render.presets import PRESETS, Preset, get_preset
 from farm.story import Story
 
@@ -86,18 +86,10 @@ def awaits_approval(session: Session, job: Job) -> bool:
 
 
 def preview_picks(session: Session, preview_id: str) -> dict[int, Render]:
-    """Each previewed scene's render whose seed is approved: the picked variant, else the first
-    finished one (after a re-roll, the variant a person picked is the one approved)."""
-    rows = session.scalars(
-        select(Render)
-        .where(Render.job_id == preview_id, Render.status == RenderStatus.DONE)
-        .order_by(Render.scene_index, Render.variant)
-    )
-    picks: dict[int, Render] = {}
-    for row in rows:
-        if row.picked or row.scene_index not in picks:
-            picks[row.scene_index] = row
-    return picks
+    """Each previewed scene's render whose seed is approved: the one the preview's gallery
+    shows as the scene's pick (picked by a person after a re-roll, else the best face, else
+    the first; farm/picks.py), so that what is approved is what was looked at."""
+    return {pick.render.scene_index: pick.render for pick in scene_picks(session, preview_id)}
 
 
 def approved_seed(render: Render) -> int:

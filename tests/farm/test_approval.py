@@ -16,10 +16,12 @@ from farm.db.models import Job, Render
 from farm.db.states import JobStatus, RenderStatus
 from farm.errors import InputError
 from farm.lifecycle import cancel_job
+from farm.picks import pick_variant
 from farm.preview import preview_of, preview_preset, preview_story
 from farm.queue.app import FINALIZE_JOB
 from farm.render.loading import LoadedPreset, load_preset
 from farm.render.presets import PRESETS, get_preset
+from farm.rerolls import reroll
 from farmcli.main import main
 from tests.farm.conftest import job_rows, make_story, submit, table_counts
 from workers.runtime import WorkerRuntime
@@ -193,3 +195,23 @@ def test_farm_approve_takes_a_short_id_and_scene_numbers(
     )
     assert farm_approve(job_id[:8], "2")[2].endswith("approved already\n")
     assert farm_approve(job_id[:8], "--all")[1].startswith(f"job {job_id}: scene(s) 1 approved")
+
+
+def test_a_rerolled_and_picked_preview_is_approved_with_the_picked_seed(
+    farm, faces, tiny, tiny_fast
+):
+    job_id = submit(farm, faces, make_story(2, approval="preview")).job_id
+    with farm.sessions() as session:
+        preview = preview_of(session, job_id)
+    runtime = worker(farm, tiny, tiny_fast)
+    run_queued(farm, runtime, preview.id)
+
+    reroll(farm, preview.id, [1])  # part of the editorial loop: a new variant of scene 1
+    run_queued(farm, runtime, preview.id)
+    variants = [r for r in job_rows(farm, preview.id)[2] if r.scene_index == 0]
+    assert [r.variant for r in variants] == [0, 1]
+    pick_variant(farm, preview.id, 1, 1)
+
+    approve_scenes(farm, job_id, [1])
+    (full,) = job_rows(farm, job_id)[2]
+    assert full.seed == variants[1].seed != variants[0].seed

@@ -1,6 +1,6 @@
 """`farm gc`: the objects in storage that no row needs any more, found and (on request) deleted.
 
-Storage is written by the farm under four prefixes, and each has its own rule for "needed":
+Storage is written by the farm under five prefixes, and each has its own rule for "needed":
 
 - `jobs/<job>/...` (renders, thumbnails, comic pages, exports): needed while the job's row
   exists. Workers write them only after the job's row has committed.
@@ -11,6 +11,9 @@ Storage is written by the farm under four prefixes, and each has its own rule fo
 - `controls/<xx>/<sha256>` (a scene's pose, depth or edge map, stored once per content and
   shared by every job that sends it): needed while a `job_control_images` row names it; the
   rows go with their job.
+- `consistency/<character>/<digest>/...` (a story-mode job's reference-scene tokens, shared by
+  every job with the same references): needed while a `job_consistency_tokens` row names the
+  prefix; the rows go with their job.
 - `identity/<encoder>/<photos>.safetensors` (the identity-token cache): needed while its
   `identity_tokens` row exists. A cache object without a row is left by a worker that died
   between computing the tokens and recording them; the next job computes them again.
@@ -36,6 +39,7 @@ from farm.db.models import (
     Character,
     CharacterPhoto,
     Job,
+    JobConsistencyTokens,
     JobControlImage,
     StoredIdentityTokens,
 )
@@ -91,6 +95,21 @@ def _controls_needed(session: Session, keys: list[str]) -> set[str]:
     )
 
 
+def _tokens_prefix(key: str) -> str | None:
+    parts = key.split("/")
+    return "/".join(parts[:3]) if len(parts) > 3 else None
+
+
+def _consistency_needed(session: Session, prefixes: list[str]) -> set[str]:
+    return set(
+        session.scalars(
+            select(JobConsistencyTokens.storage_prefix).where(
+                JobConsistencyTokens.storage_prefix.in_(prefixes)
+            )
+        )
+    )
+
+
 def _whole_key(key: str) -> str:
     return key
 
@@ -101,6 +120,7 @@ RULES: list[tuple[str, Callable[[str], str | None], Needed]] = [
     ("jobs/", _job_of, _jobs_needed),
     ("photos/", _whole_key, _photos_needed),
     ("controls/", _whole_key, _controls_needed),
+    ("consistency/", _tokens_prefix, _consistency_needed),
     ("identity/", _whole_key, _identity_needed),
 ]
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from farm import blocklist
 from farm.accounting import device_kind
@@ -25,6 +26,7 @@ from farm.db.models import (
     CastMember,
     Character,
     Job,
+    JobConsistencyTokens,
     Project,
     Render,
     Shard,
@@ -55,7 +57,9 @@ from farm.metrics import record_interruption, record_render
 from farm.queue.outbox import ShardTask, send_shards
 from farm.recipe import RenderSettings
 from farm.render.checkpoint import Checkpoint, CheckpointError, RenderInterrupted
+from farm.render.consistency import SharedTokens
 from farm.render.pipeline import RenderCancelled
+from farm.render.reference_scenes import consistent_attention
 from farm.scheduling import send_released, whose_turn
 from farm.story import PlannedRender, Story
 from workers.finisher import Rendered, ShardRun
@@ -345,10 +349,18 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
     todo = list(zip(claim.render_ids, attach(claim.renders, story, maps), strict=True))
     batch_size = loaded.preset.batch_size
     per_render_identity_s = identity_s / max(len(claim.renders), 1)
+    # Self-attention shared across the story's scenes, if it asks: in story mode, the tokens of
+    # its reference scenes, rendered first by whichever worker needs them first.
+    attention = consistent_attention(
+        story, loaded, settings, identities, class_words, runtime.shared_tokens
+    )
+    if attention is not None and attention.reading is not None:
+        _record_consistency(runtime, claim.job_id, attention.reading)
 
     def render_again(planned: PlannedRender, seed: int) -> Image.Image:
         again = replace(planned, seed=seed)
-        return loaded.render([again], settings, identities, class_words).images[0]
+        render = loaded.render([again], settings, identities, class_words, consistency=attention)
+        return render.images[0]
 
     resume = _checkpoint(runtime, claim)
     if resume is not None:  # the interrupted batch first, as it was made up
@@ -363,6 +375,7 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
         seeds = [p.seed for _, p in batch]
         hooks: dict[str, object] = {
             "interrupted": runtime.stop_requested,
+            "consistency": attention,
             "callback": StepReporter(runtime.farm, claim.job_id, ids, settings.steps),
         }
         if resume is not None:
@@ -454,6 +467,29 @@ def _keep(runtime: WorkerRuntime, run: ShardRun, checkpoint: Checkpoint) -> Shar
         return ShardInterrupted()
     log.info("shard %s stopped at step %d of %d", run.shard_id, checkpoint.step, checkpoint.steps)
     return ShardInterrupted(key, checkpoint.step)
+
+
+def _record_consistency(runtime: WorkerRuntime, job_id: str, tokens: SharedTokens) -> None:
+    """The job's row for the reference tokens it reads: what keeps them from `farm gc`."""
+    try:
+        with runtime.farm.sessions.begin() as session:
+            recorded = session.scalar(
+                select(JobConsistencyTokens.id).where(
+                    JobConsistencyTokens.job_id == job_id,
+                    JobConsistencyTokens.storage_prefix == tokens.key,
+                )
+            )
+            if recorded is None:
+                session.add(
+                    JobConsistencyTokens(
+                        job_id=job_id,
+                        storage_prefix=tokens.key,
+                        references=len(tokens.references),
+                        stored_bytes=tokens.nbytes,
+                    )
+                )
+    except IntegrityError:
+        pass  # another worker of the job recorded them meanwhile
 
 
 def _record_identity(

@@ -196,6 +196,22 @@ class JobControlImage(Timestamps, Base):
     storage_key: Mapped[str] = mapped_column(String(KEY_LENGTH), index=True)
 
 
+class JobConsistencyTokens(Timestamps, Base):
+    """The shared tokens of a story-mode job's reference scenes (farm/render/reference_scenes.py),
+    stored under `consistency/<character>/<digest>/` and shared by every job with the same
+    references: these rows keep them from `farm gc` while a job (a retry, a revision) may read
+    them, go with their job, and say what they cost in storage."""
+
+    __tablename__ = "job_consistency_tokens"
+    __table_args__ = (UniqueConstraint("job_id", "storage_prefix"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    storage_prefix: Mapped[str] = mapped_column(String(KEY_LENGTH), index=True)
+    references: Mapped[int]
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
 class StoredIdentityTokens(Timestamps, Base):
     """Where the identity tokens for (encoder weights, photos) lie in object storage.
 

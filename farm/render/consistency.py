@@ -129,6 +129,7 @@ class SharedTokens:
     references: list[Recipe]
     branches: int
     tokens: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    key: str | None = None  # where they lie in object storage, once stored or read
 
     def row_of(self, scene: Scene) -> int | None:
         """The row of `scene` if it is one of the references (it then leaves its own row out,

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 
+from farm.controls import attach, stored_maps
 from farm.identity.cache import KeyLock
 from farm.identity.tokens import IdentityTokens
 from farm.recipe import RenderSettings
@@ -35,11 +36,19 @@ log = logging.getLogger(__name__)
 PREFIX = "consistency"
 
 
-def reference_renders(story: Story) -> list[PlannedRender]:
-    """The renders every other one attends to: the first variant of each reference scene."""
+def reference_renders(story: Story, plan: Sequence[PlannedRender]) -> list[PlannedRender]:
+    """The renders every other one attends to: the first variant of each reference scene, as
+    `plan` (the story's whole plan, control maps attached) has them."""
     wanted = story.consistency.reference_indices(len(story.scenes))
-    first = {p.scene_index: p for p in story.plan() if p.variant == 0}
+    first = {p.scene_index: p for p in plan if p.variant == 0}
     return [first[index] for index in wanted]
+
+
+def stored_references(story: Story, storage: Storage) -> list[PlannedRender]:
+    """A worker's reference renders: planned from the job's story (whichever shard it holds),
+    with the control maps their scenes name fetched from storage."""
+    planned = reference_renders(story, story.plan())
+    return attach(planned, story, stored_maps(storage, story, planned))
 
 
 def tokens_prefix(
@@ -59,7 +68,7 @@ def tokens_prefix(
         for trigger, t in identities.items()
     )
     document = {
-        "references": [list(recipe(r)) for r in references],
+        "references": [[*recipe(r), repr(r.control)] for r in references],
         "settings": asdict(settings),
         "consistency": story.consistency.document(),
         "people": people,
@@ -81,6 +90,7 @@ def store_tokens(storage: Storage, prefix: str, tokens: SharedTokens) -> None:
     for step in tokens.steps:
         storage.put(_step_key(prefix, step), tokens.step_bytes(step))
     storage.put(f"{prefix}/manifest.json", tokens.manifest(), "application/json")
+    tokens.key = prefix
 
 
 def load_tokens(storage: Storage, prefix: str) -> SharedTokens | None:
@@ -89,6 +99,7 @@ def load_tokens(storage: Storage, prefix: str) -> SharedTokens | None:
     except KeyError:
         return None
     tokens, steps = SharedTokens.from_manifest(manifest)
+    tokens.key = prefix
     for step in steps:
         tokens.add_step(step, storage.get(_step_key(prefix, step)))
     return tokens
@@ -139,7 +150,7 @@ class ReferenceTokens:
         identities: Mapping[str, IdentityTokens],
         class_words: Mapping[str, str],
     ) -> SharedTokens:
-        references = reference_renders(story)
+        references = stored_references(story, self.storage)
         prefix = tokens_prefix(story, references, settings, identities, class_words, loaded)
         with self._guard:
             tokens = self._memory.get(prefix)
@@ -188,24 +199,29 @@ def render_batches(
     loaded: LoadedPreset,
     story: Story,
     plan: Sequence[PlannedRender],
+    todo: Sequence[PlannedRender],
     settings: RenderSettings,
     identities: Mapping[str, IdentityTokens],
     class_words: Mapping[str, str],
     batch_size: int,
 ) -> Iterator[tuple[Sequence[PlannedRender], RenderResult]]:
-    """`plan` rendered in batches in one process (`farm render`), with the story's consistency:
-    in story mode the reference batch comes first (its images are those scenes' renders), then
-    the rest, reading the tokens it shared, as any worker of the farm would."""
+    """`todo`, of the story's whole `plan`, rendered in batches in one process (`farm render`)
+    with the story's consistency: in story mode the reference batch comes first (its images are
+    those scenes' renders, where `todo` has them), then the rest, reading the tokens it shared,
+    as any worker of the farm would."""
     attention: ConsistentAttention | None = None
-    todo = list(plan)
+    todo = list(todo)
     if story.consistency.mode == "batch":
         attention = ConsistentAttention(story.consistency)
     elif story.consistency.mode == "story":
-        references = reference_renders(story)
+        references = reference_renders(story, plan)
         tokens, result = render_references(
             loaded, references, settings, identities, class_words, story
         )
-        yield references, result
+        wanted = [i for i, planned in enumerate(references) if planned in todo]
+        if wanted:
+            images = [result.images[i] for i in wanted]
+            yield [references[i] for i in wanted], RenderResult(images, result.timings)
         todo = [p for p in todo if p not in references]
         attention = ConsistentAttention(story.consistency, reading=tokens)
     for start in range(0, len(todo), batch_size):

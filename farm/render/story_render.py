@@ -65,7 +65,7 @@ def render_story(
     entries = [] if reuse is None else reuse.keep(out, kept, settings)
     size = batch_size or loaded.preset.batch_size
     for batch, result in render_batches(
-        loaded, story, todo, settings, identities, class_words, size
+        loaded, story, plan, todo, settings, identities, class_words, size
     ):
         for planned, image in zip(batch, result.images, strict=True):
             name = render_filename(planned.scene_index, planned.variant)

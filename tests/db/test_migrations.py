@@ -29,6 +29,7 @@ TABLES = {
     "retired_renders",
     "job_worker_failures",
     "job_control_images",
+    "job_consistency_tokens",
 }
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from farm.context import Farm
-from farm.db.models import Render, Shard, StoredIdentityTokens, Worker
+from farm.db.models import JobConsistencyTokens, Render, Shard, StoredIdentityTokens, Worker
 from farm.db.states import JobStatus, RenderStatus, ShardStatus, WorkerStatus
 from farm.jobs import render_key
 from farm.queue.app import render_queue
@@ -189,7 +189,13 @@ def test_story_consistency_split_over_two_workers_equals_one_process(
     assert workers.log().count("rendered 2 reference scenes") == 1
     stored = [key for key in bucket.list("consistency/") if key.endswith("manifest.json")]
     assert len(stored) == 1
-    assert len(list(bucket.list(stored[0].rsplit("/", 1)[0]))) == 1 + 2  # 2 steps
+    prefix = stored[0].rsplit("/", 1)[0]
+    assert len(list(bucket.list(prefix))) == 1 + 2  # 2 steps
+    with farm.sessions() as session:  # what keeps them from `farm gc` while the job exists
+        (row,) = session.scalars(
+            select(JobConsistencyTokens).where(JobConsistencyTokens.job_id == submitted.job_id)
+        )
+    assert (row.storage_prefix, row.references) == (prefix, 2) and row.stored_bytes > 0
 
 
 def test_the_workers_run_with_the_reliability_settings(workers: WorkerGroup, farm: Farm) -> None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from farm.consistency import Consistency
@@ -25,6 +28,7 @@ from farm.render.story_render import render_story
 from farm.storage.local import LocalStorage
 from farm.story import load_story, parse_story
 from tests.fixtures.tiny import EXAMPLES, photos_of
+from tests.render.test_control import pose_map
 
 SIZE = dict(height=64, width=64)
 PROMPTS = ["a man img reading in a library", "a man img walking in a garden", "a man img at a desk"]
@@ -237,7 +241,7 @@ def test_story_mode_in_one_process(tiny, tmp_path):
         example({"mode": "story", "reference_scenes": [3], "window": [0, 1], "strength": 4}),
         presets=PRESETS,
     )
-    assert [r.scene_index for r in reference_renders(story)] == [2]
+    assert [r.scene_index for r in reference_renders(story, story.plan())] == [2]
     render_story(story, tmp_path / "story", tiny)
     today = parse_story(example(None), presets=PRESETS)
     render_story(today, tmp_path / "today", tiny)
@@ -257,11 +261,33 @@ def test_story_mode_in_one_process(tiny, tmp_path):
         ({"mode": "story", "reference_scenes": [1, 7]}, "tiny", "reference scene 7 does not"),
         ({"mode": "story", "reference_scenes": [0]}, "tiny", "consistency.reference_scenes"),
         ({"mode": "batch", "window": [0.5, 0.5]}, "tiny", "window is [from, to)"),
-        ({"mode": "batch", "blocks": ["side"]}, "tiny", "consistency.blocks.0"),
+        ({"mode": "batch", "blocks": ["side"]}, "tiny", "consistency.blocks[0]: input should be"),
         ({"mode": "sometimes"}, "tiny", "consistency.mode"),
         ({"mode": "story", "reference_scenes": 5}, "tiny", "consistency.reference_scenes"),
     ],
 )
 def test_bad_consistency_is_refused_when_the_story_is_read(consistency, preset, message):
-    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(InputError, match=re.escape(message)):
         parse_story(example(consistency, preset), presets=PRESETS)
+
+
+def test_a_posed_reference_scene_renders_with_its_map(tiny, tmp_path):
+    """The reference batch carries the scenes' control maps: a lone posed reference is the
+    posed render of consistency off, within a level."""
+    shutil.copytree(EXAMPLES / "photos", tmp_path / "photos")
+    pose_map().save(tmp_path / "pose.png")
+    data = yaml.safe_load((EXAMPLES / "story.yaml").read_text())
+    data.update(steps=2, width=64, height=64, variants=1)
+    data.pop("aspect", None)
+    control = {"image": "pose.png", "type": "openpose", "scale": 1.0}
+    data["scenes"] = [{**data["scenes"][0], "control": control}, data["scenes"][1]]
+    for mode in ("off", "story"):
+        data["consistency"] = {"mode": mode, "reference_scenes": [1]}
+        (tmp_path / "story.yaml").write_text(yaml.safe_dump(data))
+        story = load_story(tmp_path / "story.yaml", presets=PRESETS)
+        render_story(story, tmp_path / mode, tiny)
+    posed = [
+        read_png(tmp_path / mode / render_filename(0, 0)).astype(np.int16)
+        for mode in ("off", "story")
+    ]
+    assert np.abs(posed[0] - posed[1]).max() <= 1

@@ -44,7 +44,15 @@ from farm.db.states import JobStatus, RenderStatus
 live = Blueprint("live", __name__)
 
 GONE = "gone"  # the job was deleted while watched
-ENDED = {str(JobStatus.SUCCEEDED), str(JobStatus.FAILED), str(JobStatus.CANCELLED), GONE}
+# A job awaiting approval has nothing more to stream until scenes are approved: the page
+# reloads, showing its contact sheet, as it does for a job that ended.
+ENDED = {
+    str(JobStatus.SUCCEEDED),
+    str(JobStatus.FAILED),
+    str(JobStatus.CANCELLED),
+    str(JobStatus.AWAITING_APPROVAL),
+    GONE,
+}
 MAX_RENDERS_AT_ONCE = 500  # a reconnect to a huge job sends the newest thumbnails only
 
 

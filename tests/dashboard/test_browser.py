@@ -105,7 +105,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator
             "--devices",
             "cpu",
             "--presets",
-            "tiny",
+            "tiny,tiny-fast",  # tiny-fast renders the previews of jobs awaiting approval
         ],
         env=env,
         stdout=log,

@@ -29,6 +29,7 @@ from farm.errors import InputError
 from farm.queue.app import CONTROL_QUEUE, render_queue
 from farm.render.presets import get_preset
 from farm.settings import Settings
+from workers.broker_wait import wait_for_broker
 from workers.cores import WORKER_CORES, cores_spec
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,8 @@ def run_workers(
     for name in presets:
         get_preset(name)
     slots = parse_devices(devices)
+    if not wait_for_broker(Settings.from_env().broker_url, stopped=lambda: bool(stopping)):
+        return 0  # stopped while waiting: nothing was started
     cpu_slots = [s for s in slots if s.cuda_index is None]
     shares = dict(
         zip(

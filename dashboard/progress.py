@@ -38,6 +38,7 @@ def job_summary(session: Session, job_id: str) -> dict[str, Any] | None:
         "eta_s": reported["eta_s"],
         "eta": eta_text(report.eta_s),
         "waiting": report.waiting,
+        "device_s": reported["device_s"],
         "timings": {
             step: None if mean is None else round(mean, 3)
             for step, mean in zip(TIMED_STEPS, means, strict=True)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
 from dashboard.scope import MAX_ID, character_of
+from farm.accounting import estimate
 from farm.auth import Principal
 from farm.characters import character_photos, create_character
 from farm.context import Farm
@@ -235,6 +236,8 @@ class Plan:
     # Seconds on the farm as it is now, from its measured renders of the preset; None when it
     # has no figures for the preset or no worker serves it.
     estimated_s: float | None
+    # Device seconds, from the farm's measured renders of the preset (farm/accounting.py).
+    estimated_device_s: float | None
 
 
 def plan_of(farm: Farm, story: Story) -> Plan:
@@ -244,10 +247,12 @@ def plan_of(farm: Farm, story: Story) -> Plan:
     with farm.sessions() as session:
         served = served_presets(session)
         estimated = plan_seconds(session, story.preset, renders, shards, served)
+        cost = estimate(session, story)
     note = waiting_note(story.preset, served)
     warnings = [note] if note else []
     rounded = None if estimated is None else round(estimated, 1)
-    return Plan(renders, shards, width, height, story.preset, warnings, rounded)
+    device_s = None if cost is None else round(cost.device_s, 1)
+    return Plan(renders, shards, width, height, story.preset, warnings, rounded, device_s)
 
 
 def submit(

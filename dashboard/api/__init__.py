@@ -139,4 +139,5 @@ from dashboard.api import (  # noqa: E402, F401
     jobs,
     openapi,
     renders,
+    scheduling,
 )

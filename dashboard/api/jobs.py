@@ -136,6 +136,7 @@ def job_detail(session: Session, job: Job) -> JobDetail:
             for b in blocked_workers(session, job.id)
         ],
         timings=TimingsOut(**summary["timings"]),
+        device_s=summary["device_s"],
         approval=approval_out(session, job),
         comic_url=url_for("jobs.comic", job_id=job.id, _external=True) if has_comic else None,
         download_url=url_for("jobs.download", job_id=job.id, _external=True),

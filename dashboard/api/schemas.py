@@ -163,6 +163,9 @@ class JobDetail(JobOut):
         description="Workers that failed two of the job's shards and take no more of them."
     )
     timings: TimingsOut
+    device_s: float = Field(
+        description="Seconds its finished renders held their devices (QC re-renders included)."
+    )
     approval: ApprovalOut | None = Field(
         description="For a job submitted with `approval: preview`: each scene's preview and "
         "whether it is approved (POST .../approve)."
@@ -198,6 +201,10 @@ class PlanOut(BaseModel):
     estimated_s: float | None = Field(
         description="Seconds on the farm as it is now, from its measured renders of the "
         "preset; null when it has none or no worker serves the preset."
+    )
+    estimated_device_s: float | None = Field(
+        description="Device seconds it would cost, from the farm's measured renders of the "
+        "preset scaled by steps x pixels; null when the farm has measured none."
     )
 
 

@@ -28,9 +28,11 @@ from farm.blocklist import blocked_workers
 from farm.approval import contact_sheet
 from farm.db.models import Character, Job, Render, Role
 from farm.db.states import JobStatus, RenderStatus
+from farm.errors import InputError
 from farm.job_names import file_stem
 from farm.lifecycle import cancel_job, retry_job
 from farm.recipe import render_filename
+from farm.scheduling import pause_job, resume_job, set_priority
 from farm.storage.base import Storage
 
 jobs = Blueprint("jobs", __name__)
@@ -136,6 +138,39 @@ def cancel(job_id: Any) -> Response:
         if job.status is JobStatus.CANCELLED
         else "Cancel requested: the running shard stops at its next batch."
     )
+    return redirect(url_for("jobs.detail", job_id=job.id))
+
+
+@jobs.post("/jobs/<uuid:job_id>/pause")
+@requires(Role.ARTIST)
+def pause(job_id: Any) -> Response:
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+    pause_job(farm(), job.id)
+    flash("Job paused: its queued shards wait; a running one stops at its next batch.")
+    return redirect(url_for("jobs.detail", job_id=job.id))
+
+
+@jobs.post("/jobs/<uuid:job_id>/resume")
+@requires(Role.ARTIST)
+def resume(job_id: Any) -> Response:
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+    resume_job(farm(), job.id)
+    flash("Job resumed: its shards are queued again.")
+    return redirect(url_for("jobs.detail", job_id=job.id))
+
+
+@jobs.post("/jobs/<uuid:job_id>/priority")
+@requires(Role.ARTIST)
+def priority(job_id: Any) -> Response:
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+    raw = request.form.get("priority", "")
+    if not raw.isdigit():
+        raise InputError(f"priority must be a whole number from 0 to 9, got {raw!r}")
+    job = set_priority(farm(), job.id, int(raw))
+    flash(f"Priority set to {job.priority}: its waiting shards are taken in the new order.")
     return redirect(url_for("jobs.detail", job_id=job.id))
 
 

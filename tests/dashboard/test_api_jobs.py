@@ -65,6 +65,7 @@ def test_a_plan_counts_renders_and_shards_and_writes_nothing(studio: Studio, cha
         "preset": "tiny",
         "warnings": ["no worker serves preset tiny: it will wait"],  # a warning, not a refusal
         "estimated_s": None,
+        "estimated_device_s": None,  # the farm has measured no render of the preset yet
     }
     assert studio.rows() == before and not studio.tasks.sent
 

@@ -3,7 +3,6 @@ everything as a zip, and the comic once there is one."""
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,14 +25,14 @@ from dashboard.scope import job_of, page_number
 from dashboard.security import principal, requires
 from farm.blocklist import blocked_workers
 from farm.approval import contact_sheet
+from farm.comic.exports import stream_renders_zip
+from farm.comic.job import finished_renders, outputs_title, render_files
 from farm.db.models import Character, Job, Render, Role
 from farm.db.states import JobStatus, RenderStatus
 from farm.errors import InputError
 from farm.job_names import file_stem
 from farm.lifecycle import cancel_job, retry_job
-from farm.recipe import render_filename
 from farm.scheduling import pause_job, resume_job, set_priority
-from farm.storage.base import Storage
 
 jobs = Blueprint("jobs", __name__)
 
@@ -102,6 +101,8 @@ def detail(job_id: Any) -> str:
             )
         )
         retryable = any(s["status"] in ("failed", "cancelled") for s in shards)
+        # The button says what it sends again: a cancelled job with no failure is restarted.
+        some_failed = any(s["status"] == "failed" for s in shards)
         sheet = contact_sheet(session, job)  # empty unless submitted for approval
         qc_retried = session.scalar(
             select(func.count())
@@ -118,6 +119,7 @@ def detail(job_id: Any) -> str:
         renders=renders,
         live=job.status in OPEN,
         retryable=retryable and job.status not in OPEN,
+        some_failed=some_failed,
         has_comic=has_comic,
         qc_retried=qc_retried,
         interruptions=sum(s["interruptions"] for s in shards),
@@ -186,33 +188,27 @@ def retry(job_id: Any) -> Response:
 
 @jobs.get("/jobs/<uuid:job_id>/download.zip")
 def download(job_id: Any) -> Response:
-    """Every finished PNG of the job, streamed: written into the zip one render at a time, so
-    neither the dashboard's memory nor the wait before the first byte grows with the job."""
+    """The job's zip, the one its comic step stores (every finished PNG and the manifest of
+    their recipes), streamed: written one render at a time, so neither the dashboard's memory
+    nor the wait before the first byte grows with the job, and a running job's zip holds
+    what is finished so far."""
     with farm().sessions() as session:
         job = job_of(session, principal(), str(job_id))
-        files = [
-            (render_filename(scene, variant), key)
-            for scene, variant, key in session.execute(
-                select(Render.scene_index, Render.variant, Render.storage_key)
-                .where(Render.job_id == job.id, Render.status == RenderStatus.DONE)
-                .order_by(Render.scene_index, Render.variant)
-            )
-        ]
-    response = Response(_zip_stream(farm().storage, files), mimetype="application/zip")
+        renders = finished_renders(session, job.id)
+        title = outputs_title(session, job)
+    storage = farm().storage
+
+    def chunks() -> Iterator[bytes]:
+        sink = _Chunks()
+        for _ in stream_renders_zip(
+            sink, render_files(storage, renders), job_id=job.id, title=title
+        ):
+            yield sink.take()
+
+    response = Response(chunks(), mimetype="application/zip")
     name = f"{file_stem(job.name, job.id)}.zip"
     response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
-
-
-def _zip_stream(storage: Storage, files: list[tuple[str, str]]) -> Iterator[bytes]:
-    """The (name, key) pairs' objects as one zip, each under its name."""
-    sink = _Chunks()
-    # PNGs are compressed already: storing them costs nothing in size and saves the CPU.
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, key in files:
-            archive.writestr(name, storage.get(key))
-            yield sink.take()
-    yield sink.take()
 
 
 class _Chunks:

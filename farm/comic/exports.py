@@ -10,9 +10,9 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import IO, Literal
 from xml.etree import ElementTree
 
 from PIL import Image
@@ -117,9 +117,21 @@ def renders_zip(renders: Iterable[RenderFile], *, job_id: str, title: str = "") 
 
     `renders` is consumed one at a time, so a caller can fetch each from storage as it goes.
     """
-    entries = []
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
+    for _ in stream_renders_zip(out, renders, job_id=job_id, title=title):
+        pass
+    return out.getvalue()
+
+
+def stream_renders_zip(
+    sink: IO[bytes], renders: Iterable[RenderFile], *, job_id: str, title: str = ""
+) -> Iterator[None]:
+    """`renders_zip` written into `sink`, yielding after each member: the job page streams
+    the very archive the finalize step stores (one zip for a job, wherever it is taken from).
+    A sink that cannot seek gets data descriptors after each member instead of patched
+    headers, which is what lets the archive go out while it is written."""
+    entries = []
+    with zipfile.ZipFile(sink, "w") as archive:
         for render in renders:
             _write(archive, render.name, render.data, zipfile.ZIP_STORED)
             entries.append(
@@ -128,15 +140,17 @@ def renders_zip(renders: Iterable[RenderFile], *, job_id: str, title: str = "") 
                     "variant": render.variant,
                     "seed": render.seed,
                     "prompt": render.prompt,
-                    "negative": render.negative,
+                    # The key `farm render`'s manifest uses: one manifest format.
+                    "negative_prompt": render.negative,
                     "caption": render.caption,
                     "file": render.name,
                 }
             )
+            yield
         manifest = {"job": job_id, "title": title, "renders": entries}
         text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
         _write(archive, "manifest.json", text.encode(), zipfile.ZIP_DEFLATED)
-    return out.getvalue()
+    yield
 
 
 def _write(archive: zipfile.ZipFile, name: str, data: bytes, compression: int) -> None:

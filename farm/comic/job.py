@@ -97,21 +97,10 @@ def build_job_outputs(
     job = session.get(Job, job_id)
     if job is None:
         raise InputError(f"no job {job_id!r}")
-    renders = list(
-        session.scalars(
-            select(Render)
-            .where(
-                Render.job_id == job_id,
-                Render.status == RenderStatus.DONE,
-                Render.storage_key.is_not(None),
-            )
-            .order_by(Render.scene_index, Render.variant)
-        )
-    )
+    renders = finished_renders(session, job_id)
     if not renders:
         raise InputError(f"job {job_id} has no finished renders to make a comic of")
-    character = session.get(Character, job.character_id)
-    title = character.name if character is not None else job_id
+    title = outputs_title(session, job)
 
     picks = scene_picks(session, job_id)
     scenes = job.spec.get("scenes", [])
@@ -133,7 +122,7 @@ def build_job_outputs(
     cbz = cbz_bytes(pages, title=title, notes=notes)
     storage.put(cbz_key(job_id), cbz, "application/vnd.comicbook+zip")
     keys["cbz"] = cbz_key(job_id)
-    archive = renders_zip(_render_files(storage, renders), job_id=job_id, title=title)
+    archive = renders_zip(render_files(storage, renders), job_id=job_id, title=title)
     storage.put(renders_zip_key(job_id), archive, "application/zip")
     keys["renders"] = renders_zip_key(job_id)
 
@@ -157,7 +146,28 @@ def _marked_wide(scenes: Sequence[Any], render: Render) -> bool:
     return isinstance(scene, dict) and bool(scene.get("wide"))
 
 
-def _render_files(storage: Storage, renders: Sequence[Render]) -> Iterator[RenderFile]:
+def finished_renders(session: Session, job_id: str) -> list[Render]:
+    """The job's stored renders in scene order: what its comic, PDF and zip are made of."""
+    return list(
+        session.scalars(
+            select(Render)
+            .where(
+                Render.job_id == job_id,
+                Render.status == RenderStatus.DONE,
+                Render.storage_key.is_not(None),
+            )
+            .order_by(Render.scene_index, Render.variant)
+        )
+    )
+
+
+def outputs_title(session: Session, job: Job) -> str:
+    """The title the outputs carry (PDF, CBZ, the zip's manifest): the character's name."""
+    character = session.get(Character, job.character_id)
+    return character.name if character is not None else job.id
+
+
+def render_files(storage: Storage, renders: Sequence[Render]) -> Iterator[RenderFile]:
     """Fetched one by one as the zip is written, so only one render is held at a time."""
     for r in renders:
         data = _fetch(storage, r)

@@ -105,7 +105,7 @@ def test_renders_zip_holds_each_render_and_a_manifest_of_their_recipes():
         "variant": 0,
         "seed": 1000,
         "prompt": "a woman img, scene 0",
-        "negative": "blurry",
+        "negative_prompt": "blurry",
         "caption": "Zoë wakes — «утро»",
         "file": "0001-v0.png",
     }

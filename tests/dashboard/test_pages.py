@@ -4,6 +4,7 @@ service functions as the API, user text is escaped wherever it is shown."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from typing import Any
 
@@ -12,6 +13,7 @@ import yaml
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from farm.comic.job import build_job_outputs
 from farm.db.models import Render, Worker
 from farm.db.states import WorkerStatus
 from farm.job_names import file_stem
@@ -245,8 +247,26 @@ def test_the_zip_holds_every_finished_png(studio: Studio, artist):
 
     assert response.mimetype == "application/zip"
     archive = zipfile.ZipFile(io.BytesIO(response.get_data()))
-    assert archive.namelist() == ["0001-v0.png"]  # scene 1: scenes are numbered from 1
+    # Scene 1 (scenes are numbered from 1), and the manifest of the recipes, last.
+    assert archive.namelist() == ["0001-v0.png", "manifest.json"]
     assert archive.read("0001-v0.png").startswith(b"\x89PNG")
+    [entry] = json.loads(archive.read("manifest.json"))["renders"]
+    assert entry["file"] == "0001-v0.png" and "negative_prompt" in entry
+
+
+def test_the_job_page_and_the_comic_step_give_one_zip(studio: Studio, artist):
+    client, _ = artist
+    _, job_id = submitted_job(studio)
+    finish_renders(studio, job_id)
+    with studio.farm.sessions() as session:
+        keys = build_job_outputs(session, studio.farm.storage, job_id)
+
+    streamed = zipfile.ZipFile(io.BytesIO(client.get(f"/jobs/{job_id}/download.zip").get_data()))
+    stored = zipfile.ZipFile(io.BytesIO(studio.farm.storage.get(keys["renders"])))
+    names = ["0001-v0.png", "0002-v0.png", "0002-v1.png", "manifest.json"]
+    assert streamed.namelist() == stored.namelist() == names
+    for name in stored.namelist():
+        assert streamed.read(name) == stored.read(name), name
 
 
 def test_cancel_and_retry_from_the_job_page(studio: Studio, artist):
@@ -259,6 +279,8 @@ def test_cancel_and_retry_from_the_job_page(studio: Studio, artist):
     client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": csrf})
     page = client.get(f"/jobs/{job_id}").text
     assert "Job cancelled." in page and 'data-action="retry"' in page
+    # Nothing failed: the button restarts what was cancelled, it offers no failed shards.
+    assert "Retry failed shards" not in page and "Restart cancelled shards" in page
     assert 'data-events=""' in page  # an ended job opens no stream
 
     client.post(f"/jobs/{job_id}/retry", data={"csrf_token": csrf})

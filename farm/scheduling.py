@@ -313,3 +313,34 @@ def set_share(
         project.max_running_shards = cap
     if uncap:
         project.max_running_shards = None
+
+
+def within_caps(farm: Farm, tasks: Sequence[ShardTask]) -> list[ShardTask]:
+    """`tasks` less those a capped project has no room for: the reaper's outbox pass must not
+    send a turn per held-back shard every minute, for each to be given up again at once."""
+    if not tasks:
+        return []
+    with farm.sessions() as session:
+        project_of = {
+            job_id: (project_id, cap)
+            for job_id, project_id, cap in session.execute(
+                select(Job.id, Project.id, Project.max_running_shards)
+                .join(Project, Project.id == Job.project_id)
+                .where(Job.id.in_({task.job_id for task in tasks}))
+            )
+        }
+        capped = sorted({p for p, cap in project_of.values() if cap is not None})
+        room = {p: 0 for p in capped}
+        running = running_shards(session, capped)
+        for project_id, cap in project_of.values():
+            if cap is not None:
+                room[project_id] = cap - running.get(project_id, 0)
+    kept = []
+    for task in tasks:
+        project_id, cap = project_of.get(task.job_id, (None, None))
+        if cap is None:
+            kept.append(task)
+        elif room[project_id] > 0:
+            room[project_id] -= 1
+            kept.append(task)
+    return kept

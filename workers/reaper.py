@@ -39,6 +39,7 @@ from farm.queue.outbox import (
     send_unsent,
     unsent_shards,
 )
+from farm.scheduling import within_caps
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def reap(farm: Farm, *, dry_run: bool = False) -> Reaped:
     if dry_run:
         reaped.unsent = [task.shard_id for task in unsent_shards(farm, settled)]
     else:
-        reaped.unsent = send_unsent(farm, settled)
+        # A capped project's held-back shards wait for room, not for the next pass.
+        reaped.unsent = send_unsent(farm, settled, keep=within_caps)
     for task in orphaned_shards(farm, now):
         reaped.resent.append(task.shard_id)
         if not dry_run:

@@ -14,7 +14,7 @@ flag is cleared once its finalize task (comic, exports, webhook) is sent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -102,9 +102,16 @@ def queued_shards(farm: Farm, settled: datetime, *, sent: bool) -> list[ShardTas
     return [ShardTask(*row) for row in rows]
 
 
-def send_unsent(farm: Farm, settled: datetime) -> list[int]:
-    """Drain the outbox: send the shards `unsent_shards` finds; returns those sent."""
+def send_unsent(
+    farm: Farm,
+    settled: datetime,
+    keep: Callable[[Farm, list[ShardTask]], list[ShardTask]] | None = None,
+) -> list[int]:
+    """Drain the outbox: send the shards `unsent_shards` finds, those `keep` keeps (the
+    reaper's: farm/scheduling.py's `within_caps`); returns those sent."""
     tasks = unsent_shards(farm, settled)
+    if keep is not None:
+        tasks = keep(farm, tasks)
     return send_shards(farm, tasks) if tasks else []
 
 

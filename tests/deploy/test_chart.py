@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import insert, text
 
 from farm.db.migrate import upgrade
-from farm.db.models import Character, Job, Shard
+from farm.db.models import Character, Job, Project, Shard, project_or_default
 from farm.db.session import make_engine, session_factory
 from tests.deploy import keda, prometheus_operator
 from tests.deploy.tools import (
@@ -374,7 +374,8 @@ def test_the_scaler_query_counts_this_presets_queued_and_running_shards(
     default: Release, tmp_path: Path
 ):
     """The query runs on the farm's own schema (made by its migrations) and counts what a
-    worker of these presets could take or is taking: not finished shards, not other presets."""
+    worker of these presets could take or is taking: not finished or paused shards, not other
+    presets, and no more of a capped project's shards than its cap lets run."""
     query = default.get("ScaledObject", WORKER)["spec"]["triggers"][0]["metadata"]["query"]
     url = f"sqlite:///{tmp_path / 'farm.db'}"
     upgrade(url)
@@ -385,11 +386,22 @@ def test_the_scaler_query_counts_this_presets_queued_and_running_shards(
         )
         session.add(character)
         session.flush()
-        for preset, statuses in {
-            "photomaker-v2": ["queued", "queued", "running", "succeeded", "failed", "cancelled"],
-            "photomaker-v1": ["queued", "running"],
-        }.items():
-            job = Job(character_id=character.id, preset=preset, spec={}, renders_total=4)
+        capped = Project(name="commercials", max_running_shards=1)
+        session.add(capped)
+        session.flush()
+        for preset, project_id, statuses in [
+            ("photomaker-v2", None, ["queued", "queued", "running", "succeeded", "failed"]),
+            ("photomaker-v2", None, ["cancelled", "paused", "paused"]),
+            ("photomaker-v1", None, ["queued", "running"]),
+            ("photomaker-v2", capped.id, ["queued", "queued", "queued"]),  # one runs at a time
+        ]:
+            job = Job(
+                character_id=character.id,
+                preset=preset,
+                spec={},
+                renders_total=4,
+                project_id=project_or_default(project_id),
+            )
             session.add(job)
             session.flush()
             session.execute(
@@ -397,7 +409,7 @@ def test_the_scaler_query_counts_this_presets_queued_and_running_shards(
                 [{"job_id": job.id, "index": i, "status": s} for i, s in enumerate(statuses)],
             )
     with engine.connect() as connection:
-        assert connection.execute(text(query)).scalar_one() == 3
+        assert connection.execute(text(query)).scalar_one() == 3 + 1
     engine.dispose()
 
 

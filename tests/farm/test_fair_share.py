@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
@@ -24,6 +25,7 @@ from farm.db.types import utcnow
 from farm.errors import InputError
 from farm.lifecycle import PAUSED, cancel_job, end_shard, finish_job_if_done
 from farm.queue.app import RENDER_SHARD
+from farm.queue.outbox import send_unsent
 from farm.scheduling import (
     pause_job,
     resume_job,
@@ -31,6 +33,7 @@ from farm.scheduling import (
     set_priority,
     set_share,
     whose_turn,
+    within_caps,
 )
 from tests.farm.conftest import job_rows, make_story, submit
 from tests.farm.test_run_shard import runtime_with
@@ -366,3 +369,18 @@ def test_a_job_paused_mid_shard_stops_at_its_next_batch_and_resumes(farm, faces,
     job, (shard,), renders = job_rows(farm, job_id)
     assert (job.status, shard.attempts) == (JobStatus.SUCCEEDED, 1)
     assert {r.status for r in renders} == {RenderStatus.DONE}
+
+
+def test_the_reaper_resends_a_held_back_shard_only_once_its_project_has_room(farm, faces):
+    job_id = submit_to(farm, faces, project(farm, "commercials", cap=1), shards=3)
+    hands = Farmhands(farm, workers=3)
+    claims = [hands.claim(f"sim:cpu{i}", hands.token()) for i in range(3)]
+    (running,) = [c for c in claims if c is not None]  # the other two turns were given up
+    _, shards, _ = job_rows(farm, job_id)
+    assert [s.sent is None for s in shards if s.status is ShardStatus.QUEUED] == [True, True]
+    later = utcnow() + timedelta(seconds=1)  # as if a reaper interval had passed
+
+    assert send_unsent(farm, later, keep=within_caps) == []  # still at its cap
+
+    end_shard(farm, "sim:cpu0", *running, None)
+    assert len(send_unsent(farm, later, keep=within_caps)) == 1  # room for one

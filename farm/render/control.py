@@ -19,6 +19,7 @@ control passes nothing, so its pixels are those of a farm without this module.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -121,8 +122,6 @@ def _hf_cached(repo_id: str) -> Path | None:
 
 def family_of(folder: Path) -> str:
     """`ControlNetModel` or `T2IAdapter`, from the folder's config; anything else is refused."""
-    import json
-
     name = json.loads((folder / "config.json").read_text()).get("_class_name")
     if name not in ("ControlNetModel", "T2IAdapter"):
         raise ModelNotFoundError(

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from farm.db.models import CastMember, Character, Job, JobRevision, Render, RetiredRender, Shard
 from farm.db.states import JobStatus, RenderStatus
-from farm.db.types import utcnow
 from farm.recipe import RenderSettings
 from farm.render.presets import get_preset
 from farm.render_hash import (
@@ -202,6 +201,7 @@ def place_renders(
             content_hash=content_hash,
             scene_hash=scene_hash,
             revision=job.revision,
+            status=RenderStatus.QUEUED,  # set now: a render found by hash moves on at once
         )
         rows.append(row)
         source = found.get(content_hash)
@@ -229,16 +229,13 @@ def place_renders(
 
 
 def _finish_from(row: Render, source: Finished) -> None:
-    """A queued render made finished by an image the project has: it is never rendered here
-    (no shard, no worker, no attempt), and a state it never ran through is not moved through."""
-    row.status = RenderStatus.DONE
-    row.shard_id = None
-    row.storage_key = source.storage_key
-    row.thumb_key = source.thumb_key
-    row.face_similarity = source.face_similarity
-    row.qc_seed = source.qc_seed
-    row.reused_from_job = source.job_id
-    row.finished = utcnow()
+    row.reuse(
+        source.storage_key,
+        source.thumb_key,
+        source_job=source.job_id,
+        face_similarity=source.face_similarity,
+        qc_seed=source.qc_seed,
+    )
 
 
 def hash_and_reuse(session: Session, job: Job, settings: Settings, *, reuse: bool = True) -> Placed:

@@ -617,6 +617,27 @@ class Render(Timestamps, Base):
         _move(self, "cancel")
         self.finished = now or utcnow()
 
+    def reuse(
+        self,
+        storage_key: str,
+        thumb_key: str | None,
+        *,
+        source_job: str,
+        face_similarity: float | None = None,
+        qc_seed: int | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Finish a queued render with the image of another render of the same content hash
+        (farm/reuse.py): it is never rendered here, so it has no shard, worker or timings."""
+        _move(self, "reuse")
+        self.shard_id = None
+        self.storage_key = storage_key
+        self.thumb_key = thumb_key
+        self.face_similarity = face_similarity
+        self.qc_seed = qc_seed
+        self.reused_from_job = source_job
+        self.finished = now or utcnow()
+
     def reopen(self) -> None:
         """A manual retry: the render waits for its shard's next attempt."""
         _move(self, "reopen")

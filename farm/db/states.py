@@ -117,6 +117,8 @@ RENDER_MOVES: Mapping[str, Move] = {
     "cancel": Move({_R.QUEUED, _R.RUNNING}, _R.CANCELLED),
     "reopen": Move({_R.FAILED, _R.CANCELLED}, _R.QUEUED),
     "interrupt": Move({_R.RUNNING}, _R.QUEUED),  # waits for its shard's next run
+    # Finished with an image the project has, by content hash (farm/reuse.py): never run.
+    "reuse": Move({_R.QUEUED}, _R.DONE),
 }
 WORKER_MOVES: Mapping[str, Move] = {
     "ready": Move({_W.STARTING}, _W.IDLE),

@@ -258,6 +258,7 @@ METHODS: dict[type, dict[str, Callable[[Any], object]]] = {
         "cancel": lambda r: r.cancel(),
         "reopen": lambda r: r.reopen(),
         "interrupt": lambda r: r.interrupt(),
+        "reuse": lambda r: r.reuse("key", None, source_job="job"),
     },
     Worker: {
         "ready": lambda w: w.ready(),

@@ -79,7 +79,8 @@ def test_eta_from_the_farms_measured_renders_and_waiting_without_a_worker(farm, 
     _, [shard], _ = job_rows(farm, first)
     assert run_shard(runtime, shard.id).result() == "succeeded"
 
-    second = submit(farm, faces, make_story(4)).job_id
+    # Another seed: the first job's two scenes again would be reused, not rendered.
+    second = submit(farm, faces, make_story(4, seed=99)).job_id
     waiting = submit(farm, faces, make_story(2, preset="tiny-v1")).job_id
     with farm.sessions() as session:
         served = job_report(session, second)

@@ -3,7 +3,7 @@
 The same story (64 renders, tiny preset, CPU) is rendered in-process (`render_story`, the
 pipeline loaded once) and through the farm (Redis broker, PostgreSQL, moto's S3 over HTTP).
 Workers are started and warm (pipeline loaded) before the clock starts, as in production; the
-clock runs from `submit_story` to the job's end in SQL.
+clock runs from `submit_with_photos` to the job's end in SQL.
 
 A farm worker owns one device. On a CPU machine a device is a core: `farm worker --devices
 cpu:N` pins each of its N workers to its own cores, as it pins a GPU worker to its card. So the
@@ -56,7 +56,7 @@ from farm.db.models import StoredIdentityTokens, Worker  # noqa: E402
 from farm.db.states import JobStatus, WorkerStatus  # noqa: E402
 from farm.events import ALL_JOBS  # noqa: E402
 from farm.identity.faces import open_face_analyzer  # noqa: E402
-from farm.jobs import progress, submit_story  # noqa: E402
+from farm.jobs import progress, submit_with_photos  # noqa: E402
 from farm.render.loading import LoadedPreset, load_preset  # noqa: E402
 from farm.render.presets import PRESETS, get_preset  # noqa: E402
 from farm.render.story_render import character_photos, render_story  # noqa: E402
@@ -224,7 +224,7 @@ def run_job(farm: Farm, story, photos, faces, logs: Path) -> float:
     pubsub = redis.Redis.from_url(farm.settings.events_url).pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(ALL_JOBS)
     started = time.perf_counter()
-    job = submit_story(farm, story, photos, faces)
+    job = submit_with_photos(farm, story, photos, faces)
     seconds, outputs = None, False
     deadline = time.monotonic() + 600
     while (seconds is None or not outputs) and time.monotonic() < deadline:

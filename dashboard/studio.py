@@ -21,7 +21,7 @@ from werkzeug.datastructures import FileStorage
 from dashboard.scope import MAX_ID, character_of
 from farm.accounting import estimate
 from farm.auth import Principal
-from farm.characters import character_photos, create_character
+from farm.characters import create_character
 from farm.context import Farm
 from farm.controls import submitted_story
 from farm.db.models import Character
@@ -257,7 +257,6 @@ def plan_of(farm: Farm, story: Story) -> Plan:
 
 def submit(
     farm: Farm,
-    faces: FaceAnalyzer,
     who: Principal,
     character_id: int,
     data: Mapping[str, Any],
@@ -276,19 +275,14 @@ def submit(
         cast = cast_of(session, who, data, source)
         story = story_for(character, data, source, cast)
         story = submitted_story(farm.storage, story, control_files or {})
-        photos = character_photos(farm.storage, character)
-        cast_photos = {trigger: character_photos(farm.storage, m) for trigger, m in cast}
-    # submit_story finds this very character again by its photos, so its identity tokens,
-    # already cached, are not computed again.
     return submit_story(
         farm,
         story,
-        photos,
-        faces,
+        character_id,
+        cast={trigger: member.id for trigger, member in cast},
         priority=priority,
         webhook_url=webhook_url or None,
         project_id=who.project_id,
-        cast_photos=cast_photos,
     )
 
 

@@ -42,6 +42,7 @@ from farm.queue.outbox import ShardTask, send_shards
 from farm.recipe import render_stem
 from farm.render.presets import get_preset
 from farm.reuse import hash_and_reuse
+from farm.scheduling import rejoin
 from farm.story import Character as StoryCharacter
 from farm.story import PlannedRender, Story
 
@@ -111,6 +112,7 @@ def plan_job(
         status=JobStatus.AWAITING_APPROVAL if awaiting else JobStatus.QUEUED,
         preview_of=preview_of,
     )
+    rejoin(session, project_id)  # before the job counts as its project's waiting work
     session.add(job)
     session.flush()
     session.add_all(  # what keeps its control images from `farm gc`
@@ -145,18 +147,43 @@ def plan_job(
 def submit_story(
     farm: Farm,
     story: Story,
-    photos: Sequence[Photo],
-    faces: FaceAnalyzer,
+    character_id: int,
     *,
+    cast: Mapping[str, int] | None = None,
     priority: int = 5,
     webhook_url: str | None = None,
     project_id: int | None = None,
-    cast_photos: Mapping[str, Sequence[Photo]] | None = None,
 ) -> Submitted:
-    """Plan and queue `story`. `photos` are the main character's; `cast_photos` maps the
-    trigger of each other member of the story's cast to that character's photos."""
-    settings = farm.settings
-    check_submission(story, priority)  # before create_character stores the photos
+    """Plan and queue `story` for the project's character `character_id`; `cast` maps the
+    trigger of each other member of the story's cast to that character's id.
+
+    Characters are made first (`submit_with_photos`, or the dashboard's character pages): a
+    submit reads ids, so it never downloads or hashes photos on the request thread.
+    """
+    check_submission(story, priority)
+    with farm.sessions.begin() as session:
+        submitted, tasks = _add_job(
+            session, farm, story, character_id, cast or {}, priority, webhook_url, project_id
+        )
+    return _sent(farm, submitted, tasks)
+
+
+def submit_with_photos(
+    farm: Farm,
+    story: Story,
+    photos: Sequence[Photo],
+    faces: FaceAnalyzer,
+    *,
+    cast_photos: Mapping[str, Sequence[Photo]] | None = None,
+    priority: int = 5,
+    webhook_url: str | None = None,
+    project_id: int | None = None,
+) -> Submitted:
+    """`farm submit`'s way in: the story's characters made from their photos (or found, when
+    the same photos made them before), and the job, in one transaction, so that a bad story or
+    a photo without a face leaves nothing behind. `cast_photos` maps the trigger of each other
+    member of the cast to that character's photos."""
+    check_submission(story, priority)
     cast_photos = cast_photos or {}
     missing = [p.trigger for p in story.cast if p.trigger not in cast_photos]
     if missing:
@@ -177,39 +204,81 @@ def submit_story(
             ).id
 
         main_id = character_of(story.character, photos)
-        cast_ids = [character_of(p, cast_photos[p.trigger]) for p in story.cast]
-        job = plan_job(
-            session,
-            story,
-            main_id,
-            shard_size=settings.shard_size,
-            max_attempts=settings.max_attempts,
-            priority=priority,
-            webhook_url=webhook_url,
-            project_id=project_id,
+        cast = {p.trigger: character_of(p, cast_photos[p.trigger]) for p in story.cast}
+        submitted, tasks = _add_job(
+            session, farm, story, main_id, cast, priority, webhook_url, project_id
         )
-        _add_cast(session, job.id, story, cast_ids)
-        hash_and_reuse(session, job, settings)  # renders the project has made are not redone
-        queued = job
-        if story.approval == "preview":
-            queued = plan_job(
-                session,
-                preview_story(story),
-                main_id,
-                shard_size=settings.shard_size,
-                max_attempts=settings.max_attempts,
-                priority=priority,
-                project_id=project_id,
-                preview_of=job.id,
-            )
-            queued.name = f"{job.name} (preview)"
-            _add_cast(session, queued.id, story, cast_ids)
-            # Hashed for its re-rolls and picks; always rendered, so that it holds shards and
-            # the job it previews never reads as ended at submission.
-            hash_and_reuse(session, queued, settings, reuse=False)
-        shard_ids = list(session.scalars(select(Shard.id).where(Shard.job_id == queued.id)))
-        tasks = [ShardTask(s, queued.id, queued.preset, priority) for s in shard_ids]
-        submitted = Submitted(job.id, job.renders_total, len(shard_ids))
+    return _sent(farm, submitted, tasks)
+
+
+def _add_job(
+    session: Session,
+    farm: Farm,
+    story: Story,
+    character_id: int,
+    cast: Mapping[str, int],
+    priority: int,
+    webhook_url: str | None,
+    project_id: int | None,
+) -> tuple[Submitted, list[ShardTask]]:
+    """The job of `story` and its cast, added to `session` (the caller commits); the job and
+    the tasks of its shards (its preview's, when it awaits approval), sent once the
+    transaction has committed."""
+    missing = [p.trigger for p in story.cast if p.trigger not in cast]
+    if missing:
+        raise InputError(f"no character given for the cast member(s) with trigger {missing}")
+    character = _project_character(session, character_id, project_id)
+    if character.trigger != story.character.trigger:  # workers read the row's trigger
+        raise InputError(
+            f"character {character_id} ({character.name}) answers to trigger "
+            f"{character.trigger!r}, but the story names {story.character.trigger!r}"
+        )
+    for person in story.cast:  # a cast member's trigger is the job's (cast_members.trigger)
+        _project_character(session, cast[person.trigger], project_id)
+    job = plan_job(
+        session,
+        story,
+        character_id,
+        shard_size=farm.settings.shard_size,
+        max_attempts=farm.settings.max_attempts,
+        priority=priority,
+        webhook_url=webhook_url,
+        project_id=project_id,
+    )
+    _add_cast(session, job.id, story, cast)
+    hash_and_reuse(session, job, farm.settings)  # renders the project has made are not redone
+    queued = job
+    if story.approval == "preview":
+        queued = plan_job(
+            session,
+            preview_story(story),
+            character_id,
+            shard_size=farm.settings.shard_size,
+            max_attempts=farm.settings.max_attempts,
+            priority=priority,
+            project_id=project_id,
+            preview_of=job.id,
+        )
+        queued.name = f"{job.name} (preview)"
+        _add_cast(session, queued.id, story, cast)
+        # Hashed for its re-rolls and picks; always rendered, so that it holds shards and the
+        # job it previews never reads as ended at submission.
+        hash_and_reuse(session, queued, farm.settings, reuse=False)
+    shard_ids = list(session.scalars(select(Shard.id).where(Shard.job_id == queued.id)))
+    tasks = [ShardTask(s, queued.id, queued.preset, priority) for s in shard_ids]
+    return Submitted(job.id, job.renders_total, len(shard_ids)), tasks
+
+
+def _add_cast(session: Session, job_id: str, story: Story, cast: Mapping[str, int]) -> None:
+    session.add_all(
+        CastMember(
+            job_id=job_id, character_id=cast[person.trigger], trigger=person.trigger, position=i
+        )
+        for i, person in enumerate(story.cast)
+    )
+
+
+def _sent(farm: Farm, submitted: Submitted, tasks: list[ShardTask]) -> Submitted:
     # The shards were committed unsent: a broker that is down now leaves them to the reaper.
     send_shards(farm, tasks)
     farm.events.publish(submitted.job_id, "job.submitted", renders=submitted.renders)
@@ -218,11 +287,19 @@ def submit_story(
     return submitted
 
 
-def _add_cast(session: Session, job_id: str, story: Story, cast_ids: Sequence[int]) -> None:
-    session.add_all(
-        CastMember(job_id=job_id, character_id=cid, trigger=person.trigger, position=i)
-        for i, (person, cid) in enumerate(zip(story.cast, cast_ids, strict=True))
+def _project_character(session: Session, character_id: int, project_id: int | None) -> Character:
+    """The character, if it exists in the job's project: a job must never render one
+    project's face in another's story."""
+    character = session.scalar(
+        select(Character).where(
+            Character.id == character_id,
+            Character.project_id == project_or_default(project_id),
+            Character.deleted.is_(None),
+        )
     )
+    if character is None:
+        raise InputError(f"no character {character_id} in this project")
+    return character
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ def submit(story_file: Path, priority: int, preset: str | None, project: str | N
     --project or FARM_PROJECT names another); prints the job id."""
     from farm.controls import files_beside, submitted_story
     from farm.identity.faces import open_face_analyzer
-    from farm.jobs import submit_story
+    from farm.jobs import submit_with_photos
     from farm.render.presets import PRESETS, get_preset
     from farm.render.story_render import character_photos
     from farm.story import load_story
@@ -203,7 +203,7 @@ def submit(story_file: Path, priority: int, preset: str | None, project: str | N
     faces = open_face_analyzer("dlib", farm.settings.models_dir)
     cast_photos = {p.trigger: character_photos(story, p) for p in story.cast}
     with broker_said_once():
-        submitted = submit_story(
+        submitted = submit_with_photos(
             farm,
             story,
             character_photos(story),

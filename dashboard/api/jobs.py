@@ -30,7 +30,7 @@ from dashboard.api.schemas import (
     ShardOut,
     TimingsOut,
 )
-from dashboard.context import faces, farm
+from dashboard.context import farm
 from dashboard.files import browser_url, comic_keys, download_name
 from dashboard.progress import job_summary, shard_rows
 from dashboard.scope import MAX_ID, character_of, job_of
@@ -191,7 +191,6 @@ def create_job() -> JobCreated:
     character_id, story, priority, webhook_url = job_request(json_body())
     submitted = submit(
         farm(),
-        faces(),
         principal(),
         character_id,
         story,

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, flash, jsonify, redirect, render_template
 from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 
-from dashboard.context import faces, farm
+from dashboard.context import farm
 from dashboard.scope import MAX_ID, character_of
 from dashboard.security import principal, requires
 from dashboard.studio import cast_of, plan_of, story_for, submit
@@ -211,7 +211,6 @@ def create() -> Response | tuple[str, int]:
         data = story_from_file(form) if from_file else story_from_form(form)
         submitted = submit(
             farm(),
-            faces(),
             principal(),
             chosen_character_id(form),
             data,

@@ -20,7 +20,7 @@ from farm.db.migrate import upgrade
 from farm.db.models import Base, Job, Render, Shard
 from farm.identity.engine import Photo
 from farm.identity.faces import DlibFaceAnalyzer
-from farm.jobs import Submitted, submit_story
+from farm.jobs import Submitted, submit_with_photos
 from farm.settings import Settings
 from farm.story import Story
 from tests.fixtures.tasks import TaskRecorder
@@ -88,7 +88,7 @@ def make_story(scenes: int | list[dict[str, Any]] = 3, **fields: Any) -> Story:
 def submit(
     farm: Farm, faces: DlibFaceAnalyzer, story: Story | None = None, **options: Any
 ) -> Submitted:
-    return submit_story(farm, story or make_story(), [PHOTO], faces, **options)
+    return submit_with_photos(farm, story or make_story(), [PHOTO], faces, **options)
 
 
 def table_counts(session: Session) -> dict[str, int]:

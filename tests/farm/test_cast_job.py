@@ -10,7 +10,7 @@ from farm.db.models import CastMember, Character
 from farm.db.states import JobStatus, RenderStatus
 from farm.errors import InputError
 from farm.identity.engine import Photo
-from farm.jobs import submit_story
+from farm.jobs import submit_with_photos
 from tests.farm.conftest import PHOTO, job_rows, make_story
 from tests.farm.test_run_shard import runtime_with
 from tests.fixtures.tiny import REFS
@@ -29,7 +29,9 @@ SCENES = [
 
 def test_a_story_with_a_cast_renders_on_a_worker(farm, faces, tiny):
     story = make_story(SCENES, cast=CAST)
-    job_id = submit_story(farm, story, [PHOTO], faces, cast_photos={"img2": [SCARLETT]}).job_id
+    job_id = submit_with_photos(
+        farm, story, [PHOTO], faces, cast_photos={"img2": [SCARLETT]}
+    ).job_id
     with farm.sessions() as session:
         (member,) = session.scalars(select(CastMember).where(CastMember.job_id == job_id))
         assert member.trigger == "img2"
@@ -47,4 +49,4 @@ def test_a_story_with_a_cast_renders_on_a_worker(farm, faces, tiny):
 def test_every_cast_member_needs_photos(farm, faces):
     story = make_story(SCENES, cast=CAST)
     with pytest.raises(InputError, match="img2"):
-        submit_story(farm, story, [PHOTO], faces)
+        submit_with_photos(farm, story, [PHOTO], faces)

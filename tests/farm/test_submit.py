@@ -23,7 +23,7 @@ from farm.db.session import make_engine
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.errors import InputError
 from farm.identity.engine import Photo
-from farm.jobs import submit_story
+from farm.jobs import submit_with_photos
 from farm.queue.app import RENDER_SHARD, make_celery
 from tests.farm.conftest import PHOTO, job_rows, make_story, submit, table_counts
 from tests.fixtures.tasks import SentTask
@@ -173,7 +173,7 @@ def test_bad_input_is_refused_and_writes_nothing(farm, faces, story, photos, pri
     with farm.sessions() as session:
         before = table_counts(session)
     with pytest.raises(InputError) as refused:
-        submit_story(farm, story, photos, faces, priority=priority)
+        submit_with_photos(farm, story, photos, faces, priority=priority)
 
     assert str(refused.value).startswith(message)
     with farm.sessions() as session:

@@ -233,6 +233,10 @@ class ConsistentAttention:
         if self._record:
             self.recorded = SharedTokens([recipe(r) for r in renders], 2 if guided else 1)
         originals = {name: attn.processor for name, attn in layers.items()}
+        # A compiled UNet (FARM_COMPILE) was traced with its own processors, and the sampling
+        # here draws from CPU generators no graph holds: it runs eager meanwhile, and keeps
+        # its compiled forward for the renders after.
+        compiled = vars(unet).pop("forward", None)
         try:
             for name, attn in layers.items():
                 attn.set_processor(_Processor(self, name, originals[name]))
@@ -241,6 +245,8 @@ class ConsistentAttention:
         finally:
             for name, attn in layers.items():
                 attn.set_processor(originals[name])
+            if compiled is not None:
+                unet.forward = compiled
 
     def at_step(self, step: int) -> None:
         """Called before the UNet runs step `step`."""

@@ -298,3 +298,27 @@ def test_cancel_a_second_job(page, site: Site):
     page.click("nav >> text=Admin")
     expect(page.locator("[data-token]")).to_have_count(1)
     shot(page, "12-admin")
+
+
+def test_a_story_whose_scenes_share_attention(page, site: Site):
+    """The form's consistency fields reach the job's story, and a worker renders it: the
+    reference scenes first, then the others reading their tokens."""
+    log_in(page, site)
+    write_story(
+        page, [f"a man img {place} | | 1" for place in ("at a desk", "in a garden", "asleep")]
+    )
+    page.select_option("#consistency_mode", "story")
+    page.fill("#consistency_strength", "1.5")
+    page.fill("#reference_scenes", "1, 3")
+    shot(page, "13-new-story-consistency")
+    page.click("[data-action=submit-story]")
+    page.wait_for_url("**/jobs/*")
+    job_id = page.url.rsplit("/", 1)[-1]
+    with site.farm.sessions() as session:
+        consistency = session.get(Job, job_id).spec["consistency"]
+    assert (consistency["mode"], consistency["strength"]) == ("story", 1.5)
+    assert consistency["reference_scenes"] == [1, 3]
+    expect(page.locator("[data-field=percent]")).to_have_text("100%", timeout=RENDER_TIMEOUT_MS)
+    expect(page.locator("[data-field=status]")).to_have_text("succeeded")
+    expect(page.locator("[data-field=thumbs] .thumb")).to_have_count(3)
+    shot(page, "14-job-consistency")

@@ -291,3 +291,28 @@ def test_a_posed_reference_scene_renders_with_its_map(tiny, tmp_path):
         for mode in ("off", "story")
     ]
     assert np.abs(posed[0] - posed[1]).max() <= 1
+
+
+def test_a_compiled_unet_runs_eager_while_scenes_share_attention(tiny, newton):
+    """The compiled forward (here a stand-in that counts its calls) is set aside for the call
+    and back afterwards."""
+    unet = tiny.pipeline.unet
+    calls = []
+
+    def compiled(*args, **kwargs):
+        calls.append(1)
+        return type(unet).forward(unet, *args, **kwargs)
+
+    unet.forward = compiled
+    try:
+        run(
+            tiny,
+            newton,
+            scenes(seeds=(3, 4)),
+            consistency=ConsistentAttention(Consistency(mode="batch")),
+        )
+        assert calls == [] and vars(unet)["forward"] is compiled
+        run(tiny, newton, scenes(seeds=(3,)))
+        assert len(calls) == 3  # one call per step
+    finally:
+        vars(unet).pop("forward", None)

@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session
 
 from farm.characters import photo_key
 from farm.context import Farm
-from farm.db.models import Character, CharacterPhoto, Render, Shard
+from farm.db.models import Character, CharacterPhoto, Project, Render, Shard
 from farm.db.session import make_engine
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.errors import InputError
 from farm.identity.engine import Photo
-from farm.jobs import submit_with_photos
+from farm.jobs import submit_story, submit_with_photos
 from farm.queue.app import RENDER_SHARD, make_celery
 from tests.farm.conftest import PHOTO, job_rows, make_story, submit, table_counts
 from tests.fixtures.tasks import SentTask
@@ -180,3 +180,30 @@ def test_bad_input_is_refused_and_writes_nothing(farm, faces, story, photos, pri
         assert table_counts(session) == before
     assert stored_keys(farm) == []
     assert farm.celery.sent == []
+
+
+def test_a_submit_by_id_names_only_the_projects_own_character(farm, faces):
+    """`submit_story` reads ids (no photos on the request thread), so it must check them: a
+    character of another project, or one answering to another trigger, is refused unwritten."""
+    character_id = job_rows(farm, submit(farm, faces).job_id)[0].character_id
+    with farm.sessions.begin() as session:
+        other = Project(name="elsewhere")
+        session.add(other)
+        session.flush()
+        other_id = other.id
+    with farm.sessions() as session:
+        before = table_counts(session)
+
+    with pytest.raises(InputError, match=f"no character {character_id} in this project"):
+        submit_story(farm, make_story(1), character_id, project_id=other_id)
+    renamed = make_story(
+        [{"prompt": "a man ohm reading"}],
+        character={"name": "Newton", "class_word": "man", "trigger": "ohm", "photos": [PHOTO.name]},
+    )
+    with pytest.raises(InputError, match="answers to trigger 'img', but the story names 'ohm'"):
+        submit_story(farm, renamed, character_id)
+    with farm.sessions() as session:
+        assert table_counts(session) == before
+
+    again = submit_story(farm, make_story(2), character_id)
+    assert job_rows(farm, again.job_id)[0].character_id == character_id

@@ -112,6 +112,7 @@ def test_the_story_form_submits_a_job(studio: Studio, artist):
         "preset": "tiny",
         "warnings": ["no worker serves preset tiny: it will wait"],  # no worker in this test
         "estimated_s": None,
+        "estimated_device_s": None,  # nothing of the preset measured yet
     }
     response = client.post("/stories/new", data=form)
 

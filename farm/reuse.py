@@ -56,6 +56,7 @@ class RecipeHasher:
     (where its starting noise is drawn and how long prompts are cut decide pixels too)."""
 
     def __init__(self, story: Story, people: Sequence[Person], settings: Settings) -> None:
+        self.settings = settings
         recipe = RenderSettings.of(story)
         preset = get_preset(story.preset)
         fast = preset.fast
@@ -185,6 +186,7 @@ def place_renders(
     where the project has the image (unless `reuse` is off), else queued in new shards of
     `shard_size`, numbered after the job's existing ones."""
     hashes = [(hasher.content(p), hasher.scene(p)) for p in planned]
+    reuse = reuse and hasher.settings.reuse_renders
     found = finished_by_hash(session, job.project_id, (h for h, _ in hashes)) if reuse else {}
     rows: list[Render] = []
     todo: list[Render] = []
@@ -267,6 +269,7 @@ def hash_and_reuse(session: Session, job: Job, settings: Settings, *, reuse: boo
             planned[row.id] = replace(template, variant=row.variant, seed=row.seed)
         row.content_hash = hasher.content(planned[row.id])
         row.scene_hash = hasher.scene(planned[row.id])
+    reuse = reuse and settings.reuse_renders
     found = (
         finished_by_hash(session, job.project_id, (r.content_hash for r in rows)) if reuse else {}
     )

@@ -62,6 +62,10 @@ class Settings:
     compile_unet: str = "off"
     prompt_truncation: str = "reference"
     noise: str = "cpu"
+    # Renders found by content hash in the project instead of rendered again (farm/reuse.py);
+    # off, every job renders all it asks for (after model files were replaced in place, or to
+    # measure the farm with the same story again and again).
+    reuse_renders: bool = True
     # What one request may cost the dashboard (farm/documents.py, farm/identity/photos.py): a
     # story document's bytes and nesting, the pixels one uploaded photo and one request's
     # photos may decode to.
@@ -113,6 +117,7 @@ class Settings:
             compile_unet=_choice(env, "FARM_COMPILE", COMPILE_SETTINGS),
             prompt_truncation=_choice(env, "FARM_PROMPT_TRUNCATION", PROMPT_TRUNCATIONS),
             noise=_choice(env, "FARM_NOISE", NOISE_DEVICES),
+            reuse_renders=_choice(env, "FARM_REUSE_RENDERS", ("1", "0")) == "1",
             document_max_bytes=_int(
                 env, "FARM_DOCUMENT_MAX_BYTES", documents.MAX_BYTES, 1024, 64 * 1024 * 1024
             ),

@@ -7,6 +7,7 @@ exactly 2" means two images were made, not two rows written.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zipfile
@@ -120,9 +121,13 @@ def test_resubmitting_with_two_prompts_changed_renders_exactly_two(farm, faces, 
     assert len(rendered) == 8
 
 
-def test_reuse_stays_within_the_project(farm, faces, runtime, rendered):
+def test_reuse_stays_within_the_project_and_can_be_turned_off(farm, faces, runtime, rendered):
     first = submit(farm, faces, make_story(scenes(1))).job_id
     run_queued(farm, runtime, first)
+    farm.settings = dataclasses.replace(farm.settings, reuse_renders=False)
+    assert submit(farm, faces, make_story(scenes(1))).shards == 1  # FARM_REUSE_RENDERS=0
+    farm.settings = dataclasses.replace(farm.settings, reuse_renders=True)
+    assert submit(farm, faces, make_story(scenes(1))).shards == 0
     with farm.sessions.begin() as session:
         other = Project(name="other-studio")
         session.add(other)

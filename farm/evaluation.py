@@ -18,6 +18,7 @@ from PIL import Image
 
 from farm.identity.faces import FaceAnalyzer
 from farm.quality import Reference, face_similarity
+from farm.recipe import prompt_in
 
 
 @dataclass(frozen=True)
@@ -120,16 +121,10 @@ def evaluate(
 
 
 def samples_from_folder(folder: Path) -> list[Sample]:
-    """PNGs of a folder, with the prompt each carries in its `parameters` metadata if any."""
+    """PNGs of a folder, with the prompt each carries in its metadata (the farm's or A1111's)."""
     samples = []
     for path in sorted(folder.glob("*.png")):
         with Image.open(path) as image:
-            prompt = None
-            raw = image.text.get("parameters") if hasattr(image, "text") else None
-            if raw:
-                try:
-                    prompt = json.loads(raw).get("prompt")
-                except json.JSONDecodeError:
-                    prompt = None
+            prompt = prompt_in(image.text) if hasattr(image, "text") else None
             samples.append(Sample(path.name, image.convert("RGB"), prompt))
     return samples

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from farm.recipe import RECIPE_CHUNK
 from tests.fixtures.tiny import EXAMPLES
 
 FARM = Path(sys.executable).with_name("farm")
@@ -47,11 +48,19 @@ def test_pngs_carry_their_recipe(example_render):
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["renders"][0]
     with Image.open(out / entry["file"]) as image:
-        recipe = json.loads(image.text["parameters"])
+        recipe = json.loads(image.text[RECIPE_CHUNK])
+        parameters = image.text["parameters"]
         assert image.size == (64, 64)
     assert recipe["seed"] == entry["seed"]
     assert recipe["prompt"] == entry["prompt"] and " img" in recipe["prompt"]
     assert recipe["preset"] == "tiny" and recipe["steps"] == 4
+    # AUTOMATIC1111's text, which image viewers and other tools read.
+    prompt, negative, pairs = parameters.split("\n")
+    assert prompt == entry["prompt"] and negative == f"Negative prompt: {entry['negative_prompt']}"
+    assert pairs.startswith(
+        f"Steps: 4, Sampler: Euler, CFG scale: 5.0, Seed: {entry['seed']}, Size: 64x64, "
+        "Model: tiny, "
+    )
 
 
 def test_bad_story_is_one_line_and_writes_nothing(tmp_path):

@@ -25,6 +25,7 @@ from farm.db.types import utcnow
 from farm.jobs import render_key, thumb_key
 from farm.lifecycle import cancel_job
 from farm.queue.app import FINALIZE_JOB, RENDER_SHARD
+from farm.recipe import RECIPE_CHUNK
 from farm.render.loading import LoadedPreset
 from tests.farm.conftest import job_rows, make_story, submit
 from workers.runtime import WorkerRuntime
@@ -79,7 +80,7 @@ def test_queued_shards_render_and_the_last_one_ends_the_job(farm, faces, runtime
         assert render.finished is not None
         with Image.open(io.BytesIO(farm.storage.get(render.storage_key))) as png:
             assert (png.format, png.size) == ("PNG", (64, 64))
-            assert json.loads(png.text["parameters"])["seed"] == render.seed
+            assert json.loads(png.text[RECIPE_CHUNK])["seed"] == render.seed
         with Image.open(io.BytesIO(farm.storage.get(render.thumb_key))) as thumb:
             assert thumb.format == "WEBP"
     assert renders[2].status is RenderStatus.QUEUED

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from farm.controls import ControlType, SceneControl
 from farm.errors import InputError, ModelNotFoundError
 from farm.identity.tokens import IdentityTokens
-from farm.recipe import render_filename
+from farm.recipe import RECIPE_CHUNK, render_filename
 from farm.render.control import (
     ControlModels,
     load_control_model,
@@ -187,10 +187,10 @@ def test_farm_render_reads_the_map_beside_the_story_and_records_it(tiny, tmp_pat
     manifest = render_story(story, tmp_path / "out", tiny)
     posed, plain = (Image.open(tmp_path / "out" / render_filename(i, 0)) for i in (0, 1))
     assert np.abs(np.asarray(posed, np.int16) - np.asarray(plain, np.int16)).max() > 0
-    recipe = json.loads(posed.text["parameters"])
+    recipe = json.loads(posed.text[RECIPE_CHUNK])
     sha = hashlib.sha256((tmp_path / "pose.png").read_bytes()).hexdigest()
     assert recipe["control"] == {"image": sha, "type": "openpose", "scale": 1.0}
-    assert "control" not in json.loads(plain.text["parameters"])
+    assert "control" not in json.loads(plain.text[RECIPE_CHUNK])
     assert manifest.is_file()
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.recipe import render_filename
+from farm.recipe import RECIPE_CHUNK, render_filename
 from farm.render.folder_reuse import FolderReuse, story_hasher
 from farm.render.loading import LoadedPreset
 from farm.render.presets import PRESETS
@@ -90,7 +90,7 @@ def test_scenes_that_move_keep_their_pixels_and_gone_ones_are_removed(tiny, base
     for now, then in ((0, 0), (1, 2), (2, 3)):  # scene 2 went; 3 and 4 moved up, same pixels
         assert np.array_equal(pixels(out / render_filename(now, 0)), before[then])
         with Image.open(out / render_filename(now, 0)) as image:
-            assert json.loads(image.text["parameters"])["scene"] == now
+            assert json.loads(image.text[RECIPE_CHUNK])["scene"] == now
 
 
 def test_a_file_changed_by_hand_is_rendered_again(tiny, base, tmp_path):

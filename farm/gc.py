@@ -3,7 +3,9 @@
 Storage is written by the farm under five prefixes, and each has its own rule for "needed":
 
 - `jobs/<job>/...` (renders, thumbnails, comic pages, exports): needed while the job's row
-  exists. Workers write them only after the job's row has committed.
+  exists, or while a render of another job, current or retired by a revision, names the image
+  (renders are reused by content hash across a project's jobs, farm/reuse.py). Workers write
+  them only after the job's row has committed.
 - `photos/<xx>/<sha256>` (a character's reference photos, stored once per content and shared
   by every character made from the same photo): needed while a photo row names it and its
   character is either not deleted or still named by a job, as the main character or in the
@@ -41,6 +43,8 @@ from farm.db.models import (
     Job,
     JobConsistencyTokens,
     JobControlImage,
+    Render,
+    RetiredRender,
     StoredIdentityTokens,
 )
 from farm.db.types import utcnow
@@ -60,6 +64,24 @@ def _job_of(key: str) -> str | None:
 
 def _jobs_needed(session: Session, job_ids: list[str]) -> set[str]:
     return set(session.scalars(select(Job.id).where(Job.id.in_(job_ids))))
+
+
+def _job_key(key: str) -> str | None:
+    return key if _job_of(key) is not None else None
+
+
+def _job_objects_needed(session: Session, keys: list[str]) -> set[str]:
+    """Keys of live jobs, and the images any render names, in whichever job it is."""
+    jobs = _jobs_needed(session, sorted({_job_of(key) or "" for key in keys}))
+    needed = {key for key in keys if _job_of(key) in jobs}
+    for column in (
+        Render.storage_key,
+        Render.thumb_key,
+        RetiredRender.storage_key,
+        RetiredRender.thumb_key,
+    ):
+        needed |= set(session.scalars(select(column).where(column.in_(keys))))
+    return needed
 
 
 def _photos_needed(session: Session, keys: list[str]) -> set[str]:
@@ -117,7 +139,7 @@ def _whole_key(key: str) -> str:
 # A prefix, how to read the owner of a key under it (None: not a key the farm writes, kept),
 # and which owners are still needed.
 RULES: list[tuple[str, Callable[[str], str | None], Needed]] = [
-    ("jobs/", _job_of, _jobs_needed),
+    ("jobs/", _job_key, _job_objects_needed),
     ("photos/", _whole_key, _photos_needed),
     ("controls/", _whole_key, _controls_needed),
     ("consistency/", _tokens_prefix, _consistency_needed),

@@ -10,6 +10,7 @@ from farm.comic.layout import LAYOUTS, CaptionPosition, Layout, PageStyle
 from farm.comic.pages import MAX_DPI, MIN_DPI
 from farmcli.errors import one_line_errors
 from farmcli.job_refs import full_job_id
+from farmcli.terminal import progress
 
 
 @click.command()
@@ -70,7 +71,7 @@ def comic(
         if out_dir is not None:
             out = LocalStorage(out_dir)
             names = {key: key.removeprefix(f"jobs/{job_id}/") for key in keys.values()}
-            for key, name in names.items():
+            for key, name in progress(names.items(), total=len(names), desc="files", unit="file"):
                 out.put(name, farm.storage.get(key))
             for stale in list(out.list("comic/page-")):
                 if stale not in names.values():

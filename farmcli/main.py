@@ -28,6 +28,7 @@ from farmcli.jobs import (
     unsent_note,
 )
 from farmcli.scheduling import pause, priority, projects, unpause, usage
+from farmcli.terminal import on_terminal, progress, quiet_library_bars
 from farmcli.tokens import tokens
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ def render(
     rendered before, only the changed scenes render, and files of scenes gone are removed."""
     from tqdm import tqdm
 
+    quiet_library_bars()  # before the model libraries are imported
     from farm.render.folder_reuse import FolderReuse, story_hasher
     from farm.render.loading import load_preset
     from farm.render.presets import PRESETS, get_preset
@@ -100,7 +102,8 @@ def render(
     reuse = None if fresh else FolderReuse(out_dir, story_hasher(story, settings))
     plan = story.plan()
     total = len(plan) if reuse is None else len(reuse.split(plan)[0])
-    with tqdm(total=total, unit="render", desc=f"{story.character.name} [{story.preset}]") as bar:
+    bar_label = f"{story.character.name} [{story.preset}]"
+    with tqdm(total=total, unit="render", desc=bar_label, disable=not on_terminal()) as bar:
         manifest = render_story(
             story,
             out_dir,
@@ -144,6 +147,7 @@ def models_pull(preset_name: str) -> None:
     """Download PRESET_NAME's weights into FARM_MODELS_DIR (needs internet)."""
     from farm.render.presets import get_preset, pull
 
+    quiet_library_bars()  # the hub's download bars: on a terminal only
     settings = Settings.from_env()
     files = pull(get_preset(preset_name), settings.models_dir, settings.sdxl_base)
     click.echo(f"{preset_name}: SDXL in {files.sdxl_dir}, PhotoMaker in {files.checkpoint}")
@@ -287,7 +291,7 @@ def fetch(job_id: str, out_dir: Path) -> None:
             )
         )
     out = LocalStorage(out_dir)
-    for key in keys:
+    for key in progress(keys, total=len(keys), desc=f"job {job_id[:8]}", unit="render"):
         out.put(key.rsplit("/", 1)[-1], farm.storage.get(key), "image/png")
     click.echo(f"{len(keys)} renders in {out_dir.resolve()}")
 

@@ -26,15 +26,15 @@ def farm(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def example_render(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def example_render(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     root = tmp_path_factory.mktemp("cli")
     result = farm("render", str(EXAMPLES / "story.yaml"), "--out", str(root / "out"), data_dir=root)
     assert result.returncode == 0, result.stderr
-    return root / "out", result.stdout
+    return root / "out", result.stdout, result.stderr
 
 
 def test_example_story_renders_every_scene_and_variant(example_render):
-    out, stdout = example_render
+    out, stdout, _ = example_render
     manifest = json.loads((out / "manifest.json").read_text())
     files = sorted(p.name for p in out.glob("*.png"))
     assert files == sorted(r["file"] for r in manifest["renders"])
@@ -44,7 +44,7 @@ def test_example_story_renders_every_scene_and_variant(example_render):
 
 
 def test_pngs_carry_their_recipe(example_render):
-    out, _ = example_render
+    out, _, _ = example_render
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["renders"][0]
     with Image.open(out / entry["file"]) as image:
@@ -61,6 +61,14 @@ def test_pngs_carry_their_recipe(example_render):
         f"Steps: 4, Sampler: Euler, CFG scale: 5.0, Seed: {entry['seed']}, Size: 64x64, "
         "Model: tiny, "
     )
+
+
+def test_piped_the_render_draws_no_progress_bars(example_render):
+    """A bar is for a terminal; piped, stderr holds no bar of the farm's or of the model
+    libraries' (loading weights), and stdout only the result."""
+    out, stdout, stderr = example_render
+    assert stdout.splitlines() == [stdout.strip()] and str(out.resolve()) in stdout
+    assert "%|" not in stderr and "it/s" not in stderr and "render/s" not in stderr, stderr
 
 
 def test_bad_story_is_one_line_and_writes_nothing(tmp_path):

@@ -238,6 +238,8 @@ METHODS: dict[type, dict[str, Callable[[Any], object]]] = {
         "pause": lambda j: j.pause(),
         "resume": lambda j: (setattr(j, "started", datetime.now(UTC)), j.resume()),
         "resume_unstarted": lambda j: j.resume(),  # a job that never started waits again
+        "approve": lambda j: j.approve(),
+        "await": lambda j: j.await_approval(),
     },
     Shard: {
         "start": lambda s: s.start("w", 60),
@@ -347,6 +349,11 @@ _PAIRS = {
         (_J.PAUSED, _J.SUCCEEDED),
         (_J.PAUSED, _J.FAILED),
         (_J.PAUSED, _J.CANCELLED),
+        (_J.QUEUED, _J.AWAITING_APPROVAL),  # its approved scenes are done, others wait
+        (_J.RUNNING, _J.AWAITING_APPROVAL),
+        (_J.AWAITING_APPROVAL, _J.QUEUED),  # scenes approved
+        (_J.AWAITING_APPROVAL, _J.RUNNING),  # a retry of an earlier approval's failed shard
+        (_J.AWAITING_APPROVAL, _J.CANCELLED),
     },
     Shard: {
         (_S.QUEUED, _S.RUNNING),

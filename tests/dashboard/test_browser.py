@@ -27,15 +27,18 @@ except ImportError:  # the `browser` fixture says so: a skip on a laptop, a fail
     expect = sync_playwright = None
 from dashboard.app import create_app
 from farm.auth import create_token, ensure_project
+from farm.characters import create_character
 from farm.context import Farm
 from farm.db.migrate import upgrade
 from farm.db.models import Job, Role
 from farm.db.queries import job_progress
 from farm.db.states import JobStatus, RenderStatus
 from farm.events import Events
+from farm.identity.faces import DlibFaceAnalyzer
 from farm.settings import Settings
 from tests.fixtures.dashboard import NEWTON, SECRET_KEY, live_server
 from tests.fixtures.services import skip_or_fail
+from tests.fixtures.tiny import photos_of
 
 pytestmark = pytest.mark.slow
 
@@ -303,6 +306,17 @@ def test_cancel_a_second_job(page, site: Site):
 def test_a_story_whose_scenes_share_attention(page, site: Site):
     """The form's consistency fields reach the job's story, and a worker renders it: the
     reference scenes first, then the others reading their tokens."""
+    with site.farm.sessions.begin() as session:  # whether or not the first test ran
+        create_character(
+            session,
+            site.farm.storage,
+            DlibFaceAnalyzer(),
+            name="Newton",
+            class_word="man",
+            trigger="img",
+            photos=photos_of("newton_man", 2),
+            project_id=ensure_project(session, "studio").id,
+        )
     log_in(page, site)
     write_story(
         page, [f"a man img {place} | | 1" for place in ("at a desk", "in a garden", "asleep")]

@@ -33,7 +33,6 @@ and with `mode: off` nothing here is installed at all: those renders are today's
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -48,8 +47,8 @@ from diffusers.models.attention_processor import Attention
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from farm.consistency import Consistency
 from farm.errors import InputError
-from farm.story import Consistency
 
 BLOCK_PREFIXES = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}
 Recipe = tuple[str, str | None, int]  # a render's prompt, negative and seed: what it is
@@ -175,7 +174,7 @@ class SharedTokens:
 
     @classmethod
     def from_manifest(cls, data: bytes) -> tuple[SharedTokens, list[int]]:
-        document: dict[str, Any] = json.load(io.BytesIO(data))
+        document: dict[str, Any] = json.loads(data)
         references = [(p, n, int(s)) for p, n, s in document["references"]]
         return cls(references, document["branches"]), list(document["steps"])
 

@@ -32,7 +32,7 @@ def test_every_download_of_a_job_is_named_after_it(studio: Studio):
     bundle = client.get(f"/jobs/{job_id}/download.zip")
     assert disposition(bundle) == 'attachment; filename="newton-ch1.zip"'
     names = zipfile.ZipFile(io.BytesIO(bundle.get_data())).namelist()
-    assert names == ["0001-v0.png", "0002-v0.png", "0002-v1.png"]
+    assert names == ["0001-v0.png", "0002-v0.png", "0002-v1.png", "manifest.json"]
 
     outputs = studio.call("GET", f"/api/v1/jobs/{job_id}/outputs").json["items"]
     by_kind = {item["kind"]: item for item in outputs}

@@ -138,6 +138,15 @@ def models_list() -> None:
         except ModelNotFoundError as missing:
             where = f"missing: {missing}"
         click.echo(f"{preset.name:24} v{preset.version}  {where}")
+    from farm.controls import ControlType
+    from farm.render.control import locate_control
+
+    for kind in ControlType:  # the real presets' (the tiny ones build theirs)
+        try:
+            where = f"ready ({locate_control(settings.models_dir, kind)})"
+        except ModelNotFoundError as missing:
+            where = f"missing: {missing}"
+        click.echo(f"{'control ' + kind.value:28}  {where}")
 
 
 @models.command("pull")

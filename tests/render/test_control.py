@@ -199,3 +199,21 @@ def test_farm_render_refuses_a_map_of_the_wrong_size_before_writing(tiny, tmp_pa
     with pytest.raises(InputError, match=r"scenes\[0\].control.image: .*96x64, but the story"):
         render_story(story, tmp_path / "out", tiny)
     assert not (tmp_path / "out").exists()
+
+
+def test_farm_models_list_says_which_control_models_are_here(tiny, models_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from farmcli.main import main
+
+    studio = tmp_path / "models"
+    shutil.copytree(models_dir / "tiny", studio / "tiny")  # already built: listed at once
+    tiny_adapter(seed=1).save_pretrained(studio / "controls" / "canny")
+    env = {"FARM_DATA_DIR": str(tmp_path), "FARM_MODELS_DIR": str(studio)}
+    result = CliRunner().invoke(main, ["models", "list"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = {
+        line.split()[1]: line for line in result.output.splitlines() if line.startswith("control")
+    }
+    assert f"ready ({studio / 'controls' / 'canny'})" in lines["canny"]
+    assert "missing: control type 'depth' needs an SDXL ControlNet" in lines["depth"]

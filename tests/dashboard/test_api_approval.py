@@ -102,6 +102,8 @@ def test_the_job_page_shows_the_contact_sheet_and_approves_ticked_scenes(studio)
     client = studio.client()
     csrf = studio.log_in(client)
     job_id = submit(studio)
+    listed = client.get("/jobs").text  # by name, with the short id the CLI takes
+    assert "Newton ch1</a>" in listed and f">{job_id[:8]}</span>" in listed
     page = client.get(f"/jobs/{job_id}").text
     assert "Newton ch1" in page and 'data-field="approval"' in page
     assert 'data-state="previewing"' in page and 'name="scenes"' not in page

@@ -9,7 +9,7 @@ person names them (the CLI, the API's `scene`), variants as their files name the
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from kombu.exceptions import OperationalError as BrokerError
@@ -60,21 +60,32 @@ def choose(variants: Sequence[Render]) -> Pick:
     return Pick(min(variants, key=lambda r: r.variant), FIRST)
 
 
-def scene_picks(session: Session, job_id: str) -> list[Pick]:
-    """One pick per scene with a finished render, in scene order."""
-    rows = session.scalars(
-        select(Render)
-        .where(
-            Render.job_id == job_id,
-            Render.status == RenderStatus.DONE,
-            Render.storage_key.is_not(None),
+def finished_renders(session: Session, job_id: str) -> list[Render]:
+    """The job's stored renders in scene order: what its comic, PDF and zip are made of."""
+    return list(
+        session.scalars(
+            select(Render)
+            .where(
+                Render.job_id == job_id,
+                Render.status == RenderStatus.DONE,
+                Render.storage_key.is_not(None),
+            )
+            .order_by(Render.scene_index, Render.variant)
         )
-        .order_by(Render.scene_index, Render.variant)
     )
+
+
+def picks_among(renders: Iterable[Render]) -> list[Pick]:
+    """One pick per scene of these finished renders, in scene order."""
     scenes: dict[int, list[Render]] = {}
-    for row in rows:
+    for row in sorted(renders, key=lambda r: (r.scene_index, r.variant)):
         scenes.setdefault(row.scene_index, []).append(row)
     return [choose(variants) for variants in scenes.values()]
+
+
+def scene_picks(session: Session, job_id: str) -> list[Pick]:
+    """One pick per scene with a finished render, in scene order."""
+    return picks_among(finished_renders(session, job_id))
 
 
 def job_in_project(

@@ -207,6 +207,17 @@ def revise_job(
     return revised
 
 
+def history(session: Session, job_id: str) -> list[JobRevision]:
+    """The job's revisions, newest first."""
+    return list(
+        session.scalars(
+            select(JobRevision)
+            .where(JobRevision.job_id == job_id)
+            .order_by(JobRevision.number.desc())
+        )
+    )
+
+
 def _first_revision(session: Session, job: Job) -> None:
     """Revision 1 as a row, for a job submitted before revisions were recorded with it."""
     exists = session.scalar(

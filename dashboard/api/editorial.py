@@ -10,18 +10,17 @@ from typing import Any
 
 from flask import abort
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
 from dashboard.api import api, operation
 from dashboard.context import farm
 from dashboard.scope import job_of
 from dashboard.security import principal
 from farm.comic.job import built_picks, picks_document
-from farm.db.models import JobRevision, Role
+from farm.db.models import Role
 from farm.errors import InputError
 from farm.picks import ENDED, pick_variant, request_outputs, scene_picks
 from farm.rerolls import MAX_SCENE_VARIANTS, reroll
-from farm.revisions import revise_job, revised_story
+from farm.revisions import history, revise_job, revised_story
 from farm.story import MAX_SCENES, MAX_VARIANTS
 
 
@@ -220,11 +219,7 @@ def revisions(job_id: Any) -> RevisionPage:
     """The job's story revisions, newest first, each with its story and what it cost."""
     with farm().sessions() as session:
         job = job_of(session, principal(), str(job_id))
-        rows = session.scalars(
-            select(JobRevision)
-            .where(JobRevision.job_id == job.id)
-            .order_by(JobRevision.number.desc())
-        ).all()
+        rows = history(session, job.id)
         items = [
             RevisionOut(
                 number=r.number,

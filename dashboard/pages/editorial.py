@@ -23,7 +23,7 @@ from farm.errors import InputError
 from farm.picks import ENDED, pick_variant, request_outputs, scene_picks
 from farm.rerolls import reroll
 from farm.reuse import RecipeHasher, job_people
-from farm.revisions import revise_job, revised_story
+from farm.revisions import history, revise_job, revised_story
 from farm.story import Story
 
 editorial = Blueprint("editorial", __name__)
@@ -128,11 +128,7 @@ def revise(job_id: Any) -> Any:
 def revisions(job_id: Any) -> str:
     with farm().sessions() as session:
         job = job_of(session, principal(), str(job_id))
-        rows = session.scalars(
-            select(JobRevision)
-            .where(JobRevision.job_id == job.id)
-            .order_by(JobRevision.number.desc())
-        ).all()
+        rows = history(session, job.id)
         shown = request.args.get("n", "")
         number = int(shown) if shown.isdigit() and len(shown) < 7 else job.revision
         chosen = next((r for r in rows if r.number == number), None)

@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from PIL import Image
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.comic.exports import (
@@ -33,9 +32,8 @@ from farm.comic.exports import (
 from farm.comic.layout import DEFAULT_STYLE, Layout, PageStyle
 from farm.comic.pages import A4_300DPI, PageSize, Panel, build_pages
 from farm.db.models import Character, Job, Render
-from farm.db.states import RenderStatus
 from farm.errors import InputError
-from farm.picks import Pick, scene_picks
+from farm.picks import Pick, finished_renders, picks_among
 from farm.storage import Storage
 
 
@@ -102,7 +100,7 @@ def build_job_outputs(
         raise InputError(f"job {job_id} has no finished renders to make a comic of")
     title = outputs_title(session, job)
 
-    picks = scene_picks(session, job_id)
+    picks = picks_among(renders)
     scenes = job.spec.get("scenes", [])
     panels = [
         # Image.open reads only the header; the pixels are decoded when the page needs them.
@@ -144,21 +142,6 @@ def _marked_wide(scenes: Sequence[Any], render: Render) -> bool:
     """A scene asks for a wide panel (`rows` layout) with `wide: true` in the story."""
     scene = scenes[render.scene_index] if render.scene_index < len(scenes) else None
     return isinstance(scene, dict) and bool(scene.get("wide"))
-
-
-def finished_renders(session: Session, job_id: str) -> list[Render]:
-    """The job's stored renders in scene order: what its comic, PDF and zip are made of."""
-    return list(
-        session.scalars(
-            select(Render)
-            .where(
-                Render.job_id == job_id,
-                Render.status == RenderStatus.DONE,
-                Render.storage_key.is_not(None),
-            )
-            .order_by(Render.scene_index, Render.variant)
-        )
-    )
 
 
 def outputs_title(session: Session, job: Job) -> str:

@@ -286,23 +286,26 @@ def fetch(job_id: str, out_dir: Path) -> None:
     from farm.db.models import Render
     from farm.db.states import RenderStatus
     from farm.lifecycle import get_job
+    from farm.recipe import render_filename
     from farm.storage.local import LocalStorage
 
     farm = _farm()
     job_id = full_job_id(farm, job_id)
     with farm.sessions() as session:
         get_job(session, job_id)
-        keys = list(
-            session.scalars(
-                select(Render.storage_key)
-                .where(Render.job_id == job_id, Render.status == RenderStatus.DONE)
-                .order_by(Render.scene_index, Render.variant)
-            )
-        )
+        rows = session.execute(
+            select(Render.scene_index, Render.variant, Render.storage_key)
+            .where(Render.job_id == job_id, Render.status == RenderStatus.DONE)
+            .order_by(Render.scene_index, Render.variant)
+        ).all()
     out = LocalStorage(out_dir)
-    for key in progress(keys, total=len(keys), desc=f"job {job_id[:8]}", unit="render"):
-        out.put(key.rsplit("/", 1)[-1], farm.storage.get(key), "image/png")
-    click.echo(f"{len(keys)} renders in {out_dir.resolve()}")
+    # Named by scene and variant here, not by the key: a render reused from another job (or
+    # made by an earlier revision) lies under that one's name.
+    for scene, variant, key in progress(
+        rows, total=len(rows), desc=f"job {job_id[:8]}", unit="render"
+    ):
+        out.put(render_filename(scene, variant), farm.storage.get(key), "image/png")
+    click.echo(f"{len(rows)} renders in {out_dir.resolve()}")
 
 
 @main.command()

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from farm.context import Farm
-from farm.db.models import Job
+from farm.db.models import Job, Render
 from farm.errors import InputError
 from farm.job_names import default_name, file_stem, resolve_job_id
 from farmcli.main import main
-from tests.db.rows import add_character
+from tests.db.rows import add_character, add_job
 
 IDS = [
     "abcdef12-0000-4000-8000-000000000001",
@@ -49,9 +50,9 @@ def test_a_start_of_an_id_names_the_one_job_it_starts(farm: Farm, env):
         assert resolve_job_id(session, "abcdef12") == IDS[0]
         assert resolve_job_id(session, "ABCDEF3") == IDS[1]  # as typed, in capitals too
         assert resolve_job_id(session, IDS[2]) == IDS[2]
-        with pytest.raises(InputError, match="^no job '12345678'$"):
+        with pytest.raises(InputError, match=r"^no job '12345678'$"):
             resolve_job_id(session, "12345678")
-        with pytest.raises(InputError, match="^no job 'x%'$"):  # not an id: no LIKE pattern
+        with pytest.raises(InputError, match=r"^no job 'x%'$"):  # not an id: no LIKE pattern
             resolve_job_id(session, "x%")
 
 
@@ -82,3 +83,24 @@ def test_downloads_carry_the_job_name_as_a_file_name():
     assert file_stem("Zoë: «утро» / Part 2!", IDS[0]) == "zo-part-2"
     assert file_stem("«утро»", IDS[0]) == "job-abcdef12"  # nothing left: the short id
     assert len(file_stem("x" * 300, IDS[0])) == 60
+
+
+def test_fetched_files_are_named_by_scene_number_whatever_key_holds_them(farm: Farm, env, tmp_path):
+    """A render reused from another job lies under that job's key: `farm fetch` names the
+    file by this job's scene (from 1) and variant all the same."""
+    with farm.sessions.begin() as session:
+        job = add_job(session, renders=2)
+        for render in session.scalars(select(Render).where(Render.job_id == job.id)):
+            key = f"jobs/elsewhere/renders/{render.scene_index + 7:04d}-v0.png"
+            farm.storage.put(key, f"png of scene {render.scene_index + 1}".encode())
+            render.start("w", "cpu")
+            render.finish(key)
+        job_id = job.id
+    out = tmp_path / "fetched"
+    env = {**env, "FARM_STORAGE_URL": farm.settings.storage_url}
+    result = CliRunner().invoke(main, ["fetch", job_id[:8], "--out", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {
+        "0001-v0.png": b"png of scene 1",
+        "0002-v0.png": b"png of scene 2",
+    }

@@ -3,6 +3,7 @@ a job's renders."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import url_for
@@ -235,9 +236,15 @@ def get_job(job_id: Any) -> JobDetail:
 @operation("jobs", role=Role.ARTIST, response=JobOut)
 def cancel(job_id: Any) -> JobOut:
     """Cancel a queued or running job: queued shards end now, a running one at its next batch."""
+    return changed(str(job_id), lambda job: cancel_job(farm(), job))
+
+
+def changed(job_id: str, change: Callable[[str], object]) -> JobOut:
+    """Apply `change` to one of the project's jobs (404 for another's, before any change) and
+    answer the job as it now is: cancel, pause, resume, priority."""
     with farm().sessions() as session:
-        job = job_of(session, principal(), str(job_id))
-    cancel_job(farm(), job.id)
+        job = job_of(session, principal(), job_id)
+    change(job.id)
     with farm().sessions() as session:
         job = job_of(session, principal(), job.id)
         return job_out(job, counts_of(session, [job.id])[job.id])

@@ -11,10 +11,9 @@ from typing import Any
 from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from dashboard.api import api, operation
-from dashboard.api.jobs import counts_of, job_out
+from dashboard.api.jobs import changed
 from dashboard.api.schemas import JobOut
 from dashboard.context import farm
-from dashboard.scope import job_of
 from dashboard.security import principal
 from farm.accounting import project_usage
 from farm.db.models import Project, Role
@@ -66,29 +65,19 @@ class UsageOut(BaseModel):
     jobs: list[UsageLineOut]
 
 
-def _changed(job_id: str, change: Any) -> JobOut:
-    """Apply `change` to one of the project's jobs and answer the job as it now is."""
-    with farm().sessions() as session:
-        job = job_of(session, principal(), job_id)
-    change(job.id)
-    with farm().sessions() as session:
-        job = job_of(session, principal(), job.id)
-        return job_out(job, counts_of(session, [job.id])[job.id])
-
-
 @api.post("/jobs/<uuid:job_id>/pause")
 @operation("jobs", role=Role.ARTIST, response=JobOut)
 def pause(job_id: Any) -> JobOut:
     """Pause a queued or running job: its queued shards wait, holding no worker, and a
     running one stops at its next batch."""
-    return _changed(str(job_id), lambda job: pause_job(farm(), job))
+    return changed(str(job_id), lambda job: pause_job(farm(), job))
 
 
 @api.post("/jobs/<uuid:job_id>/resume")
 @operation("jobs", role=Role.ARTIST, response=JobOut)
 def resume(job_id: Any) -> JobOut:
     """Resume a paused job: its shards are queued again."""
-    return _changed(str(job_id), lambda job: resume_job(farm(), job))
+    return changed(str(job_id), lambda job: resume_job(farm(), job))
 
 
 @api.post("/jobs/<uuid:job_id>/priority")
@@ -102,7 +91,7 @@ def priority(job_id: Any, body: PriorityIn) -> JobOut:
             raise InputError("body.priority: Field required: a whole number from 0 to 9")
         set_priority(farm(), job, body.priority)
 
-    return _changed(str(job_id), change)
+    return changed(str(job_id), change)
 
 
 @api.get("/usage")

@@ -23,8 +23,8 @@ from dashboard.files import IMAGE_TYPES, comic_keys
 from dashboard.progress import job_summary, shard_rows
 from dashboard.scope import job_of, page_number
 from dashboard.security import principal, requires
-from farm.blocklist import blocked_workers
 from farm.approval import contact_sheet
+from farm.blocklist import blocked_workers
 from farm.comic.exports import stream_renders_zip
 from farm.comic.job import finished_renders, outputs_title, render_files
 from farm.db.models import Character, Job, Render, Role

@@ -151,3 +151,21 @@ def contact_sheet(session: Session, job: Job) -> list[SceneApproval]:
         )
         for index in range(len(job.spec.get("scenes", [])))
     ]
+
+
+def approval_note(session: Session, job: Job) -> str:
+    """What a job awaiting approval waits for, and the command that moves it on."""
+    sheet = contact_sheet(session, job)
+    ready = [scene.number for scene in sheet if scene.state == "ready"]
+    previewing = [scene.number for scene in sheet if scene.state == "previewing"]
+    notes = []
+    if ready:
+        numbers = " ".join(map(str, ready))
+        notes.append(
+            f"scene(s) {_listed(ready)} ready: farm approve {short_id(job.id)} {numbers} (or --all)"
+        )
+    if previewing:
+        preview = preview_of(session, job.id)
+        where = f" in job {short_id(preview.id)}" if preview is not None else ""
+        notes.append(f"scene(s) {_listed(previewing)} previewing{where}")
+    return "awaiting approval: " + "; ".join(notes)

@@ -9,7 +9,7 @@ on the batch's rows (workers/steps.py), so a running render counts for its share
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from farm.accounting import job_usage
+from farm.approval import approval_note
 from farm.db.models import Job, Render, Shard
 from farm.db.queries import job_progress
 from farm.db.states import JobStatus, RenderStatus, ShardStatus
@@ -116,6 +117,8 @@ def job_report(session: Session, job_id: str, now: datetime | None = None) -> Jo
         None,
         device_s,
     )
+    if job.status is JobStatus.AWAITING_APPROVAL:  # it holds no GPU: no ETA, a note instead
+        return replace(report, waiting=approval_note(session, job))
     if job.status not in LIVE_JOB:
         return report
     served = served_presets(session, now)

@@ -187,7 +187,16 @@ def test_farm_approve_takes_a_short_id_and_scene_numbers(
     assert code == 2 and error.startswith(f"error: job {plain[:8]} was not submitted for approval")
     with farm.sessions() as session:
         preview = preview_of(session, job_id)
+    status = CliRunner().invoke(main, ["status", job_id[:8]], env=env, catch_exceptions=False)
+    assert f"  waiting: awaiting approval: scene(s) 1, 2 previewing in job {preview.id[:8]}\n" in (
+        status.stdout
+    )
     run_queued(farm, worker(farm, tiny, tiny_fast), preview.id)
+    status = CliRunner().invoke(main, ["status", job_id[:8]], env=env, catch_exceptions=False)
+    assert (
+        f"  waiting: awaiting approval: scene(s) 1, 2 ready: farm approve {job_id[:8]} 1 2 "
+        "(or --all)\n" in status.stdout
+    )
     assert farm_approve(job_id[:8], "2") == (
         0,
         f"job {job_id}: scene(s) 2 approved; 1 render(s) in 1 shard(s) queued at full quality\n",

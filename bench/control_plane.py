@@ -571,7 +571,7 @@ def main() -> None:
         print(json.dumps(extrapolation, indent=2), flush=True)
         big = keep("submit_big_story", bench.big_submit(args.big))
         print(json.dumps(big), flush=True)
-        pages = keep("pages_at_big_story_ms", bench.pages(big["job_id"]))
+        pages = keep("pages_at_big_story_ms", bench.pages(big.pop("job_id")))
         print(json.dumps(pages), flush=True)
         bench.farm.close()
     print(f"written to {args.out}")

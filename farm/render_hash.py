@@ -40,7 +40,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from farm.render.presets import TINY_BUILD, Preset
+from farm.render.presets import Preset
+from farm.render.tiny_build import TINY_BUILD
 
 HASH_VERSION = 1  # bumped only if the document's existing parts ever had to change meaning
 DEFAULT_SCHEDULER = "default"  # the base model's own scheduler, as its folder configures it

@@ -80,10 +80,6 @@ class Preset:
 
 
 _REALVIS = "SG161222/RealVisXL_V4.0"  # the reference demo's base model
-# The tiny presets' weights, built by farm.render.tiny: bump when anything there changes them.
-# Built folders are keyed by it, and so are render hashes (farm/render_hash.py), which must not
-# reuse a picture made by other weights.
-TINY_BUILD = 3
 # Written by farm.render.tiny's build_tiny (which spells it too), in kohya's layout.
 TINY_FAST_LORA = "tiny-fast-lora.safetensors"
 

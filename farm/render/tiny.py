@@ -33,7 +33,7 @@ from transformers import (
 from farm.identity.checkpoint import perceiver_dim_head, save_checkpoint
 from farm.identity.encoders import IDEncoderConfig, build_id_encoder
 from farm.render.lora import KOHYA_PREFIX
-from farm.render.presets import TINY_BUILD
+from farm.render.tiny_build import TINY_BUILD
 
 TEXT_WIDTH = 32  # each text encoder; fused width = 2 x 32
 # Words that should be one token each (as in CLIP's real vocabulary), so that class words are

@@ -352,6 +352,44 @@ def test_a_story_whose_scenes_share_attention(page, site: Site):
     shot(page, "14-job-consistency")
 
 
+def test_pause_reorder_and_resume_a_job(page, site: Site):
+    with site.farm.sessions.begin() as session:  # whether or not the first test ran
+        create_character(
+            session,
+            site.farm.storage,
+            DlibFaceAnalyzer(),
+            name="Newton",
+            class_word="man",
+            trigger="img",
+            photos=photos_of("newton_man", 2),
+            project_id=ensure_project(session, "studio").id,
+        )
+    log_in(page, site)
+    write_story(page, [f"a man img in room {n} | | 1" for n in range(12)])
+    page.click("[data-action=submit-story]")
+    page.wait_for_url("**/jobs/*")
+    job_id = page.url.rsplit("/", 1)[-1]
+
+    page.click("[data-action=pause]")
+    expect(page.locator(".flash")).to_contain_text("Job paused")
+    expect(page.locator("[data-field=status]")).to_have_text("paused")
+    expect(page.locator("[data-action=resume]")).to_be_visible()
+    expect(page.locator("[data-action=pause]")).to_have_count(0)
+    shot(page, "15-job-paused")
+    page.select_option("[data-field=priority]", "8")
+    page.click("[data-action=priority]")
+    expect(page.locator(".flash")).to_contain_text("Priority set to 8")
+    with site.farm.sessions() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.priority) == (JobStatus.PAUSED, 8)
+
+    page.click("[data-action=resume]")
+    expect(page.locator(".flash")).to_contain_text("Job resumed")
+    expect(page.locator("[data-action=pause]")).to_be_visible()
+    page.click("[data-action=cancel]")  # the worker need not render the rest
+    expect(page.locator("[data-field=status]")).to_have_text("cancelled", timeout=RENDER_TIMEOUT_MS)
+
+
 def test_the_default_form_on_a_farm_of_tiny_workers_renders(page, site: Site):
     """The new-story form as it opens, on a farm whose only worker serves tiny (and tiny-fast):
     its preset, size and steps are ones that worker renders, and the job completes."""

@@ -46,7 +46,7 @@ def comic(
     out_dir: Path | None,
 ) -> None:
     """Build JOB_ID's comic (pages, PDF, CBZ) and renders zip into object storage."""
-    from farm.comic.job import build_job_outputs
+    from farm.comic.job import build_job_outputs, built_picks
     from farm.comic.pages import PageSize
     from farm.context import Farm
     from farm.storage.local import LocalStorage
@@ -68,6 +68,11 @@ def comic(
         click.echo(f"{pages} page(s) of {page.width}x{page.height} px, {layout}:")
         for key in keys.values():
             click.echo(f"  {key}")
+        shown = built_picks(farm.storage, job_id) or []
+        click.echo(
+            "panels: "
+            + "; ".join(f"scene {p['scene']} v{p['variant']} ({p['reason']})" for p in shown)
+        )
         if out_dir is not None:
             out = LocalStorage(out_dir)
             names = {key: key.removeprefix(f"jobs/{job_id}/") for key in keys.values()}

@@ -198,6 +198,9 @@ def test_farm_comic_builds_into_storage_and_the_out_folder(comic, tmp_path):
     result = CliRunner().invoke(main, [*args, "--out", str(out)], env=farm_env(comic.data_dir))
     assert result.exit_code == 0, result.output
     assert "4 page(s) of 200x280 px, single" in result.output
+    # The picks it shows: scene 3's first variant failed, its second stands in.
+    picks = "panels: scene 1 v0 (first); scene 2 v0 (first); scene 3 v1 (first); scene 4 v0 (first)"
+    assert picks in result.output
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == [
         "comic/comic.cbz",

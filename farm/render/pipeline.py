@@ -420,15 +420,16 @@ class PhotoMakerPipeline:
         class_words: Mapping[str, str] | None = None,
         callback: Callable[[StepState], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        consistency: ConsistentAttention | None = None,
         interrupted: Callable[[], bool] | None = None,
         resume: Checkpoint | None = None,
-        consistency: ConsistentAttention | None = None,
     ) -> RenderResult:
         """Render every scene of `renders` as one batch; `identities` maps trigger -> tokens.
+        `consistency` shares self-attention across scenes (farm/render/consistency.py).
         `interrupted` asked true before a step stops the batch with `RenderInterrupted`,
         whose checkpoint, passed back as `resume`, continues it at that step with the same
-        pixels (farm/render/checkpoint.py). `consistency` shares self-attention across scenes
-        (farm/render/consistency.py)."""
+        pixels (farm/render/checkpoint.py). Attention shared across scenes keeps state no
+        checkpoint holds, so such a batch is never stopped midway."""
         # 0. Defaults: a fresh scheduler per call, since schedulers carry step state.
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         timings: dict[str, float] = {}
@@ -458,12 +459,13 @@ class PhotoMakerPipeline:
         latents = latents * scheduler.init_noise_sigma
         first = 0
         if resume is not None:  # where an interrupted run of this batch stopped
-            if not resume.fits(seeds, steps):
+            if not resume.fits(seeds, steps) or consistency is not None:
                 raise CheckpointError(f"the checkpoint at step {resume.step} is not this batch's")
             latents = resume.latents.to(self.device, latents.dtype)
             restore_scheduler(scheduler, resume.scheduler, self.device)
             restore_generators(generators, resume.generators)
             first = resume.step
+        may_stop = interrupted is not None and consistency is None
 
         # 6. SDXL's micro-conditioning: original size, crop (0, 0), target size.
         time_ids = torch.tensor(
@@ -488,7 +490,7 @@ class PhotoMakerPipeline:
                     continue
                 if cancelled is not None and cancelled():
                     raise RenderCancelled(f"cancelled at step {i}")
-                if interrupted is not None and i > first and interrupted():
+                if may_stop and i > first and interrupted():
                     state = (scheduler_state(scheduler), generator_states(generators))
                     stopped = Checkpoint(i, steps, tuple(seeds), latents, *state)
                     raise RenderInterrupted(stopped)

@@ -44,7 +44,7 @@ def reload_until(page, selector: str, what: str) -> None:
 
 def seeds_of(session: Session, job_id: str) -> dict[int, int]:
     rows = session.execute(select(Render.scene_index, Render.seed).where(Render.job_id == job_id))
-    return dict(rows.tuples().all())
+    return {scene: seed for scene, seed in rows}
 
 
 def test_approve_a_preview_scene_by_scene(page, site: Site, tmp_path: Path):

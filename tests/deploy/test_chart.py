@@ -621,7 +621,8 @@ def test_flower_is_optional_and_reads_the_farms_broker(default: Release, monitor
     assert not any("redis" in part for part in flower["command"]), "a password in argv"
     (broker,) = [e for e in flower["env"] if e["name"] == "CELERY_BROKER_URL"]
     (farm_broker,) = [
-        e for e in container(worker_pod(monitored), "worker")["env"]
+        e
+        for e in container(worker_pod(monitored), "worker")["env"]
         if e["name"] == "FARM_BROKER_URL"
     ]
     assert broker["valueFrom"] == farm_broker["valueFrom"]

@@ -188,6 +188,4 @@ def test_a_bad_log_format_is_one_line_of_error(monkeypatch):
     monkeypatch.setenv("FARM_LOG_FORMAT", "xml")
     result = CliRunner().invoke(main, ["models", "list"])
     assert result.exit_code == 2
-    assert result.output.strip() == (
-        "error: FARM_LOG_FORMAT must be one of text, json, got 'xml'"
-    )
+    assert result.output.strip() == ("error: FARM_LOG_FORMAT must be one of text, json, got 'xml'")

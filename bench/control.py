@@ -29,7 +29,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from bench.sdxl_arch import SDXL_BASE  # noqa: E402
-from farm.controls import ControlType, SceneControl  # noqa: E402
+from farm.control_spec import ControlType, SceneControl  # noqa: E402
 from farm.recipe import RenderSettings  # noqa: E402
 from farm.render.loading import load_preset  # noqa: E402
 from farm.render.pipeline import SceneRender  # noqa: E402

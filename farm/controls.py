@@ -16,17 +16,14 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 from PIL import Image
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo
-from pydantic_core import PydanticCustomError
 
+from farm.control_spec import STORED, is_data_url, is_stored
 from farm.errors import InputError
 from farm.identity.photos import (
     ALLOWED_FORMATS,
@@ -40,55 +37,8 @@ from farm.storage.base import Storage
 if TYPE_CHECKING:
     from farm.story import PlannedRender, Story
 
-STORED = "sha256:"
-_STORED_REF = re.compile(r"^sha256:[0-9a-f]{64}$")
 # What Pillow raises on bytes that are no image; `load_photo` turns them into its message.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-_DATA_URL = re.compile(r"^data:image/(png|jpeg|webp);base64,", re.IGNORECASE)
-
-
-class ControlType(StrEnum):
-    """What the map shows; each type has its own ControlNet or T2I-Adapter."""
-
-    OPENPOSE = "openpose"
-    DEPTH = "depth"
-    CANNY = "canny"
-
-
-def _image_is_file(image: str, info: ValidationInfo) -> str:
-    # As a story's photos: a path is checked only when the caller says where paths start.
-    source_dir = (info.context or {}).get("source_dir")
-    if source_dir is not None and not (is_data_url(image) or is_stored(image)):
-        path = Path(source_dir) / image
-        if not path.is_file():
-            raise PydanticCustomError(
-                "control_not_a_file", "control image {path} is not a file", {"path": str(path)}
-            )
-    return image
-
-
-class SceneControl(BaseModel):
-    """A scene's pose or framing, given as a map image and how strongly it steers."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    image: Annotated[str, StringConstraints(min_length=1), AfterValidator(_image_is_file)] = Field(
-        description="A path relative to the story file, the name of a file uploaded with the "
-        "story, a data:image/png;base64 URL, or sha256:<hex> once stored."
-    )
-    type: ControlType
-    scale: float = Field(
-        default=1.0,
-        ge=0,
-        le=2,
-        description="controlnet_conditioning_scale: 0 is no control, 1 the model's own strength.",
-    )
-
-    def recipe(self) -> dict[str, str | float]:
-        """What of it decides pixels, for a render's content hash: the image by its content
-        (once stored), the type and the scale."""
-        image = self.image.removeprefix(STORED) if is_stored(self.image) else self.image
-        return {"image": image, "type": self.type.value, "scale": float(self.scale)}
 
 
 @dataclass(frozen=True)
@@ -118,14 +68,6 @@ def stored_shas(story: Story) -> list[str]:
     if unstored:
         raise ValueError(f"control images not stored before planning the job: {unstored}")
     return sorted(ref.removeprefix(STORED) for ref in refs)
-
-
-def is_stored(image: str) -> bool:
-    return bool(_STORED_REF.match(image))
-
-
-def is_data_url(image: str) -> bool:
-    return bool(_DATA_URL.match(image))
 
 
 def judge_control_image(data: bytes, where: str, size: tuple[int, int]) -> ControlImage:

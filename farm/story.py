@@ -34,7 +34,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from farm import styles
 from farm.composition import Location, Name, Outfit, Shot, compose_prompt, worn_outfits
 from farm.consistency import Consistency
-from farm.controls import SceneControl
+from farm.control_spec import SceneControl
 from farm.documents import DEFAULT_LIMITS, DocumentLimits, check_size, parse_document
 from farm.errors import InputError
 

@@ -138,8 +138,8 @@ def models_list() -> None:
         except ModelNotFoundError as missing:
             where = f"missing: {missing}"
         click.echo(f"{preset.name:24} v{preset.version}  {where}")
-    from farm.controls import ControlType
-    from farm.render.control import locate_control
+    from farm.control_spec import ControlType
+    from farm.render.control_models import locate_control
 
     for kind in ControlType:  # the real presets' (the tiny ones build theirs)
         try:

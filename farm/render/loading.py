@@ -4,6 +4,7 @@ the GPU for a VRAM mode. A worker keeps the result warm for its whole life."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from farm.identity.tokens import IdentityTokens
 from farm.recipe import RenderSettings
 from farm.render.acceleration import accelerate, compile_wanted, is_compiled
 from farm.render.control import ControlModels
+from farm.render.control_models import locate_control
 from farm.render.lora import fuse_unet_lora, read_lora_file
 from farm.render.memory import VramMode, apply_vram_mode, choose_vram_mode, release_cached_memory
 from farm.render.pipeline import PhotoMakerPipeline, RenderResult, Scene, SceneRender
@@ -224,7 +226,8 @@ def load_preset(
         noise=noise,
     )
     # Loaded when a scene first asks for a control type, on the device in the UNet's dtype.
-    pipeline.controls = ControlModels(files.models_dir, torch_device, dtype, tiny=preset.tiny)
+    where = functools.partial(locate_control, files.models_dir, tiny=preset.tiny)
+    pipeline.controls = ControlModels(where, torch_device, dtype)
     accelerate(pipeline, compile_unet=compile_wanted(compile_unet, torch_device))
     apply_vram_mode(pipeline, mode)
     identity = IdentityEngine(encoder, faces, cache or IdentityCache())

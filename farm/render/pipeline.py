@@ -28,7 +28,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
-from farm.controls import SceneControl
+from farm.control_spec import SceneControl
 from farm.errors import InputError
 from farm.identity.encoders import IDEncoder
 from farm.identity.prompt import (

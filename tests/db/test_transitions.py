@@ -376,6 +376,7 @@ _PAIRS = {
         (_R.RUNNING, _R.RUNNING),
         (_R.FAILED, _R.RUNNING),
         (_R.RUNNING, _R.DONE),
+        (_R.QUEUED, _R.DONE),  # reused: the project has these pixels already (farm/reuse.py)
         (_R.QUEUED, _R.FAILED),
         (_R.RUNNING, _R.FAILED),
         (_R.QUEUED, _R.CANCELLED),

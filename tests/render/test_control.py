@@ -3,6 +3,7 @@ UNet, a zero scale is no control, and control models load from diffusers folders
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -15,17 +16,12 @@ import yaml
 from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
 from PIL import Image, ImageDraw
 
-from farm.controls import ControlType, SceneControl
+from farm.control_spec import ControlType, SceneControl
 from farm.errors import InputError, ModelNotFoundError
 from farm.identity.tokens import IdentityTokens
 from farm.recipe import RECIPE_CHUNK, render_filename
-from farm.render.control import (
-    ControlModels,
-    load_control_model,
-    locate_control,
-    tiny_adapter,
-    tiny_controlnet,
-)
+from farm.render.control import ControlModels, load_control_model
+from farm.render.control_models import locate_control, tiny_adapter, tiny_controlnet
 from farm.render.pipeline import SceneRender
 from farm.render.presets import PRESETS
 from farm.render.story_render import render_story
@@ -137,7 +133,8 @@ def test_diffusers_folders_in_the_models_dir_load_through_the_real_loader(
 
     # And they steer a render as the pipeline's own control models.
     built_in = tiny.pipeline.controls
-    tiny.pipeline.controls = ControlModels(studio, torch.device("cpu"), torch.float32, tiny=False)
+    where = functools.partial(locate_control, studio)
+    tiny.pipeline.controls = ControlModels(where, torch.device("cpu"), torch.float32)
     try:
         control = (ControlType.OPENPOSE, pose_map(), 1.0)
         plain = final_latents(tiny, newton, [scene(8)])

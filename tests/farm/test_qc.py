@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from farm.recipe import RECIPE_CHUNK
 from farm.story import PlannedRender
 from tests.farm.conftest import job_rows, make_story, submit
 from tests.farm.test_run_shard import runtime_with
@@ -60,7 +61,7 @@ def test_exactly_the_renders_under_the_bar_are_made_again(farm, faces, tiny, mon
                     qc_seed(after.seed, k) for k in range(1, after.qc_retries + 1)
                 }
                 png = Image.open(io.BytesIO(farm.storage.get(after.storage_key)))
-                assert json.loads(png.text["parameters"])["seed"] == after.qc_seed
+                assert json.loads(png.text[RECIPE_CHUNK])["seed"] == after.qc_seed
 
 
 class Seeded:

@@ -27,6 +27,7 @@ once its project has room (`send_released`) or by the reaper's outbox pass.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +48,11 @@ log = logging.getLogger(__name__)
 
 _CLAIMABLE_JOB = (JobStatus.QUEUED, JobStatus.RUNNING)
 _WAITING_JOB = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+# How long a turn waits for other claims to let go of the shards it may take: claims are short
+# transactions (milliseconds), so a second is many of them.
+_LOCKED_LOOKS = 20
+_LOCKED_WAIT_S = 0.05
+_ALL_LOCKED = object()
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,25 @@ def take_turn(session: Session, preset: str, worker: str | None = None) -> Shard
     """The queued shard of `preset` a free worker takes now, locked for the caller's claim
     (rows another claim holds are skipped), its project charged for it; None when no project
     may run one (nothing queued, or all of it capped or paused). Jobs that keep `worker` off
-    (farm/blocklist.py) are not its to take."""
+    (farm/blocklist.py) are not its to take.
+
+    Every task is one turn and every queued shard has one task, so a turn that takes nothing
+    while a shard waits loses that shard's turn until the reaper sends it again. That happens
+    when the only queued shards are the hints of other claims in flight, locked by them while
+    they pick (perhaps another shard): the turn waits for those claims to commit, a moment,
+    and looks again, instead of skipping them for good.
+    """
+    for _ in range(_LOCKED_LOOKS):
+        shard = _pick(session, preset, worker)
+        if shard is not _ALL_LOCKED:
+            return shard
+        time.sleep(_LOCKED_WAIT_S)
+    return None
+
+
+def _pick(session: Session, preset: str, worker: str | None) -> Shard | object | None:
+    """`take_turn`'s one look: the shard, None, or `_ALL_LOCKED` when every shard it may
+    take was held by another claim."""
     kept_off = exists().where(
         WorkerFailures.job_id == Job.id,
         WorkerFailures.worker_id == worker,
@@ -107,6 +131,7 @@ def take_turn(session: Session, preset: str, worker: str | None = None) -> Shard
     ).all()
     if not jobs:
         return None
+    held = False
     for share in _open_shares(session, {project for _, project in jobs}):
         for job_id, project_id in jobs:
             if project_id != share.project_id:
@@ -121,7 +146,8 @@ def take_turn(session: Session, preset: str, worker: str | None = None) -> Shard
             if shard is not None:
                 _charge(session, share)
                 return shard
-    return None
+            held = True
+    return _ALL_LOCKED if held else None
 
 
 def _open_shares(session: Session, project_ids: set[int]) -> list[Share]:

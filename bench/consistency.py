@@ -20,8 +20,6 @@ render time needs a GPU (not measured here).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +34,7 @@ import torch  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 
 from bench.sdxl_arch import SDXL_BASE  # noqa: E402
+from bench.tiny_cost import run, tiny_parser  # noqa: E402
 from farm.consistency import Consistency  # noqa: E402
 from farm.recipe import RenderSettings  # noqa: E402
 from farm.render.consistency import (  # noqa: E402
@@ -158,27 +157,9 @@ def sdxl_bytes(height: int = 1024, width: int = 1024, steps: int = 50) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--renders", type=int, default=8)
+    parser = tiny_parser(__doc__.splitlines()[0], ROOT / "bench/results/consistency.json")
     parser.add_argument("--references", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models-dir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/consistency.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as scratch:
-        tiny = tiny_figures(args, args.models_dir or Path(scratch))
-    results = {
-        "machine": {"cpu_threads": args.threads, "python": platform.python_version()},
-        "tiny": tiny,
-        "sdxl (computed)": sdxl_bytes(),
-    }
-    print(json.dumps(results, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    run(parser.parse_args(), tiny_figures, sdxl_bytes())
 
 
 if __name__ == "__main__":

@@ -13,11 +13,8 @@ published UNet config, on the meta device (its render time needs a GPU; not meas
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from bench.sdxl_arch import SDXL_BASE  # noqa: E402
+from bench.tiny_cost import run, tiny_parser  # noqa: E402
 from farm.control_spec import ControlType, SceneControl  # noqa: E402
 from farm.recipe import RenderSettings  # noqa: E402
 from farm.render.loading import load_preset  # noqa: E402
@@ -104,26 +102,8 @@ def sdxl_controlnet() -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--renders", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--models-dir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/control.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as scratch:
-        tiny = tiny_figures(args, args.models_dir or Path(scratch))
-    results = {
-        "machine": {"cpu_threads": args.threads, "python": platform.python_version()},
-        "tiny": tiny,
-        "sdxl (computed)": sdxl_controlnet(),
-    }
-    print(json.dumps(results, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    parser = tiny_parser(__doc__.splitlines()[0], ROOT / "bench/results/control.json")
+    run(parser.parse_args(), tiny_figures, sdxl_controlnet())
 
 
 if __name__ == "__main__":

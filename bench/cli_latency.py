@@ -33,13 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.databases import planned_jobs  # noqa: E402
 from farm.auth import ensure_project  # noqa: E402
 from farm.context import Farm  # noqa: E402
 from farm.db.migrate import upgrade  # noqa: E402
-from farm.db.models import Character  # noqa: E402
-from farm.jobs import plan_job  # noqa: E402
 from farm.settings import Settings  # noqa: E402
-from farm.story import parse_story  # noqa: E402
 
 TARGET_S = 1.0
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
@@ -62,34 +60,7 @@ def seed(settings: Settings, jobs: int) -> list[str]:
     try:
         with farm.sessions.begin() as session:
             project = ensure_project(session, "studio")
-            character = Character(
-                name="Newton",
-                class_word="man",
-                trigger="img",
-                photos_fingerprint="0" * 64,
-                project_id=project.id,
-            )
-            session.add(character)
-            session.flush()
-            story = parse_story(
-                {
-                    "character": {"name": "Newton", "class_word": "man", "photos": ["p.jpg"]},
-                    "preset": "tiny",
-                    "scenes": [{"prompt": f"a man img reading, scene {i}"} for i in range(8)],
-                },
-                presets={"tiny"},
-            )
-            ids = [
-                plan_job(
-                    session,
-                    story,
-                    character.id,
-                    shard_size=settings.shard_size,
-                    max_attempts=settings.max_attempts,
-                    project_id=project.id,
-                ).id
-                for _ in range(jobs)
-            ]
+            ids = planned_jobs(session, settings, project, jobs)
         return ids
     finally:
         farm.close()

@@ -7,6 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from farm.db.models import Character, Project
+from farm.jobs import plan_job
+from farm.settings import Settings
+from farm.story import parse_story
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -25,3 +31,36 @@ def postgres_database(prefix: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def planned_jobs(session: Session, settings: Settings, project: Project, count: int) -> list[str]:
+    """`count` jobs of 8 scenes for one character without photos: rows for the control plane
+    to read and stream; nothing is sent, and nothing will render them."""
+    character = Character(
+        name="Newton",
+        class_word="man",
+        trigger="img",
+        photos_fingerprint="0" * 64,
+        project_id=project.id,
+    )
+    session.add(character)
+    session.flush()
+    story = parse_story(
+        {
+            "character": {"name": "Newton", "class_word": "man", "photos": ["p.jpg"]},
+            "preset": "tiny",
+            "scenes": [{"prompt": f"a man img reading, scene {i}"} for i in range(8)],
+        },
+        presets={"tiny"},
+    )
+    return [
+        plan_job(
+            session,
+            story,
+            character.id,
+            shard_size=settings.shard_size,
+            max_attempts=settings.max_attempts,
+            project_id=project.id,
+        ).id
+        for _ in range(count)
+    ]

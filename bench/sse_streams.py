@@ -42,14 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from bench.databases import postgres_database  # noqa: E402
+from bench.databases import planned_jobs, postgres_database  # noqa: E402
 from farm.auth import create_token, ensure_project  # noqa: E402
 from farm.context import Farm  # noqa: E402
 from farm.db.migrate import upgrade  # noqa: E402
-from farm.db.models import Character, Role  # noqa: E402
-from farm.jobs import plan_job  # noqa: E402
+from farm.db.models import Role  # noqa: E402
 from farm.settings import Settings  # noqa: E402
-from farm.story import parse_story  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 PAGES = ("/jobs", "/api/v1/jobs", "/healthz")
@@ -82,32 +80,8 @@ def seed(settings: Settings) -> tuple[str, str]:
         with farm.sessions.begin() as session:
             project = ensure_project(session, "bench")
             _, token = create_token(session, project, Role.VIEWER, "bench viewer")
-            character = Character(
-                name="Newton",
-                class_word="man",
-                trigger="img",
-                photos_fingerprint="0" * 64,
-                project_id=project.id,
-            )
-            session.add(character)
-            session.flush()
-            story = parse_story(
-                {
-                    "character": {"name": "Newton", "class_word": "man", "photos": ["p.jpg"]},
-                    "preset": "tiny",
-                    "scenes": [{"prompt": f"a man img reading, scene {i}"} for i in range(8)],
-                },
-                presets={"tiny"},
-            )
-            job = plan_job(
-                session,
-                story,
-                character.id,
-                shard_size=settings.shard_size,
-                max_attempts=settings.max_attempts,
-                project_id=project.id,
-            )
-            return token, job.id
+            (job_id,) = planned_jobs(session, settings, project, 1)
+            return token, job_id
     finally:
         farm.close()
 

@@ -58,9 +58,8 @@ def planned_jobs(session: Session, settings: Settings, project: Project, count: 
             session,
             story,
             character.id,
-            shard_size=settings.shard_size,
-            max_attempts=settings.max_attempts,
+            settings,
             project_id=project.id,
-        ).id
+        )[0].id
         for _ in range(count)
     ]

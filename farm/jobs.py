@@ -24,8 +24,7 @@ from farm.db.models import (
     Character,
     Job,
     JobControlImage,
-    Render,
-    Shard,
+    JobRevision,
     project_or_default,
 )
 from farm.db.queries import job_progress
@@ -41,10 +40,11 @@ from farm.queue.app import MAX_PRIORITY
 from farm.queue.outbox import ShardTask, send_shards
 from farm.recipe import render_stem
 from farm.render.presets import get_preset
-from farm.reuse import hash_and_reuse
+from farm.reuse import Placed, RecipeHasher, job_people, place_renders
 from farm.scheduling import rejoin
+from farm.settings import Settings
 from farm.story import Character as StoryCharacter
-from farm.story import PlannedRender, Story
+from farm.story import Story
 
 
 def render_key(job_id: str, scene_index: int, variant: int, revision: int = 1) -> str:
@@ -60,11 +60,6 @@ def thumb_key(job_id: str, scene_index: int, variant: int, revision: int = 1) ->
 
 def _of(revision: int) -> str:
     return "" if revision == 1 else f"-r{revision}"
-
-
-def shard_plan(plan: Sequence[PlannedRender], size: int) -> list[Sequence[PlannedRender]]:
-    """Consecutive renders, `size` at a time: scenes next to each other share a batch."""
-    return [plan[i : i + size] for i in range(0, len(plan), size)]
 
 
 @dataclass(frozen=True)
@@ -85,28 +80,32 @@ def plan_job(
     session: Session,
     story: Story,
     character_id: int,
+    settings: Settings,
     *,
-    shard_size: int,
-    max_attempts: int,
+    cast: Mapping[str, int] | None = None,
     priority: int = 5,
     webhook_url: str | None = None,
     project_id: int | None = None,
     preview_of: str | None = None,
-) -> Job:
-    """The job, its shards and renders, added to `session` (the caller commits). A story
-    submitted for approval makes a job awaiting it, without shards: its preview, a job of its
-    own (`preview_of`), renders first."""
+    reuse: bool = True,
+) -> tuple[Job, Placed]:
+    """The job, its cast (trigger -> character id), shards and renders, added to `session`
+    (the caller commits), and where its renders went. Renders the project has made before are
+    finished at once from their images (unless `reuse` is off); a job left with nothing to
+    render has succeeded, and the caller announces its end once committed. A story submitted
+    for approval makes a job awaiting it, without shards: its preview, a job of its own
+    (`preview_of`), renders first."""
     check_submission(story, priority)
-    plan = story.plan()
     awaiting = story.approval == "preview"
     character = session.get_one(Character, character_id)
+    planned = story.plan()
     job = Job(
         name=default_name(story.title, character.name, utcnow()),
         character_id=character_id,
         preset=story.preset,
         priority=priority,
         spec=story.model_dump(mode="json"),
-        renders_total=len(plan),
+        renders_total=len(planned),
         webhook_url=webhook_url,
         project_id=project_or_default(project_id),
         status=JobStatus.AWAITING_APPROVAL if awaiting else JobStatus.QUEUED,
@@ -119,29 +118,31 @@ def plan_job(
         JobControlImage(job_id=job.id, sha256=sha, storage_key=control_key(sha))
         for sha in stored_shas(story)
     )
-    if awaiting:
-        return job
-    groups = shard_plan(plan, shard_size)
-    shards = [Shard(job_id=job.id, index=i, max_attempts=max_attempts) for i in range(len(groups))]
-    session.add_all(shards)
-    # One flush for every shard, one for every render: each a few multi-row INSERTs, where a
-    # flush per shard made a 10,000-scene story 5,000 round trips.
-    session.flush()
-    session.add_all(
-        Render(
-            job_id=job.id,
-            shard_id=shard.id,
-            scene_index=p.scene_index,
-            variant=p.variant,
-            seed=p.seed,
-            prompt=p.prompt,
-            negative=p.negative,
-            caption=p.caption,
-        )
-        for shard, group in zip(shards, groups, strict=True)
-        for p in group
+    _add_cast(session, job.id, story, cast or {})
+    placed = place_renders(
+        session,
+        job,
+        [] if awaiting else planned,
+        RecipeHasher(story, job_people(session, job), settings),
+        shard_size=settings.shard_size,
+        max_attempts=settings.max_attempts,
+        reuse=reuse,
     )
-    return job
+    session.add(
+        JobRevision(
+            job_id=job.id,
+            number=1,
+            spec=job.spec,
+            summary="submitted",
+            reused=placed.reused,
+            rendered=placed.rendered,
+        )
+    )
+    if job.status is JobStatus.QUEUED and planned and not placed.rendered:
+        job.start()
+        job.succeed()
+        job.finalize_pending = True  # announced by the caller after commit, else by the reaper
+    return job, placed
 
 
 def submit_story(
@@ -235,36 +236,33 @@ def _add_job(
         )
     for person in story.cast:  # a cast member's trigger is the job's (cast_members.trigger)
         _project_character(session, cast[person.trigger], project_id)
-    job = plan_job(
+    job, placed = plan_job(
         session,
         story,
         character_id,
-        shard_size=farm.settings.shard_size,
-        max_attempts=farm.settings.max_attempts,
+        farm.settings,
+        cast=cast,
         priority=priority,
         webhook_url=webhook_url,
         project_id=project_id,
     )
-    _add_cast(session, job.id, story, cast)
-    hash_and_reuse(session, job, farm.settings)  # renders the project has made are not redone
     queued = job
     if story.approval == "preview":
-        queued = plan_job(
+        # Always rendered (hashed only for its re-rolls and picks), so that it holds shards
+        # and the job it previews never reads as ended at submission.
+        queued, placed = plan_job(
             session,
             preview_story(story),
             character_id,
-            shard_size=farm.settings.shard_size,
-            max_attempts=farm.settings.max_attempts,
+            farm.settings,
+            cast=cast,
             priority=priority,
             project_id=project_id,
             preview_of=job.id,
+            reuse=False,
         )
         queued.name = f"{job.name} (preview)"
-        _add_cast(session, queued.id, story, cast)
-        # Hashed for its re-rolls and picks; always rendered, so that it holds shards and the
-        # job it previews never reads as ended at submission.
-        hash_and_reuse(session, queued, farm.settings, reuse=False)
-    shard_ids = list(session.scalars(select(Shard.id).where(Shard.job_id == queued.id)))
+    shard_ids = placed.shard_ids
     tasks = [ShardTask(s, queued.id, queued.preset, priority) for s in shard_ids]
     return Submitted(job.id, job.renders_total, len(shard_ids)), tasks
 

@@ -12,13 +12,14 @@ renders are invisible to it, as are their jobs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.orm import Session
 
-from farm.db.models import CastMember, Character, Job, JobRevision, Render, RetiredRender, Shard
-from farm.db.states import JobStatus, RenderStatus
+from farm.db.models import CastMember, Character, Job, Render, RetiredRender, Shard
+from farm.db.states import RenderStatus
 from farm.recipe import RenderSettings
 from farm.render.presets import get_preset
 from farm.render_hash import (
@@ -184,53 +185,75 @@ def place_renders(
 ) -> Placed:
     """Add a row for each of `planned` to `job` (flushed, not committed): finished at once
     where the project has the image (unless `reuse` is off), else queued in new shards of
-    `shard_size`, numbered after the job's existing ones."""
+    `shard_size`, numbered after the job's existing ones.
+
+    Rows go in as a few multi-row INSERTs, not as ORM objects: a 10,000-scene story is then
+    a fraction of a second of SQL, where a flush of 10,000 objects reading back their keys and
+    timestamps took seconds. The session holds none of them; ask SQL for what it needs."""
     hashes = [(hasher.content(p), hasher.scene(p)) for p in planned]
     reuse = reuse and hasher.settings.reuse_renders
     found = finished_by_hash(session, job.project_id, (h for h, _ in hashes)) if reuse else {}
-    rows: list[Render] = []
-    todo: list[Render] = []
-    reused = 0
+    fresh: list[dict[str, Any]] = []
+    reused: list[dict[str, Any]] = []
     for plan, (content_hash, scene_hash) in zip(planned, hashes, strict=True):
-        row = Render(
-            job_id=job.id,
-            scene_index=plan.scene_index,
-            variant=plan.variant,
-            seed=plan.seed,
-            prompt=plan.prompt,
-            negative=plan.negative,
-            caption=plan.caption,
-            content_hash=content_hash,
-            scene_hash=scene_hash,
-            revision=job.revision,
-            status=RenderStatus.QUEUED,  # set now: a render found by hash moves on at once
-        )
-        rows.append(row)
+        values = {
+            "job_id": job.id,
+            "scene_index": plan.scene_index,
+            "variant": plan.variant,
+            "seed": plan.seed,
+            "prompt": plan.prompt,
+            "negative": plan.negative,
+            "caption": plan.caption,
+            "content_hash": content_hash,
+            "scene_hash": scene_hash,
+            "revision": job.revision,
+            "status": RenderStatus.QUEUED,
+        }
         source = found.get(content_hash)
         if source is None:
-            todo.append(row)
-            continue
-        _finish_from(row, source)
-        session.add(row)
-        reused += 1
-    shard_ids = []
-    next_index = session.scalar(
+            fresh.append(values)
+        else:
+            reused.append(_finished_from(values, source))
+    shard_ids = _new_shards(session, job, -(-len(fresh) // shard_size), max_attempts)
+    for shard_id, offset in zip(shard_ids, range(0, len(fresh), shard_size), strict=True):
+        for values in fresh[offset : offset + shard_size]:
+            values["shard_id"] = shard_id
+    session.flush()  # what the session holds first: a revision's moved and retired rows
+    for rows in (fresh, reused):  # two statements: executemany takes one set of columns
+        if rows:
+            session.execute(insert(Render), rows)
+    ids = {
+        (scene, variant): render_id
+        for scene, variant, render_id in session.execute(
+            select(Render.scene_index, Render.variant, Render.id).where(Render.job_id == job.id)
+        )
+    }
+    return Placed(
+        len(reused),
+        len(fresh),
+        shard_ids,
+        [ids[p.scene_index, p.variant] for p in planned],
+    )
+
+
+def _new_shards(session: Session, job: Job, count: int, max_attempts: int) -> list[int]:
+    """`count` queued shards numbered after the job's existing ones; their ids in order."""
+    if not count:
+        return []
+    start = session.scalar(
         select(func.coalesce(func.max(Shard.index) + 1, 0)).where(Shard.job_id == job.id)
     )
-    for offset in range(0, len(todo), shard_size):
-        shard = Shard(job_id=job.id, index=next_index, max_attempts=max_attempts)
-        next_index += 1
-        session.add(shard)
-        session.flush()
-        shard_ids.append(shard.id)
-        for row in todo[offset : offset + shard_size]:
-            row.shard_id = shard.id
-            session.add(row)
-    session.flush()
-    return Placed(reused, len(todo), shard_ids, [row.id for row in rows])
+    rows = [
+        {"job_id": job.id, "index": start + i, "max_attempts": max_attempts} for i in range(count)
+    ]
+    return list(
+        session.scalars(insert(Shard).returning(Shard.id, sort_by_parameter_order=True), rows)
+    )
 
 
-def _finish_from(row: Render, source: Finished) -> None:
+def _finished_from(values: dict[str, Any], source: Finished) -> dict[str, Any]:
+    """The row of `values` finished with `source`'s image, by the render's own reuse move."""
+    row = Render(**values)
     row.reuse(
         source.storage_key,
         source.thumb_key,
@@ -238,87 +261,5 @@ def _finish_from(row: Render, source: Finished) -> None:
         face_similarity=source.face_similarity,
         qc_seed=source.qc_seed,
     )
-
-
-def hash_and_reuse(session: Session, job: Job, settings: Settings, *, reuse: bool = True) -> Placed:
-    """For a job just planned (its renders queued in shards, its cast added; nothing sent):
-    give every render its hashes, finish at once those the project has made before (unless
-    `reuse` is off), pack the rest into the first shards and drop the shards left empty, and
-    record the story as the job's first revision. A job left with nothing to render has
-    succeeded: the caller announces its end once committed."""
-    story = Story.model_validate(job.spec)
-    hasher = RecipeHasher(story, job_people(session, job), settings)
-    rows = list(
-        session.scalars(
-            select(Render)
-            .where(Render.job_id == job.id)
-            .order_by(Render.scene_index, Render.variant)
-        )
-    )
-    planned = {
-        row.id: PlannedRender(
-            row.scene_index, row.variant, row.prompt, row.negative, row.seed, row.caption
-        )
-        for row in rows
-    }
-    plan = {p.scene_index: p for p in story.plan() if p.variant == 0}
-    hashes: dict[int, tuple[str, str]] = {}
-    for row in rows:
-        # The story's own planned render where it has one: it carries per-scene control.
-        template = plan.get(row.scene_index)
-        if template is not None:
-            planned[row.id] = replace(template, variant=row.variant, seed=row.seed)
-        hashes[row.id] = (hasher.content(planned[row.id]), hasher.scene(planned[row.id]))
-    reuse = reuse and settings.reuse_renders
-    found = (
-        finished_by_hash(session, job.project_id, (h for h, _ in hashes.values())) if reuse else {}
-    )
-    todo = []
-    for row in rows:
-        source = found.get(hashes[row.id][0])
-        if source is None:
-            todo.append(row)
-            continue
-        row.content_hash, row.scene_hash = hashes[row.id]
-        _finish_from(row, source)
-    shards = list(
-        session.scalars(select(Shard).where(Shard.job_id == job.id).order_by(Shard.index))
-    )
-    size = settings.shard_size
-    kept = shards[: -(-len(todo) // size)] if todo else []
-    # The renders to make, written in one executemany by primary key: a 10,000-scene story
-    # is one statement, not 10,000 UPDATEs each waiting for its round trip.
-    placed = [
-        {
-            "id": row.id,
-            "content_hash": hashes[row.id][0],
-            "scene_hash": hashes[row.id][1],
-            "shard_id": shard.id,
-        }
-        for shard, offset in zip(kept, range(0, len(todo), size), strict=False)
-        for row in todo[offset : offset + size]
-    ]
-    session.flush()
-    if placed:
-        session.execute(update(Render), placed)
-        for row in todo:  # what this session holds of them is older than the statement
-            session.expire(row, ["content_hash", "scene_hash", "shard_id"])
-    for shard in shards[len(kept) :]:
-        session.delete(shard)
-    reused = len(rows) - len(todo)
-    session.add(
-        JobRevision(
-            job_id=job.id,
-            number=1,
-            spec=job.spec,
-            summary="submitted",
-            reused=reused,
-            rendered=len(todo),
-        )
-    )
-    if rows and not todo and job.status is JobStatus.QUEUED:
-        job.start()
-        job.succeed()
-        job.finalize_pending = True  # announced by the caller after commit, else by the reaper
-    session.flush()
-    return Placed(reused, len(todo), [s.id for s in kept], [r.id for r in rows])
+    columns = Render.__table__.columns.keys()
+    return {key: value for key, value in inspect(row).dict.items() if key in columns}

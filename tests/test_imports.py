@@ -57,10 +57,9 @@ def queued_job(settings: Settings) -> str:
                 session,
                 story,
                 character.id,
-                shard_size=4,
-                max_attempts=3,
+                farm.settings,
                 project_id=project.id,
-            ).id
+            )[0].id
     finally:
         farm.close()
 

@@ -8,12 +8,12 @@ behind, neither rows nor objects, because nobody would ever clean them up.
 from __future__ import annotations
 
 import io
-import itertools
 from collections.abc import Iterator
 
 import pytest
 from PIL import Image
 from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from farm.characters import photo_key
@@ -112,23 +112,25 @@ def test_task_reaches_the_preset_queue_of_a_real_broker(farm, faces):
 
 
 def test_a_failure_half_way_leaves_nothing(farm, faces):
-    """The 3rd render insert fails after the character, job and shards were flushed."""
-    inserts = itertools.count(1)
+    """The renders' insert fails after the character, job and shards were written."""
+    seen: list[str] = []
 
-    def fail_third(*_: object) -> None:
-        if next(inserts) == 3:
+    def fail_renders(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(statement.split("(", 1)[0].strip())
+        if statement.startswith("INSERT INTO renders"):
             raise RuntimeError("disk full")
 
     with farm.sessions() as session:
         before = table_counts(session)
-    event.listen(Render, "before_insert", fail_third)
+    event.listen(Engine, "before_cursor_execute", fail_renders)
     try:
         with pytest.raises(RuntimeError, match="disk full"):
             submit(farm, faces, make_story(5))
     finally:
-        event.remove(Render, "before_insert", fail_third)
+        event.remove(Engine, "before_cursor_execute", fail_renders)
 
-    assert next(inserts) > 3  # it did fail half way through the renders
+    for table in ("characters", "jobs", "shards"):  # it did fail half way through
+        assert f"INSERT INTO {table}" in seen, seen
     with farm.sessions() as session:
         assert table_counts(session) == before
     assert farm.celery.sent == []

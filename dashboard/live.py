@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, stream_with_context, url_for
@@ -34,12 +34,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dashboard.context import farm
-from dashboard.progress import job_summary, shard_rows
+from dashboard.progress import job_summary, shard_row, shard_rows
 from dashboard.scope import job_of
 from dashboard.security import principal
 from farm.context import Farm
-from farm.db.models import Render
+from farm.db.models import Render, Shard
 from farm.db.states import JobStatus, RenderStatus
+from farm.db.types import sql_now
 
 live = Blueprint("live", __name__)
 
@@ -54,6 +55,9 @@ ENDED = {
     GONE,
 }
 MAX_RENDERS_AT_ONCE = 500  # a reconnect to a huge job sends the newest thumbnails only
+# A shard's `updated` is stamped before its transaction commits: each look goes back this far
+# past the last one, so a slow commit is still seen (what was sent unchanged is not resent).
+SHARD_LOOKBACK = timedelta(seconds=10)
 
 
 def sse(event: str, data: Any) -> str:
@@ -160,6 +164,8 @@ class JobStream:
     page_url: Callable[[int], str]  # ... and to its page
     _progress: dict[str, Any] | None = None
     _shards: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _opened: datetime | None = None  # the first look, on the database's clock
+    _looked: datetime | None = None  # the last one
     _renders_since: datetime | None = None
     _renders_sent: set[int] = field(default_factory=set)
 
@@ -198,12 +204,35 @@ class JobStream:
             if progress != self._progress:
                 self._progress = progress
                 yield sse("progress", progress)
-                shards = {row["index"]: row for row in shard_rows(session, self.job_id)}
-                changed = [row for index, row in shards.items() if self._shards.get(index) != row]
-                self._shards = shards
+                changed = list(self._changed_shards(session))
                 if changed:
                     yield sse("shards", changed)
                 yield from self._new_renders(session)
+
+    def _changed_shards(self, session: Session) -> Iterator[dict[str, Any]]:
+        """The page's first window of shards at first; then those written since that differ
+        from what was sent, and of the shards never sent, those that changed after the
+        first look: never the whole of a job of thousands of shards."""
+        now = session.scalar(select(sql_now()))
+        if self._opened is None:
+            self._opened = now
+            rows = shard_rows(session, self.job_id)
+        else:
+            shards = session.scalars(
+                select(Shard)
+                .where(Shard.job_id == self.job_id, Shard.updated >= self._looked - SHARD_LOOKBACK)
+                .order_by(Shard.index)
+            )
+            rows = [
+                shard_row(shard)
+                for shard in shards
+                if shard.index in self._shards or shard.updated >= self._opened
+            ]
+        self._looked = now
+        for row in rows:
+            if self._shards.get(row["index"]) != row:
+                self._shards[row["index"]] = row
+                yield row
 
     def _new_renders(self, session: Session) -> Iterator[str]:
         query = (

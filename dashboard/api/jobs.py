@@ -29,11 +29,13 @@ from dashboard.api.schemas import (
     Retried,
     RunningRenderOut,
     ShardOut,
+    ShardPage,
+    ShardQuery,
     TimingsOut,
 )
 from dashboard.context import farm
 from dashboard.files import browser_url, comic_keys, download_name
-from dashboard.progress import job_summary, shard_rows
+from dashboard.progress import job_summary, shard_counts, shard_rows
 from dashboard.scope import MAX_ID, character_of, job_of
 from dashboard.security import principal
 from dashboard.studio import cast_of, plan_of, story_for, submit
@@ -126,12 +128,13 @@ def job_detail(session: Session, job: Job) -> JobDetail:
     summary = job_summary(session, job.id)
     assert summary is not None  # the caller has just read the job
     has_comic = job.status in ENDED and bool(comic_keys(farm().storage, job.id))
-    shards = [ShardOut(**row) for row in shard_rows(session, job.id)]
+    counts = shard_counts(session, job.id)
     return JobDetail(
         **{**job_out(job, summary["counts"]).model_dump(), "progress": progress_out(summary)},
         story=job.spec,
-        shards=shards,
-        interruptions=sum(shard.interruptions for shard in shards),
+        shards=[ShardOut(**row) for row in shard_rows(session, job.id)],
+        shard_counts=counts.by_state,
+        interruptions=counts.interruptions,
         blocked_workers=[
             BlockedWorkerOut(worker_id=b.worker_id, failures=b.failures, last_error=b.last_error)
             for b in blocked_workers(session, job.id)
@@ -278,6 +281,26 @@ def list_renders(job_id: Any, query: RenderQuery) -> RenderPage:
         )
         items = [render_out(render) for render in renders]
     return RenderPage(items=items, total=total or 0, limit=query.limit, offset=query.offset)
+
+
+@api.get("/jobs/<uuid:job_id>/shards")
+@operation("jobs", response=ShardPage, query=ShardQuery)
+def list_shards(job_id: Any, query: ShardQuery) -> ShardPage:
+    """A job's shards, a page at a time: those worth seeing first (running, failed, paused,
+    queued, cancelled, succeeded, each in shard order), or those of one `status`."""
+    with farm().sessions() as session:
+        job = job_of(session, principal(), str(job_id))
+        counts = shard_counts(session, job.id).by_state
+        rows = shard_rows(
+            session, job.id, limit=query.limit, offset=query.offset, status=query.status
+        )
+    total = counts[str(query.status)] if query.status is not None else sum(counts.values())
+    return ShardPage(
+        items=[ShardOut(**row) for row in rows],
+        total=total,
+        limit=query.limit,
+        offset=query.offset,
+    )
 
 
 @api.get("/jobs/<uuid:job_id>/outputs")

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from dashboard.scope import MAX_ID
 from farm.auth import MAX_PASSWORD, MIN_PASSWORD, USERNAME
 from farm.db.models import Role
-from farm.db.states import JobStatus, RenderStatus
+from farm.db.states import JobStatus, RenderStatus, ShardStatus
 from farm.story import MAX_SCENES
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
@@ -157,7 +157,12 @@ class JobOut(BaseModel):
 
 class JobDetail(JobOut):
     story: dict[str, Any] = Field(description="The validated story the job was planned from.")
-    shards: list[ShardOut]
+    shards: list[ShardOut] = Field(
+        description="The shards worth seeing first (running, failed, paused, queued, "
+        "cancelled, succeeded), at most 100: `shard_counts` has them all by state, and "
+        "GET .../shards pages through every one."
+    )
+    shard_counts: dict[str, int] = Field(description="All of the job's shards, by state.")
     interruptions: int = Field(description="Shard runs interrupted (preempted), all shards.")
     blocked_workers: list[BlockedWorkerOut] = Field(
         description="Workers that failed two of the job's shards and take no more of them."
@@ -242,6 +247,17 @@ class RenderOut(BaseModel):
     finished: datetime | None
     image_url: str | None = Field(description="Presigned on S3; a dashboard URL otherwise.")
     thumb_url: str | None
+
+
+class ShardQuery(PageQuery):
+    status: ShardStatus | None = None
+
+
+class ShardPage(BaseModel):
+    items: list[ShardOut]
+    total: int
+    limit: int
+    offset: int
 
 
 class RenderPage(BaseModel):

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from dashboard.context import farm
 from dashboard.files import IMAGE_TYPES, comic_keys
-from dashboard.progress import job_summary, shard_rows
+from dashboard.progress import job_summary, shard_counts, shard_rows
 from dashboard.scope import job_of, page_number
 from dashboard.security import principal, requires
 from farm.approval import contact_sheet
@@ -91,6 +91,7 @@ def detail(job_id: Any) -> str:
         character = session.get(Character, job.character_id)
         summary = job_summary(session, job.id)
         shards = shard_rows(session, job.id)
+        shard_states = shard_counts(session, job.id)
         blocked = blocked_workers(session, job.id)
         renders = list(
             session.scalars(
@@ -100,9 +101,9 @@ def detail(job_id: Any) -> str:
                 .limit(THUMBS_ON_PAGE)
             )
         )
-        retryable = any(s["status"] in ("failed", "cancelled") for s in shards)
+        retryable = shard_states.by_state["failed"] + shard_states.by_state["cancelled"] > 0
         # The button says what it sends again: a cancelled job with no failure is restarted.
-        some_failed = any(s["status"] == "failed" for s in shards)
+        some_failed = shard_states.by_state["failed"] > 0
         sheet = contact_sheet(session, job)  # empty unless submitted for approval
         qc_retried = session.scalar(
             select(func.count())
@@ -116,13 +117,14 @@ def detail(job_id: Any) -> str:
         character=character,
         summary=summary,
         shards=shards,
+        shard_states=shard_states,
         renders=renders,
         live=job.status in OPEN,
         retryable=retryable and job.status not in OPEN,
         some_failed=some_failed,
         has_comic=has_comic,
         qc_retried=qc_retried,
-        interruptions=sum(s["interruptions"] for s in shards),
+        interruptions=shard_states.interruptions,
         blocked=blocked,
         story=job.spec,
         sheet=sheet,

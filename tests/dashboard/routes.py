@@ -155,6 +155,7 @@ ACCESS: dict[str, Access] = {
     "GET api.revisions": Access(Role.VIEWER, "job_id"),
     "GET api.outputs": Access(Role.VIEWER, "job_id"),
     "GET api.list_renders": Access(Role.VIEWER, "job_id"),
+    "GET api.list_shards": Access(Role.VIEWER, "job_id"),
     "GET api.get_render": Access(Role.VIEWER, "render_id"),
     "GET api.list_workers": VIEWER,
     "DELETE api.forget_worker": ADMIN,  # workers belong to the farm, not to a project

@@ -7,7 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from farm.db.models import Shard
+from farm.db.states import ShardStatus
 from farm.queue.app import RENDER_SHARD
 from tests.fixtures.dashboard import Studio, finish_renders, make_character, story_body
 
@@ -88,6 +91,46 @@ def test_progress_renders_and_images_once_a_worker_has_rendered(studio: Studio, 
     image = studio.call("GET", one["image_url"].removeprefix("http://localhost"))
     assert image.status_code == 200 and image.data.startswith(b"\x89PNG")
     assert studio.client().get(one["image_url"]).status_code == 302  # no login: to /login
+
+
+def test_a_big_job_lists_its_shards_worth_seeing_first_and_pages_through_all(
+    studio: Studio, character_id: int
+):
+    """105 shards: the job and its page list 100, running and failed first, and count all of
+    them by state; GET .../shards pages through every one, or those of a state."""
+    scenes = [{"prompt": f"a man img in scene {i}"} for i in range(210)]
+    job_id = submit(studio, story_body(character_id, scenes=scenes)).json["id"]
+    with studio.farm.sessions.begin() as session:
+        for index, status in ((104, ShardStatus.FAILED), (103, ShardStatus.RUNNING)):
+            session.execute(
+                update(Shard)
+                .where(Shard.job_id == job_id, Shard.index == index)
+                .values(status=status)
+            )
+
+    job = studio.call("GET", f"/api/v1/jobs/{job_id}").json
+    assert len(job["shards"]) == 100
+    assert [s["index"] for s in job["shards"][:3]] == [103, 104, 0]
+    assert job["shard_counts"] == {
+        "running": 1,
+        "failed": 1,
+        "paused": 0,
+        "queued": 103,
+        "cancelled": 0,
+        "succeeded": 0,
+    }
+    page = studio.call("GET", f"/api/v1/jobs/{job_id}/shards?limit=50&offset=100").json
+    assert (page["total"], [s["index"] for s in page["items"]]) == (105, [98, 99, 100, 101, 102])
+    failed = studio.call("GET", f"/api/v1/jobs/{job_id}/shards?status=failed").json
+    assert (failed["total"], [s["index"] for s in failed["items"]]) == (1, [104])
+    bad = studio.call("GET", f"/api/v1/jobs/{job_id}/shards?status=lost")
+    assert bad.status_code == 400
+
+    client = studio.client()
+    studio.log_in(client, "a-viewer")
+    page_html = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert page_html.count("<tr data-shard=") == 100
+    assert "105 shard(s) · 1 running · 1 failed · 103 queued; listing 100" in page_html
 
 
 def test_renders_on_s3_get_presigned_urls(studio: Studio, character_id: int, s3_storage):

@@ -12,10 +12,14 @@ from http.client import HTTPConnection, HTTPResponse
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from dashboard.app import create_app
 from dashboard.live import JobStream
+from dashboard.progress import SHARDS_SHOWN
 from farm.context import Farm
+from farm.db.models import Render, Shard
+from farm.db.states import ShardStatus
 from farm.events import Events
 from tests.fixtures.dashboard import (
     SECRET_KEY,
@@ -74,6 +78,34 @@ def test_without_redis_the_stream_reads_sql_every_tick(studio: Studio, job_id: s
     renders = [data for kind, data in rest if kind == "render"]
     assert [(r["scene"], r["variant"]) for r in renders] == [(0, 0), (1, 0), (1, 1)]
     assert renders[0]["caption"] == "Chapter 1" and renders[0]["thumb"].startswith("/thumb/")
+
+
+def test_a_big_job_streams_its_first_shards_then_only_those_that_change(studio: Studio):
+    """A job of 105 shards: the first look sends the page's 100, later looks only a shard
+    that changed, however many the job has."""
+    scenes = [{"prompt": f"a man img in scene {i}"} for i in range(210)]
+    body = story_body(make_character(studio), scenes=scenes)
+    job_id = studio.call("POST", "/api/v1/jobs", json=body).json["id"]
+    stream = stream_of(studio, job_id)
+    first = dict(parse(list(stream.changes())))
+    assert len(first["shards"]) == SHARDS_SHOWN
+
+    with studio.farm.sessions.begin() as session:  # a worker takes shard 104
+        session.execute(
+            update(Shard)
+            .where(Shard.job_id == job_id, Shard.index == 104)
+            .values(status=ShardStatus.RUNNING, worker_id="w1", attempts=1)
+        )
+        session.execute(  # progress moves with it: a render of the shard started
+            update(Render)
+            .where(Render.job_id == job_id, Render.scene_index == 208)
+            .values(status="running")
+        )
+    later = dict(parse(list(stream.changes())))
+
+    assert [(s["index"], s["status"], s["worker_id"]) for s in later["shards"]] == [
+        (104, "running", "w1")
+    ]
 
 
 def test_with_redis_an_event_wakes_the_stream_at_once(studio: Studio, job_id: str):

@@ -80,7 +80,7 @@
 
   function showShard(s) {
     const row = root.querySelector(`[data-shard="${s.index}"]`);
-    if (!row) return; // shards are all planned at submission: the page lists every one
+    if (!row) return; // the page lists the shards worth seeing first, not all of a big job
     const cell = (name) => row.querySelector(`[data-cell="${name}"]`);
     cell("status").textContent = s.status;
     cell("status").className = `badge status-${s.status}`;

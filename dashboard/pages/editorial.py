@@ -190,17 +190,18 @@ def _retired_image(row: RetiredRender) -> str:
 @editorial.app_template_global()
 def editorial_panel(job: Job) -> dict[str, Any]:
     """What the job page says of the loop: the revision, and whether the comic in storage
-    shows the picks of now (else a button rebuilds it)."""
+    shows the picks of now (else a button rebuilds it). The picks of now are worked out only
+    when there is a comic to compare them with: while a job of thousands of renders runs,
+    its page does not read them all on every load."""
+    built = built_picks(farm().storage, job.id)
     with farm().sessions() as session:
-        now = picks_document(scene_picks(session, job.id))
+        current = built is not None and built == picks_document(scene_picks(session, job.id))
         revisions = session.scalar(
             select(JobRevision.id).where(JobRevision.job_id == job.id, JobRevision.number > 1)
         )
-    built = built_picks(farm().storage, job.id)
     return {
         "revision": job.revision,
         "history": revisions is not None,
         "comic_picks": built,
-        "comic_current": built is not None and built == now,
-        "picked": [p for p in now if p["reason"] == "picked"],
+        "comic_current": current,
     }

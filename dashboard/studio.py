@@ -19,14 +19,13 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
 from dashboard.scope import MAX_ID, character_of
-from farm.accounting import estimate
 from farm.auth import Principal
 from farm.characters import create_character
 from farm.context import Farm
 from farm.controls import submitted_story
 from farm.db.models import Character
 from farm.errors import InputError
-from farm.estimates import plan_seconds
+from farm.estimates import estimate, spread_seconds
 from farm.identity.faces import Face, FaceAnalyzer, primary_face
 from farm.identity.photos import MAX_PHOTO_BYTES, Photo, decoded_pixels, load_photo
 from farm.jobs import Submitted, submit_story
@@ -233,10 +232,11 @@ class Plan:
     # What will hold it up, e.g. "no worker serves preset X: it will wait": warnings, never a
     # refusal (a worker for the preset may start).
     warnings: list[str]
-    # Seconds on the farm as it is now, from its measured renders of the preset; None when it
-    # has no figures for the preset or no worker serves it.
+    # Seconds on the farm as it is now: the device seconds spread over the live workers that
+    # serve the preset; None when no worker does.
     estimated_s: float | None
-    # Device seconds, from the farm's measured renders of the preset (farm/accounting.py).
+    # Device seconds, from the farm's measured renders of the preset (farm/estimates.py); None
+    # when it has measured none.
     estimated_device_s: float | None
 
 
@@ -246,13 +246,23 @@ def plan_of(farm: Farm, story: Story) -> Plan:
     shards = math.ceil(renders / farm.settings.shard_size)
     with farm.sessions() as session:
         served = served_presets(session)
-        estimated = plan_seconds(session, story.preset, renders, shards, served)
         cost = estimate(session, story)
     note = waiting_note(story.preset, served)
     warnings = [note] if note else []
-    rounded = None if estimated is None else round(estimated, 1)
-    device_s = None if cost is None else round(cost.device_s, 1)
-    return Plan(renders, shards, width, height, story.preset, warnings, rounded, device_s)
+    workers = served.get(story.preset, 0)
+    if cost is None:
+        return Plan(renders, shards, width, height, story.preset, warnings, None, None)
+    seconds = spread_seconds(renders, cost.per_render_s, workers, shards) if workers else None
+    return Plan(
+        renders,
+        shards,
+        width,
+        height,
+        story.preset,
+        warnings,
+        None if seconds is None else round(seconds, 1),
+        round(cost.device_s, 1),
+    )
 
 
 def submit(

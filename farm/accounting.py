@@ -1,5 +1,6 @@
 """What the farm's devices spent, and for whom: device seconds summed from renders to jobs and
-projects, a project's usage report, and a story's estimate from the farm's own measurements.
+projects, and a project's usage report (what a story will cost is farm/estimates.py's, from
+the same rows).
 
 Each render records the seconds it held its device (`Render.device_s`: its share of its batch
 and of its shard's identity encoding, plus its QC re-renders; never a model load) and the make
@@ -22,12 +23,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from farm.db.models import Job, Render
-from farm.recipe import RenderSettings
-from farm.story import Story
-
-# The jobs of a preset whose renders an estimate is read from: the most recent, so that a
-# farm's new cards (or a driver upgrade) show within a few jobs.
-ESTIMATE_JOBS = 20
 
 
 @dataclass(frozen=True)
@@ -147,54 +142,6 @@ def project_usage(
         for job_id, name, preset, kind, n, seconds in rows
     ]
     return UsageReport(project_name, since, until, lines)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A story's device seconds before it is submitted, from what the farm measured."""
-
-    device_s: float
-    per_render_s: float
-    measured_renders: int  # the renders the figure was read from
-
-
-def estimate(session: Session, story: Story) -> Estimate | None:
-    """Device seconds for `story`, from the preset's renders on this farm (its last
-    `ESTIMATE_JOBS` measured jobs), scaled by steps x pixels from the size and steps those were
-    made at; None when the farm has measured none of the preset yet. QC re-renders are in the
-    measured figures, at the rate they happened."""
-    recent = (
-        select(Render.job_id)
-        .join(Job, Job.id == Render.job_id)
-        .where(Job.preset == story.preset, Render.device_s.is_not(None))
-        .group_by(Render.job_id)
-        .order_by(func.max(Render.finished).desc())
-        .limit(ESTIMATE_JOBS)
-    )
-    measured = session.execute(
-        select(Render.job_id, func.sum(Render.device_s), func.count())
-        .where(Render.job_id.in_(recent), Render.device_s.is_not(None))
-        .group_by(Render.job_id)
-    ).all()
-    if not measured:
-        return None
-    specs = {
-        job_id: spec
-        for job_id, spec in session.execute(
-            select(Job.id, Job.spec).where(Job.id.in_([m[0] for m in measured]))
-        )
-    }
-    seconds = sum(float(s) for _, s, _ in measured)
-    units = sum(n * _work(Story.model_validate(specs[job_id])) for job_id, _, n in measured)
-    renders = sum(int(n) for _, _, n in measured)
-    per_render = seconds / units * _work(story)
-    return Estimate(per_render * len(story.plan()), per_render, renders)
-
-
-def _work(story: Story) -> int:
-    """A render's work in denoising steps x pixels: what its device time grows with."""
-    settings = RenderSettings.of(story)
-    return settings.steps * settings.width * settings.height
 
 
 @functools.cache

@@ -1,52 +1,96 @@
-"""How long work will take, from what the farm measured: seconds per render of a preset, a
-plan's estimated time and a running job's ETA.
+"""How long work will take, from what the farm measured: a story's device seconds before it
+is submitted, a plan's time on the farm as it is, and a running job's ETA.
 
-A render's time is what its device spent on it (its share of the batch's identity, denoising
-and decoding seconds, as the worker records them); uploads run beside the device and are not
-counted. A job's own finished renders are the best figure for the rest of it (same size, same
-steps); before it has any, the preset's recent renders on the farm stand in, and a preset the
-farm never rendered has no estimate (None) rather than a guess. Work spreads over the live
-workers that serve the preset, at most one per shard still to run.
+Every figure comes from `Render.device_s`, the seconds a render held its device (its share of
+its batch and of its shard's identity encoding, plus its QC re-renders; never a model load),
+the figure jobs and projects are billed by (farm/accounting.py). A job's own finished renders
+are the best figure for the rest of it (same size, same steps); before it has any, and for a
+story not yet submitted, the preset's recent jobs on the farm stand in, scaled by denoising
+steps x pixels from what they were made at. A preset the farm never rendered has no estimate
+(None) rather than a guess. Work spreads over the live workers that serve the preset, at most
+one per shard still to run.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from farm.db.models import Job, Render
 from farm.db.states import RenderStatus
+from farm.recipe import RenderSettings
+from farm.story import Story
 
-RECENT_RENDERS = 50  # enough to smooth a warm-up render out, recent enough to follow the farm
+# The jobs of a preset whose renders an estimate is read from: the most recent, so that a
+# farm's new cards (or a driver upgrade) show within a few jobs.
+ESTIMATE_JOBS = 20
 
 
-def _device_seconds(rows: list[tuple[float | None, float | None, float | None]]) -> float | None:
-    times = [(i or 0.0) + (d or 0.0) + (c or 0.0) for i, d, c in rows if d is not None]
-    return statistics.median(times) if times else None
+@dataclass(frozen=True)
+class Estimate:
+    """A story's device seconds before it is submitted, from what the farm measured."""
+
+    device_s: float
+    per_render_s: float
+    measured_renders: int  # the renders the figure was read from
 
 
-def seconds_per_render(session: Session, preset: str, job_id: str | None = None) -> float | None:
-    """The median device seconds of a render: of `job_id`'s finished renders if it has any,
-    else of the farm's last `RECENT_RENDERS` on `preset`; None when neither exists."""
-    timed = select(Render.identity_s, Render.denoise_s, Render.decode_s).where(
-        Render.status == RenderStatus.DONE, Render.denoise_s.is_not(None)
+def estimate(session: Session, story: Story) -> Estimate | None:
+    """Device seconds for `story`, from the preset's renders on this farm (its last
+    `ESTIMATE_JOBS` measured jobs), scaled by steps x pixels from the size and steps those were
+    made at; None when the farm has measured none of the preset yet. QC re-renders are in the
+    measured figures, at the rate they happened."""
+    recent = (
+        select(Render.job_id)
+        .join(Job, Job.id == Render.job_id)
+        .where(Job.preset == story.preset, Render.device_s.is_not(None))
+        .group_by(Render.job_id)
+        .order_by(func.max(Render.finished).desc())
+        .limit(ESTIMATE_JOBS)
     )
-    if job_id is not None:
-        own = _device_seconds(
-            [tuple(row) for row in session.execute(timed.where(Render.job_id == job_id)).all()]
-        )
-        if own is not None:
-            return own
-    recent = session.execute(
-        timed.join(Job, Job.id == Render.job_id)
-        .where(Job.preset == preset)
-        .order_by(Render.finished.desc())
-        .limit(RECENT_RENDERS)
+    measured = session.execute(
+        select(Render.job_id, func.sum(Render.device_s), func.count())
+        .where(Render.job_id.in_(recent), Render.device_s.is_not(None))
+        .group_by(Render.job_id)
     ).all()
-    return _device_seconds([tuple(row) for row in recent])
+    if not measured:
+        return None
+    specs = {
+        job_id: spec
+        for job_id, spec in session.execute(
+            select(Job.id, Job.spec).where(Job.id.in_([m[0] for m in measured]))
+        )
+    }
+    seconds = sum(float(s) for _, s, _ in measured)
+    units = sum(n * _work(Story.model_validate(specs[job_id])) for job_id, _, n in measured)
+    renders = sum(int(n) for _, _, n in measured)
+    per_render = seconds / units * _work(story)
+    return Estimate(per_render * len(story.plan()), per_render, renders)
+
+
+def _work(story: Story) -> int:
+    """A render's work in denoising steps x pixels: what its device time grows with."""
+    settings = RenderSettings.of(story)
+    return settings.steps * settings.width * settings.height
+
+
+def seconds_per_render(session: Session, job: Job) -> float | None:
+    """The device seconds of one more render of `job`: the median of its own finished renders
+    if it has any, else the estimate for its story; None when neither exists."""
+    own = session.scalars(
+        select(Render.device_s).where(
+            Render.job_id == job.id,
+            Render.status == RenderStatus.DONE,
+            Render.device_s.is_not(None),
+        )
+    ).all()
+    if own:
+        return statistics.median(own)
+    planned = estimate(session, Story.model_validate(job.spec))
+    return None if planned is None else planned.per_render_s
 
 
 def spread_seconds(renders: float, per_render_s: float, workers: int, shards: int) -> float:
@@ -54,15 +98,3 @@ def spread_seconds(renders: float, per_render_s: float, workers: int, shards: in
     (one per shard at most: a shard runs on one worker)."""
     parallel = max(1, min(workers, shards))
     return renders * per_render_s / parallel
-
-
-def plan_seconds(
-    session: Session, preset: str, renders: int, shards: int, served: Mapping[str, int]
-) -> float | None:
-    """What a plan of `renders` in `shards` would take on the farm as it is now; None when
-    the farm has no figures for the preset, or no live worker serves it."""
-    per_render = seconds_per_render(session, preset)
-    workers = served.get(preset, 0)
-    if per_render is None or not workers:
-        return None
-    return spread_seconds(renders, per_render, workers, shards)

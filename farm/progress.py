@@ -122,7 +122,7 @@ def job_report(session: Session, job_id: str, now: datetime | None = None) -> Jo
     if job.status not in LIVE_JOB:
         return report
     served = served_presets(session, now)
-    per_render = seconds_per_render(session, job.preset, job.id)
+    per_render = seconds_per_render(session, job)
     waiting = waiting_note(job.preset, served)
     eta = None
     if per_render is not None and waiting is None:

@@ -100,12 +100,13 @@ def test_the_plan_warns_without_a_worker_and_estimates_with_one(studio: Studio):
     assert (plan["warnings"], plan["estimated_s"]) == ([], None)  # no figures for tiny yet
 
     done = studio.call("POST", "/api/v1/jobs", json=story_body(character_id)).json["id"]
-    finish_renders(studio, done)  # 0.65 s of device time per render
+    finish_renders(studio, done)  # 0.7 s of device time per render
     plan = studio.call("POST", "/api/v1/jobs/plan", json=body).json
-    assert plan["estimated_s"] == pytest.approx(5 * 0.65, abs=0.05)  # in tenths of a second
+    assert plan["estimated_s"] == pytest.approx(5 * 0.7, abs=0.05)  # in tenths of a second
+    assert plan["estimated_device_s"] == pytest.approx(5 * 0.7, abs=0.05)
     live_worker(studio, ["tiny", "tiny-v1"], name="cpu-box:cpu1")
     plan = studio.call("POST", "/api/v1/jobs/plan", json=body).json
-    assert plan["estimated_s"] == pytest.approx(5 * 0.65 / 2, abs=0.1)  # two workers share it
+    assert plan["estimated_s"] == pytest.approx(5 * 0.7 / 2, abs=0.1)  # two workers share it
 
 
 def test_a_waiting_job_says_why_on_its_page_and_in_the_api(studio: Studio, artist):

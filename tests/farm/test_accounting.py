@@ -19,10 +19,11 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import update
 
-from farm.accounting import estimate, job_usage, project_usage
+from farm.accounting import job_usage, project_usage
 from farm.auth import ensure_project
 from farm.db.models import Render
 from farm.db.types import utcnow
+from farm.estimates import estimate
 from tests.farm.conftest import job_rows, make_story, submit
 from tests.farm.test_run_shard import runtime_with
 from workers.qc import IdentityCheck

@@ -21,7 +21,10 @@ The policy, as render managers share a farm (OpenCue's subscriptions, Afanasy's 
 
 A turn that finds nothing it may claim (every waiting shard is of a capped or paused project)
 gives up its hint's place: the hinted shard is marked unsent, and a task is sent for it again
-once its project has room (`send_released`) or by the reaper's outbox pass.
+once its project has room (`send_released`) or by the reaper's outbox pass. A turn that finds
+every shard it may take held by other claims in flight, look after look, is handed back to
+the queue (`HeldTurn`) rather than dropped: an extra turn finds nothing and ends, where a lost
+one left a shard waiting for the reaper.
 """
 
 from __future__ import annotations
@@ -52,7 +55,13 @@ _WAITING_JOB = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
 # transactions (milliseconds), so a second is many of them.
 _LOCKED_LOOKS = 20
 _LOCKED_WAIT_S = 0.05
-_ALL_LOCKED = object()
+
+
+@dataclass(frozen=True)
+class HeldTurn:
+    """A turn whose every candidate stayed held by other claims: sent back, naming one."""
+
+    task: ShardTask
 
 
 @dataclass(frozen=True)
@@ -68,29 +77,37 @@ class Share:
 # --- The claim's choice ----------------------------------------------------------------------
 
 
-def whose_turn(session: Session, hint: Shard, worker: str, now: datetime) -> Shard | None:
+def whose_turn(
+    session: Session, hint: Shard, worker: str, now: datetime
+) -> Shard | HeldTurn | None:
     """The shard a task naming `hint` (locked by the caller) claims: a dead worker's running
     shard is taken over as before; otherwise the policy's pick among the queued shards of the
     hint's preset, or, when it picks none, the hint itself, for the claim to say why it does
     not run (ended, paused, held, cancelled). None when the turn is given up: the hint waits
-    for its project's cap, unsent, until `send_released` sends it again."""
+    for its project's cap, unsent, until `send_released` sends it again. A `HeldTurn` when
+    the hint was taken by another turn and every other candidate stayed held by claims in
+    flight: the caller sends it back."""
     if hint.status is ShardStatus.RUNNING and (
         hint.worker_id == worker or (hint.lease_expires is not None and hint.lease_expires <= now)
     ):
         return hint
     preset = session.scalar(select(Job.preset).where(Job.id == hint.job_id))
     turn = take_turn(session, preset, worker) if preset is not None else None
-    if turn is not None:
+    if isinstance(turn, Shard):
         if turn.id != hint.id:
             log.info("the task of shard %s takes shard %s, whose turn it is", hint.id, turn.id)
         return turn
     if hint.status is ShardStatus.QUEUED and held_back(session, hint):
         hint.sent = None
         return None
+    if isinstance(turn, HeldTurn) and hint.status is not ShardStatus.QUEUED:
+        return turn
     return hint
 
 
-def take_turn(session: Session, preset: str, worker: str | None = None) -> Shard | None:
+def take_turn(
+    session: Session, preset: str, worker: str | None = None
+) -> Shard | HeldTurn | None:
     """The queued shard of `preset` a free worker takes now, locked for the caller's claim
     (rows another claim holds are skipped), its project charged for it; None when no project
     may run one (nothing queued, or all of it capped or paused). Jobs that keep `worker` off
@@ -100,19 +117,20 @@ def take_turn(session: Session, preset: str, worker: str | None = None) -> Shard
     while a shard waits loses that shard's turn until the reaper sends it again. That happens
     when the only queued shards are the hints of other claims in flight, locked by them while
     they pick (perhaps another shard): the turn waits for those claims to commit, a moment,
-    and looks again, instead of skipping them for good.
+    and looks again, instead of skipping them for good. Still held after its looks (claims
+    slowed by a busy database), the turn is a `HeldTurn`, to be handed back.
     """
     for _ in range(_LOCKED_LOOKS):
         shard = _pick(session, preset, worker)
-        if shard is not _ALL_LOCKED:
+        if not isinstance(shard, HeldTurn):
             return shard
         time.sleep(_LOCKED_WAIT_S)
-    return None
+    return shard
 
 
-def _pick(session: Session, preset: str, worker: str | None) -> Shard | object | None:
-    """`take_turn`'s one look: the shard, None, or `_ALL_LOCKED` when every shard it may
-    take was held by another claim."""
+def _pick(session: Session, preset: str, worker: str | None) -> Shard | HeldTurn | None:
+    """`take_turn`'s one look: the shard, None, or a `HeldTurn` naming a shard it may take
+    that another claim held."""
     kept_off = exists().where(
         WorkerFailures.job_id == Job.id,
         WorkerFailures.worker_id == worker,
@@ -131,7 +149,7 @@ def _pick(session: Session, preset: str, worker: str | None) -> Shard | object |
     ).all()
     if not jobs:
         return None
-    held = False
+    held = None
     for share in _open_shares(session, {project for _, project in jobs}):
         for job_id, project_id in jobs:
             if project_id != share.project_id:
@@ -146,8 +164,19 @@ def _pick(session: Session, preset: str, worker: str | None) -> Shard | object |
             if shard is not None:
                 _charge(session, share)
                 return shard
-            held = True
-    return _ALL_LOCKED if held else None
+            held = held or job_id
+    if held is None:
+        return None
+    job = session.get_one(Job, held)
+    shard_id = session.scalar(
+        select(Shard.id)
+        .where(Shard.job_id == held, Shard.status == ShardStatus.QUEUED)
+        .order_by(Shard.index)
+        .limit(1)
+    )
+    if shard_id is None:  # the claims that held them have taken them all
+        return None
+    return HeldTurn(ShardTask(shard_id, held, job.preset, job.priority))
 
 
 def _open_shares(session: Session, project_ids: set[int]) -> list[Share]:

@@ -60,7 +60,7 @@ from farm.render.checkpoint import Checkpoint, CheckpointError, RenderInterrupte
 from farm.render.consistency import SharedTokens
 from farm.render.pipeline import RenderCancelled
 from farm.render.reference_scenes import consistent_attention
-from farm.scheduling import send_released, whose_turn
+from farm.scheduling import HeldTurn, send_released, whose_turn
 from farm.story import PlannedRender, Story
 from workers.finisher import Rendered, ShardRun
 from workers.qc import IdentityCheck
@@ -141,6 +141,9 @@ def run_shard(runtime: WorkerRuntime, shard_id: int, task_id: str | None = None)
         time.sleep(DECLINE_PAUSE_S)
         send_shards(runtime.farm, [claim.task])
         claim = f"declined: {runtime.name} is kept off job {claim.task.job_id}; sent back"
+    if isinstance(claim, HeldTurn):  # its shard was taken, the others held by claims in flight
+        send_shards(runtime.farm, [claim.task])
+        claim = f"turn handed back as shard {claim.task.shard_id}'s: all it could take were held"
     if isinstance(claim, str):
         log.info("shard %s: %s", shard_id, claim)
         ended: Future[str] = Future()
@@ -220,7 +223,9 @@ def _end(
 
 
 @retried_on_lost_race
-def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim | Ended | str:
+def _claim(
+    runtime: WorkerRuntime, shard_id: int, task_id: str | None
+) -> Claim | Ended | Declined | HeldTurn | str:
     farm = runtime.farm
     with farm.sessions.begin() as session:
         shard = session.get(Shard, shard_id, with_for_update=True)
@@ -230,6 +235,8 @@ def _claim(runtime: WorkerRuntime, shard_id: int, task_id: str | None) -> Claim 
         turn = whose_turn(session, shard, runtime.name, now)  # farm/scheduling.py
         if turn is None:
             return "turn given up: its project runs as many shards as its cap allows"
+        if isinstance(turn, HeldTurn):
+            return turn
         shard, shard_id = turn, turn.id
         if shard.status in _HELD:
             return f"already {shard.status}"

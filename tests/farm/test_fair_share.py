@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from farm import scheduling
 from farm.auth import ensure_project
 from farm.context import Farm
 from farm.db.models import Job, Project, Shard, Worker
@@ -27,6 +28,7 @@ from farm.lifecycle import PAUSED, cancel_job, end_shard, finish_job_if_done
 from farm.queue.app import RENDER_SHARD
 from farm.queue.outbox import send_unsent
 from farm.scheduling import (
+    HeldTurn,
     pause_job,
     resume_job,
     send_released,
@@ -327,6 +329,29 @@ def test_the_worker_takes_the_shard_whose_turn_it_is(farm, faces, tiny):
 
     assert job_rows(farm, second)[0].status is JobStatus.SUCCEEDED
     assert job_rows(farm, first)[1][0].status is ShardStatus.QUEUED  # the next task's turn
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # row locks
+def test_a_turn_whose_shards_stay_held_by_other_claims_is_handed_back(farm, faces, monkeypatch):
+    """The task of shard 0 arrives after another turn took shard 0, and the job's one queued
+    shard stays held by a claim in flight for all of the turn's looks: the turn is handed
+    back naming that shard, instead of being lost until the reaper's pass."""
+    monkeypatch.setattr(scheduling, "_LOCKED_LOOKS", 2)
+    job = submit_to(farm, faces, project(farm, "features"), shards=2)
+    _, (taken, held), _ = job_rows(farm, job)
+    with farm.sessions.begin() as session:
+        session.get_one(Shard, taken.id).start("other:cpu0", farm.settings.lease_s)
+
+    with farm.sessions.begin() as in_flight, farm.sessions.begin() as session:
+        in_flight.get_one(Shard, held.id, with_for_update=True)
+        hint = session.get_one(Shard, taken.id, with_for_update=True)
+        turn = whose_turn(session, hint, "test:cpu0", utcnow())
+
+    assert isinstance(turn, HeldTurn)
+    assert (turn.task.shard_id, turn.task.job_id) == (held.id, job)
+    with farm.sessions.begin() as session:  # once the claim in flight let go, it is taken
+        hint = session.get_one(Shard, taken.id, with_for_update=True)
+        assert whose_turn(session, hint, "test:cpu0", utcnow()).id == held.id
 
 
 class PausesItsJob:

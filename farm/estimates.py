@@ -14,6 +14,7 @@ one per shard still to run.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -43,10 +44,20 @@ def estimate(session: Session, story: Story) -> Estimate | None:
     `ESTIMATE_JOBS` measured jobs), scaled by steps x pixels from the size and steps those were
     made at; None when the farm has measured none of the preset yet. QC re-renders are in the
     measured figures, at the rate they happened."""
+    measured = _measured(session, RenderSettings.of(story))
+    if measured is None:
+        return None
+    per_render, renders = measured
+    return Estimate(per_render * len(story.plan()), per_render, renders)
+
+
+def _measured(session: Session, settings: RenderSettings) -> tuple[float, int] | None:
+    """Device seconds of one render made with `settings`, and how many renders that was read
+    from; None when the farm has measured none of the preset."""
     recent = (
         select(Render.job_id)
         .join(Job, Job.id == Render.job_id)
-        .where(Job.preset == story.preset, Render.device_s.is_not(None))
+        .where(Job.preset == settings.preset, Render.device_s.is_not(None))
         .group_by(Render.job_id)
         .order_by(func.max(Render.finished).desc())
         .limit(ESTIMATE_JOBS)
@@ -58,22 +69,45 @@ def estimate(session: Session, story: Story) -> Estimate | None:
     ).all()
     if not measured:
         return None
-    specs = {
-        job_id: spec
-        for job_id, spec in session.execute(
-            select(Job.id, Job.spec).where(Job.id.in_([m[0] for m in measured]))
-        )
-    }
+    made_with = _stored_settings(session, [job_id for job_id, _, _ in measured])
     seconds = sum(float(s) for _, s, _ in measured)
-    units = sum(n * _work(Story.model_validate(specs[job_id])) for job_id, _, n in measured)
-    renders = sum(int(n) for _, _, n in measured)
-    per_render = seconds / units * _work(story)
-    return Estimate(per_render * len(story.plan()), per_render, renders)
+    units = sum(n * _work(made_with[job_id]) for job_id, _, n in measured)
+    return seconds / units * _work(settings), sum(int(n) for _, _, n in measured)
 
 
-def _work(story: Story) -> int:
+def _stored_settings(session: Session, job_ids: Sequence[str]) -> dict[str, RenderSettings]:
+    """The render settings of submitted jobs, read from their stored stories in SQL: a few
+    values each, where the whole of a 10,000-scene story is megabytes to fetch and validate
+    again, and its scenes do not decide them."""
+    spec = Job.spec
+    rows = session.execute(
+        select(
+            Job.id,
+            Job.preset,
+            spec["width"].as_integer(),
+            spec["height"].as_integer(),
+            spec["aspect"].as_string(),
+            spec["steps"].as_integer(),
+            spec["guidance"].as_float(),
+        ).where(Job.id.in_(job_ids))
+    )
+    return {
+        job_id: RenderSettings.of(
+            Story.model_construct(
+                preset=preset,
+                width=width,
+                height=height,
+                aspect=aspect,
+                steps=steps,
+                guidance=guidance,
+            )
+        )
+        for job_id, preset, width, height, aspect, steps, guidance in rows
+    }
+
+
+def _work(settings: RenderSettings) -> int:
     """A render's work in denoising steps x pixels: what its device time grows with."""
-    settings = RenderSettings.of(story)
     return settings.steps * settings.width * settings.height
 
 
@@ -89,8 +123,8 @@ def seconds_per_render(session: Session, job: Job) -> float | None:
     ).all()
     if own:
         return statistics.median(own)
-    planned = estimate(session, Story.model_validate(job.spec))
-    return None if planned is None else planned.per_render_s
+    measured = _measured(session, _stored_settings(session, [job.id])[job.id])
+    return None if measured is None else measured[0]
 
 
 def spread_seconds(renders: float, per_render_s: float, workers: int, shards: int) -> float:

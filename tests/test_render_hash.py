@@ -25,6 +25,9 @@ BASE = {
     "seed": 7,
 }
 EXPECTED = render_hash(**BASE)
+# What the pinned test's recipes hash to, for good (see that test).
+PLAIN = "b687804135931f006ec29175aaf54d6220e7e3d09a0474dbf2bdbaacde557396"
+FULL = "45ff0cb3a18a76a4d7194a92b5dd392be7f0b6ddc17c7a673575ca8c1aec5971"
 
 
 def test_same_recipe_same_hash_and_defaults_change_nothing() -> None:
@@ -67,3 +70,21 @@ def test_model_files_name_the_weights_behind_a_preset() -> None:
     assert model_files(tiny) != model_files(dataclasses.replace(tiny, version=1))
     real = PRESETS["photomaker-v2"]
     assert model_files(real) != model_files(real, "my/finetuned-sdxl")
+
+
+def test_the_hash_of_a_recipe_never_changes() -> None:
+    """Hashes are stored with every render and compared with those of later submissions: a
+    change to how the document is written would make every finished render look new. Pinned
+    for a plain recipe and for one with every optional part, some parts at their defaults."""
+    pinned = {**BASE, "model_files": "f" * 64}
+    assert render_hash(**pinned) == PLAIN
+    full = render_hash(
+        **pinned,
+        loras=[Lora("a/b.safetensors", 1.0)],
+        qc={"min_face_similarity": 0.5, "retries": 2},
+        extra={
+            "consistency": {"mode": "story", "window": None, "blocks": []},
+            "control": {"kind": "openpose", "scale": 0.8},
+        },
+    )
+    assert full == FULL

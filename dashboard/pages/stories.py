@@ -1,9 +1,11 @@
 """The new-story page: pick a character, write scenes (one per line: `prompt | caption |
-variants`), choose the settings, preview how many renders and shards it makes, submit. Or
-upload a story file (YAML or JSON) and submit it for the chosen character."""
+variants`, then settings such as `outfit: coat`), define the outfits and locations they name,
+choose the settings, preview how many renders and shards it makes, submit. Or upload a story
+file (YAML or JSON) and submit it for the chosen character."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
@@ -14,6 +16,8 @@ from dashboard.context import farm
 from dashboard.scope import MAX_ID, character_of
 from dashboard.security import principal, requires
 from dashboard.studio import cast_of, plan_of, story_for, submit
+from farm.composition import Shot
+from farm.control_spec import ControlType
 from farm.db.models import Character, Role
 from farm.documents import parse_document
 from farm.errors import InputError
@@ -34,24 +38,93 @@ USUAL_PRESET = "photomaker-v2"
 STORY_FIELDS = ("preset", "style", "steps", "guidance", "style_strength", "seed", "variants")
 
 
+# A scene line's settings, written `key: value` after the prompt in any order, so that a line
+# stays readable in a story of hundreds of scenes; the other parts are its caption and variants.
+SCENE_SETTING = re.compile(r"^(outfit|location|shot|control)\s*:(.*)$", re.IGNORECASE)
+SCENE_LINE = "prompt | caption | variants, then settings like 'outfit: coat'"
+CONTROL_SHAPE = "control: <file> <openpose|depth|canny> [scale 0-2]"
+# The form's outfits and locations, one per line `name: text`, as the page's placeholders say.
+NAMED_EXAMPLES = {
+    "outfits": "coat: wearing a long red wool coat and a black scarf",
+    "locations": "library: in a dim Victorian library with tall oak shelves",
+}
+
+
 def parse_scenes(text: str) -> list[dict[str, Any]]:
-    """One scene per line, `prompt | caption | variants`, the last two optional."""
+    """One scene per line, `prompt | caption | variants`, the last two optional, then any of
+    `outfit: coat`, `location: library`, `shot: close-up`, `control: pose.png openpose 0.8`.
+    Names and values are checked where a story file's are (`story_for`); only the line's shape
+    is checked here."""
     scenes = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        parts = [part.strip() for part in line.split("|")]
-        if len(parts) > 3:
+        prompt, *parts = [part.strip() for part in line.split("|")]
+        scene: dict[str, Any] = {"prompt": prompt}
+        positional = []
+        for part in parts:
+            setting = SCENE_SETTING.match(part)
+            if setting is None:
+                positional.append(part)
+                continue
+            key, value = setting.group(1).lower(), setting.group(2).strip()
+            if key in scene:
+                raise InputError(f"scenes, line {number}: {key} is set twice; keep one")
+            if value:
+                scene[key] = scene_control(value, number) if key == "control" else value
+        if len(positional) > 2:
             raise InputError(
-                f"scenes, line {number}: write 'prompt | caption | variants' (at most two '|')"
+                f"scenes, line {number}: write {SCENE_LINE} (got {len(positional)} parts "
+                "after the prompt that are not settings)"
             )
-        scene: dict[str, Any] = {"prompt": parts[0]}
-        if len(parts) > 1 and parts[1]:
-            scene["caption"] = parts[1]
-        if len(parts) > 2 and parts[2]:
-            scene["variants"] = parts[2]
+        for key, value in zip(("caption", "variants"), positional, strict=False):
+            if value:
+                scene[key] = value
         scenes.append(scene)
     return scenes
+
+
+def scene_control(value: str, number: int) -> dict[str, str]:
+    """A line's `control: pose.png openpose 0.8`: a file chosen with the scenes, its type and
+    its scale (the story's default when left out), read from the right so that a file name may
+    hold spaces."""
+    words = value.rsplit(maxsplit=2)
+    if len(words) == 3 and _is_number(words[2]):
+        return {"image": words[0], "type": words[1], "scale": words[2]}
+    words = value.rsplit(maxsplit=1)
+    if len(words) == 2:
+        return {"image": words[0], "type": words[1]}
+    raise InputError(
+        f"scenes, line {number}: write {CONTROL_SHAPE}, e.g. control: pose.png openpose 0.8 "
+        f"(got {value!r:.80})"
+    )
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def named_prompts(text: str, field: str) -> dict[str, dict[str, str]]:
+    """The form's outfits or locations, one per line `name: text`, as a story file writes them
+    (`{name: {prompt: text}}`); the names and texts are judged by the story's own rules."""
+    named: dict[str, dict[str, str]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, colon, prompt = (part.strip() for part in line.partition(":"))
+        if not (colon and name and prompt):
+            raise InputError(
+                f"{field}, line {number}: write 'name: text', e.g. "
+                f"{NAMED_EXAMPLES[field]!r} (got {line.strip()!r:.80})"
+            )
+        if name in named:
+            raise InputError(f"{field}, line {number}: {name!r} is defined twice; keep one")
+        named[name] = {"prompt": prompt}
+    return named
 
 
 def story_from_form(form: MultiDict[str, str]) -> dict[str, Any]:
@@ -64,6 +137,12 @@ def story_from_form(form: MultiDict[str, str]) -> dict[str, Any]:
     if form.get("negative_prompt", "").strip():
         data["negative_prompt"] = form["negative_prompt"]
     data["scenes"] = parse_scenes(form.get("scenes", ""))
+    outfits = named_prompts(form.get("outfits", ""), "outfits")
+    if outfits:  # the picked character's, for this story (`story_for` puts them there)
+        data["outfits"] = outfits
+    locations = named_prompts(form.get("locations", ""), "locations")
+    if locations:
+        data["locations"] = locations
     consistency = consistency_from_form(form)
     if consistency is not None:
         data["consistency"] = consistency
@@ -146,8 +225,9 @@ def story_from_file(form: MultiDict[str, str]) -> dict[str, Any]:
 
 
 def control_uploads() -> dict[str, bytes]:
-    """The control images uploaded beside a story file, by file name (a browser sends no
-    folder): the story names each by its path, matched here by its last part."""
+    """The control images chosen beside a story file or the scene lines, by file name (a
+    browser sends no folder): the story names each by its path, matched here by its last
+    part."""
     files = {}
     for upload in request.files.getlist("control_images"):
         if upload.filename:
@@ -192,6 +272,12 @@ def _form_page(status: int = 200, error: str | None = None) -> tuple[str, int]:
         max_cast=MAX_CAST,
         form=request.form if request.method == "POST" else MultiDict(request.args),
         error=error,
+        # A browser cannot put files back in a form: the page names those to choose again.
+        chosen_controls=[f.filename for f in request.files.getlist("control_images") if f.filename],
+        named_examples=NAMED_EXAMPLES,
+        control_shape=CONTROL_SHAPE,
+        shots=list(Shot),
+        control_types=list(ControlType),
     )
     return page, status
 
@@ -217,7 +303,7 @@ def create() -> Response | tuple[str, int]:
             priority=priority_of(form),
             webhook_url=form.get("webhook_url", "").strip() or None,
             source="story file" if from_file else "story",
-            control_files=control_uploads() if from_file else None,
+            control_files=control_uploads(),
         )
     except InputError as error:
         return _form_page(400, str(error))

@@ -17,10 +17,22 @@
   const presetNote = form.querySelector("[data-preset-note]");
 
   // --- scenes as lines <-> as a table ---------------------------------------------------
+  // A line's settings (`outfit: coat | shot: wide`, as stories.py's SCENE_SETTING reads them)
+  // share the table's last column; the other parts after the prompt are caption and variants.
+  const SETTING = /^(outfit|location|shot|control)\s*:/i;
+  const PLACEHOLDERS = {
+    prompt: "prompt", caption: "caption", variants: "variants",
+    settings: "outfit: coat | shot: wide",
+  };
+
   function linesToRows() {
     tbody.replaceChildren();
     for (const line of textarea.value.split("\n")) {
-      if (line.trim()) addRow(line.split("|").map((part) => part.trim()));
+      if (!line.trim()) continue;
+      const [prompt, ...parts] = line.split("|").map((part) => part.trim());
+      const settings = parts.filter((part) => SETTING.test(part));
+      const [caption, variants] = parts.filter((part) => !SETTING.test(part));
+      addRow([prompt, caption, variants, settings.join(" | ")]);
     }
     if (!tbody.children.length) addRow([]);
   }
@@ -29,21 +41,25 @@
     textarea.value = [...tbody.rows]
       .map((row) => [...row.querySelectorAll("input")].map((i) => i.value.trim()))
       .filter(([prompt]) => prompt)
-      .map(([prompt, caption, variants]) =>
-        [prompt, caption, variants].join(" | ").replace(/( \| )+$/, ""))
+      .map(([prompt, caption, variants, settings]) => {
+        const line = [prompt, caption, variants].join(" | ").replace(/( \| )+$/, "");
+        return settings ? `${line} | ${settings}` : line;
+      })
       .join("\n");
     schedulePreview();
   }
 
-  function addRow([prompt = "", caption = "", variants = ""]) {
+  function addRow([prompt = "", caption = "", variants = "", settings = ""]) {
     const row = tbody.insertRow();
-    for (const [value, kind] of [[prompt, "prompt"], [caption, "caption"], [variants, "variants"]]) {
+    const cells = [[prompt, "prompt"], [caption, "caption"], [variants, "variants"],
+      [settings, "settings"]];
+    for (const [value, kind] of cells) {
       const cell = row.insertCell();
       cell.className = kind;
       const field = document.createElement("input");
       field.type = kind === "variants" ? "number" : "text";
       field.value = value;
-      field.placeholder = kind;
+      field.placeholder = PLACEHOLDERS[kind];
       field.addEventListener("input", rowsToLines);
       cell.append(field);
     }
@@ -119,7 +135,9 @@
       preview.textContent = "";
       return;
     }
-    const { ok, data } = await window.farmPost(form.dataset.previewUrl, new FormData(form));
+    const body = new FormData(form);
+    body.delete("control_images"); // judged on submit: not sent again at every keystroke
+    const { ok, data } = await window.farmPost(form.dataset.previewUrl, body);
     if (ok) {
       preview.textContent = `${data.renders} render(s) in ${data.shards} shard(s), ` +
         `${data.width} × ${data.height}, preset ${data.preset}${estimate(data.estimated_s)}` +

@@ -14,6 +14,7 @@ one per shard still to run.
 from __future__ import annotations
 
 import statistics
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,10 @@ from farm.story import Story
 # The jobs of a preset whose renders an estimate is read from: the most recent, so that a
 # farm's new cards (or a driver upgrade) show within a few jobs.
 ESTIMATE_JOBS = 20
+# The render settings of jobs, by job and revision (a revision may change them), as this
+# process read them: many more than the jobs an estimate reads, few bytes each.
+_SETTINGS: OrderedDict[tuple[str, int], RenderSettings] = OrderedDict()
+_SETTINGS_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -78,22 +83,28 @@ def _measured(session: Session, settings: RenderSettings) -> tuple[float, int] |
 def _stored_settings(session: Session, job_ids: Sequence[str]) -> dict[str, RenderSettings]:
     """The render settings of submitted jobs, read from their stored stories in SQL: a few
     values each, where the whole of a 10,000-scene story is megabytes to fetch and validate
-    again, and its scenes do not decide them."""
-    spec = Job.spec
-    rows = session.execute(
-        select(
-            Job.id,
-            Job.preset,
-            spec["width"].as_integer(),
-            spec["height"].as_integer(),
-            spec["aspect"].as_string(),
-            spec["steps"].as_integer(),
-            spec["guidance"].as_float(),
-        ).where(Job.id.in_(job_ids))
-    )
-    return {
-        job_id: RenderSettings.of(
-            Story.model_construct(
+    again, and its scenes do not decide them. Even those few values cost a parse of the whole
+    story in the database, so each job's are kept (`_SETTINGS`) until its next revision."""
+    revisions = dict(session.execute(select(Job.id, Job.revision).where(Job.id.in_(job_ids))).all())
+    missing = [
+        job_id for job_id, revision in revisions.items() if (job_id, revision) not in _SETTINGS
+    ]
+    if missing:
+        spec = Job.spec
+        rows = session.execute(
+            select(
+                Job.id,
+                Job.revision,
+                Job.preset,
+                spec["width"].as_integer(),
+                spec["height"].as_integer(),
+                spec["aspect"].as_string(),
+                spec["steps"].as_integer(),
+                spec["guidance"].as_float(),
+            ).where(Job.id.in_(missing))
+        )
+        for job_id, revision, preset, width, height, aspect, steps, guidance in rows:
+            story = Story.model_construct(
                 preset=preset,
                 width=width,
                 height=height,
@@ -101,8 +112,13 @@ def _stored_settings(session: Session, job_ids: Sequence[str]) -> dict[str, Rend
                 steps=steps,
                 guidance=guidance,
             )
-        )
-        for job_id, preset, width, height, aspect, steps, guidance in rows
+            _SETTINGS[job_id, revision] = RenderSettings.of(story)
+            while len(_SETTINGS) > _SETTINGS_KEPT:
+                _SETTINGS.popitem(last=False)
+    return {
+        job_id: _SETTINGS[job_id, revision]
+        for job_id, revision in revisions.items()
+        if (job_id, revision) in _SETTINGS
     }
 
 

@@ -34,13 +34,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dashboard.context import farm
-from dashboard.progress import job_summary, shard_row, shard_rows
+from dashboard.progress import job_summary
 from dashboard.scope import job_of
 from dashboard.security import principal
 from farm.context import Farm
 from farm.db.models import Render, Shard
 from farm.db.states import JobStatus, RenderStatus
 from farm.db.types import sql_now
+from farm.progress import shard_row, shard_rows
 
 live = Blueprint("live", __name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from farm.accounting import job_usage
@@ -162,3 +162,82 @@ def eta_text(seconds: float | None) -> str:
     if hours:
         return f"ETA {hours}h{minutes:02d}m"
     return f"ETA {minutes}m{secs:02d}s" if minutes else f"ETA {secs}s"
+
+
+# --- Shards ----------------------------------------------------------------------------------
+
+# The job page's shard table lists this many, those a person looks for first: running, then
+# failed, paused, queued, cancelled and succeeded, each in shard order. A 10,000-scene story
+# has 2,500 shards; the page counts them by state, and the API pages through them all.
+SHARDS_SHOWN = 100
+_FIRST = [
+    ShardStatus.RUNNING,
+    ShardStatus.FAILED,
+    ShardStatus.PAUSED,
+    ShardStatus.QUEUED,
+    ShardStatus.CANCELLED,
+    ShardStatus.SUCCEEDED,
+]
+_WORTH_SEEING = case({str(s): rank for rank, s in enumerate(_FIRST)}, value=Shard.status)
+
+
+def shard_rows(
+    session: Session,
+    job_id: str,
+    *,
+    limit: int | None = SHARDS_SHOWN,
+    offset: int = 0,
+    status: ShardStatus | None = None,
+) -> list[dict[str, Any]]:
+    """The job's shards worth seeing first (or those of `status`, in shard order), a page of
+    them."""
+    query = select(Shard).where(Shard.job_id == job_id)
+    if status is not None:
+        query = query.where(Shard.status == status).order_by(Shard.index)
+    else:
+        query = query.order_by(_WORTH_SEEING, Shard.index)
+    return [shard_row(shard) for shard in session.scalars(query.limit(limit).offset(offset))]
+
+
+@dataclass(frozen=True)
+class ShardCounts:
+    """A job's shards by state, and the runs of them interrupted (preempted, drained)."""
+
+    by_state: dict[str, int]
+    interruptions: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_state.values())
+
+
+def shard_counts(session: Session, job_id: str) -> ShardCounts:
+    """One GROUP BY over the job's shards, however many it has."""
+    rows = session.execute(
+        select(Shard.status, func.count(), func.coalesce(func.sum(Shard.interruptions), 0))
+        .where(Shard.job_id == job_id)
+        .group_by(Shard.status)
+    ).all()
+    by_state = {str(state): 0 for state in _FIRST}
+    by_state.update({str(state): n for state, n, _ in rows})
+    return ShardCounts(by_state, sum(int(stops) for *_, stops in rows))
+
+
+def shard_row(shard: Shard) -> dict[str, Any]:
+    return {
+        "index": shard.index,
+        "status": str(shard.status),
+        "worker_id": shard.worker_id,
+        "attempts": shard.attempts,
+        "max_attempts": shard.max_attempts,
+        "interruptions": shard.interruptions,
+        "checkpoint_step": shard.checkpoint_step,
+        "error": shard.error,
+        "started": shard.started,
+        "finished": shard.finished,
+        "seconds": (
+            round((shard.finished - shard.started).total_seconds(), 1)
+            if shard.started and shard.finished
+            else None
+        ),
+    }

@@ -105,9 +105,7 @@ def whose_turn(
     return hint
 
 
-def take_turn(
-    session: Session, preset: str, worker: str | None = None
-) -> Shard | HeldTurn | None:
+def take_turn(session: Session, preset: str, worker: str | None = None) -> Shard | HeldTurn | None:
     """The queued shard of `preset` a free worker takes now, locked for the caller's claim
     (rows another claim holds are skipped), its project charged for it; None when no project
     may run one (nothing queued, or all of it capped or paused). Jobs that keep `worker` off

@@ -29,9 +29,11 @@ from farmcli.job_refs import full_job_id
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from farm.progress import JobReport
+    from farm.progress import JobReport, ShardCounts
 
 BAR_WIDTH = 30
+# The shards `farm status` lists: those worth seeing first, few enough to redraw with --watch.
+SHARDS_PRINTED = 20
 ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 project_option = click.option(
@@ -181,33 +183,19 @@ def jobs(
         click.echo(line)
 
 
-def _report(farm: Farm, job_id: str) -> tuple[JobReport, list[dict[str, Any]]]:
-    from sqlalchemy import select
-
-    from farm.db.models import Shard
-    from farm.progress import job_report
+def _report(farm: Farm, job_id: str) -> tuple[JobReport, ShardCounts, list[dict[str, Any]]]:
+    from farm.progress import job_report, shard_counts, shard_rows
 
     with farm.sessions() as session:
         report = job_report(session, job_id)
-        shards = [
-            {
-                "index": s.index,
-                "status": str(s.status),
-                "worker_id": s.worker_id,
-                "attempts": s.attempts,
-                "max_attempts": s.max_attempts,
-                "error": s.error,
-            }
-            for s in session.scalars(
-                select(Shard).where(Shard.job_id == job_id).order_by(Shard.index)
-            )
-        ]
-    return report, shards
+        counts = shard_counts(session, job_id)
+        shards = shard_rows(session, job_id, limit=SHARDS_PRINTED)
+    return report, counts, shards
 
 
-def status_lines(report: JobReport, shards: list[dict[str, Any]]) -> list[str]:
+def status_lines(report: JobReport, counts: ShardCounts, shards: list[dict[str, Any]]) -> list[str]:
     """What `farm status` prints: the bar and counts, the running renders' steps, why it
-    waits, then each shard."""
+    waits, then the shards by state and those worth seeing first (running, failed, ...)."""
     from farm.progress import eta_text
 
     filled = round(report.fraction * BAR_WIDTH)
@@ -228,6 +216,8 @@ def status_lines(report: JobReport, shards: list[dict[str, Any]]) -> list[str]:
         lines.append(f"  rendering: {steps}")
     if report.waiting:
         lines.append(f"  waiting: {report.waiting}")
+    states = ", ".join(f"{n} {state}" for state, n in counts.by_state.items() if n)
+    lines.append(f"  shards: {counts.total} ({states})")
     for shard in shards:
         where = f" on {shard['worker_id']}" if shard["worker_id"] else ""
         error = f"  {shard['error']}" if shard["error"] else ""
@@ -235,6 +225,9 @@ def status_lines(report: JobReport, shards: list[dict[str, Any]]) -> list[str]:
             f"  shard {shard['index']:3d} {shard['status']:9}{where} "
             f"(attempt {shard['attempts']}/{shard['max_attempts']}){error}"
         )
+    if counts.total > len(shards):
+        more = counts.total - len(shards)
+        lines.append(f"  ... and {more} more: GET /api/v1/jobs/{report.job_id}/shards lists all")
     return lines
 
 
@@ -258,11 +251,12 @@ def status(job_id: str, watch: bool, interval: float, as_json: bool) -> None:
     terminal = sys.stdout.isatty() and not as_json
     shown: list[str] = []
     while True:
-        report, shards = _report(farm, job_id)
+        report, counts, shards = _report(farm, job_id)
         if as_json:
-            lines = [json.dumps({**report.as_json(), "shards": shards})]
+            document = {**report.as_json(), "shard_counts": counts.by_state, "shards": shards}
+            lines = [json.dumps(document, default=str)]
         else:
-            lines = status_lines(report, shards)
+            lines = status_lines(report, counts, shards)
         if lines != shown:
             if terminal and shown:  # redraw in place: up over the last report, clear below
                 click.echo(f"\x1b[{len(shown)}F\x1b[J", nl=False)

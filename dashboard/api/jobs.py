@@ -35,7 +35,7 @@ from dashboard.api.schemas import (
 )
 from dashboard.context import farm
 from dashboard.files import browser_url, comic_keys, download_name
-from dashboard.progress import job_summary, shard_counts, shard_rows
+from dashboard.progress import job_summary
 from dashboard.scope import MAX_ID, character_of, job_of
 from dashboard.security import principal
 from dashboard.studio import cast_of, plan_of, story_for, submit
@@ -45,6 +45,7 @@ from farm.db.states import JobStatus, RenderStatus
 from farm.errors import InputError
 from farm.jobs import check_submission
 from farm.lifecycle import cancel_job, retry_job
+from farm.progress import shard_counts, shard_rows
 from farm.webhooks import check_webhook_url
 
 ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)

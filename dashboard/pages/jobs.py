@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from dashboard.context import farm
 from dashboard.files import IMAGE_TYPES, comic_keys
-from dashboard.progress import job_summary, shard_counts, shard_rows
+from dashboard.progress import job_summary
 from dashboard.scope import job_of, page_number
 from dashboard.security import principal, requires
 from farm.approval import contact_sheet
@@ -32,6 +32,7 @@ from farm.db.states import JobStatus, RenderStatus
 from farm.errors import InputError
 from farm.job_names import file_stem
 from farm.lifecycle import cancel_job, retry_job
+from farm.progress import shard_counts, shard_rows
 from farm.scheduling import pause_job, resume_job, set_priority
 
 jobs = Blueprint("jobs", __name__)

@@ -16,11 +16,11 @@ from sqlalchemy import update
 
 from dashboard.app import create_app
 from dashboard.live import JobStream
-from dashboard.progress import SHARDS_SHOWN
 from farm.context import Farm
 from farm.db.models import Render, Shard
 from farm.db.states import ShardStatus
 from farm.events import Events
+from farm.progress import SHARDS_SHOWN
 from tests.fixtures.dashboard import (
     SECRET_KEY,
     Studio,

@@ -98,10 +98,12 @@ def test_status_as_json_and_watching_a_job_to_its_end(env):
     )
     assert report["waiting"] == "no worker serves preset tiny: it will wait"
     assert [s["status"] for s in report["shards"]] == ["queued", "queued"]
+    assert report["shard_counts"]["queued"] == 2
 
     farm_cli(env, "cancel", job_id)
     watched = farm_cli(env, "status", job_id, "--watch", code=1)  # it ended cancelled
     assert watched.stdout.splitlines()[0].startswith(f"job {job_id} cancelled  [")
+    assert "  shards: 2 (2 cancelled)" in watched.stdout.splitlines()
 
 
 def test_submit_with_the_broker_down_says_so_once_and_the_reaper_sends_it_later(env, tmp_path):

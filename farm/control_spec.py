@@ -28,16 +28,25 @@ class ControlType(StrEnum):
     CANNY = "canny"
 
 
-def _image_is_file(image: str, info: ValidationInfo) -> str:
+def _image_is_file(image: str, info: ValidationInfo, kind: str = "control image") -> str:
     # As a story's photos: a path is checked only when the caller says where paths start.
     source_dir = (info.context or {}).get("source_dir")
     if source_dir is not None and not (is_data_url(image) or is_stored(image)):
         path = Path(source_dir) / image
         if not path.is_file():
             raise PydanticCustomError(
-                "control_not_a_file", "control image {path} is not a file", {"path": str(path)}
+                "image_not_a_file", "{kind} {path} is not a file", {"kind": kind, "path": str(path)}
             )
     return image
+
+
+def _reference_is_file(image: str, info: ValidationInfo) -> str:
+    return _image_is_file(image, info, "reference image")
+
+
+# An outfit's or a location's reference image (`farm.composition`): named the ways a control
+# image is, and stored, judged and kept from `farm gc` by the same machinery (`farm.controls`).
+ReferenceImage = Annotated[str, StringConstraints(min_length=1), AfterValidator(_reference_is_file)]
 
 
 class SceneControl(BaseModel):
@@ -60,8 +69,16 @@ class SceneControl(BaseModel):
     def recipe(self) -> dict[str, str | float]:
         """What of it decides pixels, for a render's content hash: the image by its content
         (once stored), the type and the scale."""
-        image = self.image.removeprefix(STORED) if is_stored(self.image) else self.image
-        return {"image": image, "type": self.type.value, "scale": float(self.scale)}
+        return {
+            "image": stored_sha(self.image),
+            "type": self.type.value,
+            "scale": float(self.scale),
+        }
+
+
+def stored_sha(image: str) -> str:
+    """An image by its content, for a content hash (a path or URL, before storing, as it is)."""
+    return image.removeprefix(STORED) if is_stored(image) else image
 
 
 def is_stored(image: str) -> bool:

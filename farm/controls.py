@@ -1,4 +1,6 @@
-"""Control images: a scene's pose, depth or edge map, from the story to a worker's pipeline.
+"""The images a story names besides its photos, from the story to a worker's pipeline: each
+scene's control image (a pose, depth or edge map) and the reference images of its outfits and
+locations (`farm.composition`).
 
 A scene names its image one of three ways, and each way in resolves it to bytes before anything
 is written: a path relative to the story file (`farm render`, `farm submit`), the name of a file
@@ -8,7 +10,9 @@ the pixel limits) and must have the render's size exactly, since the map is laid
 latents pixel for pixel and a resized skeleton would move the pose. A submission stores each
 image once, named by its SHA-256, under `controls/` (before the job's rows commit, as photos
 are), its story refers to it as `sha256:<hex>`, and a `job_control_images` row per job and image
-keeps it from `farm gc` while a job may read it.
+keeps it from `farm gc` while a job may read it. A reference image of an outfit or a location
+goes every one of these ways too; it is judged like a photo, of any size (the renderer fits it
+to the render's).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from farm.identity.photos import (
 from farm.storage.base import Storage
 
 if TYPE_CHECKING:
+    from farm.composition import Location, Outfit
     from farm.story import PlannedRender, Story
 
 # What Pillow raises on bytes that are no image; `load_photo` turns them into its message.
@@ -60,10 +65,28 @@ def control_key(sha256: str) -> str:
     return f"controls/{sha256[:2]}/{sha256}"
 
 
+def reference_images(story: Story) -> list[tuple[str, str]]:
+    """Every reference image of the story's outfits and locations, as (field path, image)."""
+    found = []
+    for at, person in [("character", story.character)] + [
+        (f"cast[{index}]", member) for index, member in enumerate(story.cast)
+    ]:
+        for name, outfit in person.outfits.items():
+            found += [(f"{at}.outfits.{name}.images[{i}]", im) for i, im in _images(outfit)]
+    for name, location in story.locations.items():
+        found += [(f"locations.{name}.images[{i}]", im) for i, im in _images(location)]
+    return found
+
+
+def _images(part: Outfit | Location) -> list[tuple[int, str]]:
+    return list(enumerate(part.images or []))
+
+
 def stored_shas(story: Story) -> list[str]:
-    """The content hashes of the control images a job's story names, once each; a job is
-    planned only from a story whose images are stored (`submitted_story`)."""
+    """The content hashes of the control and reference images a job's story names, once each;
+    a job is planned only from a story whose images are stored (`submitted_story`)."""
     refs = {s.control.image for s in story.scenes if s.control is not None}
+    refs |= {image for _, image in reference_images(story)}
     unstored = sorted(ref[:40] for ref in refs if not is_stored(ref))
     if unstored:
         raise ValueError(f"control images not stored before planning the job: {unstored}")
@@ -88,6 +111,15 @@ def judge_control_image(data: bytes, where: str, size: tuple[int, int]) -> Contr
     return ControlImage(data, content_hash(data), width, height)
 
 
+def judge_reference_image(data: bytes, where: str) -> ControlImage:
+    """An outfit's or location's reference image, judged as a photo is (any size)."""
+    try:
+        image = load_photo(data, where, max_pixels=MAX_PHOTO_PIXELS)
+    except InputError as error:
+        raise InputError(str(error).replace("photo ", "reference image ", 1)) from None
+    return ControlImage(data, content_hash(data), image.width, image.height)
+
+
 def _wrong_size(where: str, got: tuple[int, int], size: tuple[int, int]) -> str:
     return (
         f"control image {where!r}: {got[0]}x{got[1]}, but the story renders {size[0]}x{size[1]}; "
@@ -105,7 +137,8 @@ def _data_url_bytes(image: str) -> bytes:
 def control_images(
     story: Story, files: Mapping[str, bytes], storage: Storage | None = None
 ) -> dict[str, ControlImage]:
-    """Every control image the story names, by its `image` string, read and judged.
+    """Every control and reference image the story names, by its `image` string, read and
+    judged.
 
     `files` holds what came with the story, by the name the story uses (a path for a story
     file, a file name for a form). With `storage`, a `sha256:` reference to an image the farm
@@ -114,34 +147,24 @@ def control_images(
     """
     found: dict[str, ControlImage] = {}
     problems: list[str] = []
-    seen: set[str] = set()  # an image two scenes share is judged, and named, once
     size = story.render_size()
-    for index, scene in enumerate(story.scenes):
-        if scene.control is None or scene.control.image in seen:
+    wanted = [
+        (f"scenes[{index}].control.image", scene.control.image, True)
+        for index, scene in enumerate(story.scenes)
+        if scene.control is not None
+    ]
+    wanted += [(where, image, False) for where, image in reference_images(story)]
+    seen: set[str] = set()  # an image two scenes (or outfits) share is judged, and named, once
+    for where, image, is_control in wanted:
+        if image in seen:
             continue
-        image = scene.control.image
         seen.add(image)
-        where = f"scenes[{index}].control.image"
         try:
-            if is_stored(image):
-                key = control_key(image.removeprefix(STORED))
-                if storage is None or not storage.exists(key):
-                    raise InputError(
-                        f"{image[:20]}... names no control image stored here; send the image "
-                        "itself (a file, or a data: URL)"
-                    )
-                data, name = storage.get(key), image
-            elif is_data_url(image):
-                data, name = _data_url_bytes(image), "data URL"
-            elif image in files or PurePosixPath(image).name in files:
-                # A form's upload carries its file name only: matched by a path's last part.
-                data, name = files.get(image) or files[PurePosixPath(image).name], image
+            data, name = _image_bytes(image, files, storage)
+            if is_control:
+                found[image] = judge_control_image(data, name, size)
             else:
-                raise InputError(
-                    f"no image {image!r} came with the story; upload it with the story (by "
-                    "that file name) or give it as a data:image/png;base64 URL"
-                )
-            found[image] = judge_control_image(data, name, size)
+                found[image] = judge_reference_image(data, name)
         except InputError as error:
             problems.append(f"{where}: {error}")
     if problems:
@@ -149,32 +172,58 @@ def control_images(
     return found
 
 
+def _image_bytes(
+    image: str, files: Mapping[str, bytes], storage: Storage | None
+) -> tuple[bytes, str]:
+    """An image's bytes, and the name messages give it, however the story names it."""
+    if is_stored(image):
+        key = control_key(image.removeprefix(STORED))
+        if storage is None or not storage.exists(key):
+            raise InputError(
+                f"{image[:20]}... names no control or reference image stored here; send the "
+                "image itself (a file, or a data: URL)"
+            )
+        return storage.get(key), image
+    if is_data_url(image):
+        return _data_url_bytes(image), "data URL"
+    if image in files or PurePosixPath(image).name in files:
+        # A form's upload carries its file name only: matched by a path's last part.
+        return files.get(image) or files[PurePosixPath(image).name], image
+    raise InputError(
+        f"no image {image!r} came with the story; upload it with the story (by that file name) "
+        "or give it as a data:image/png;base64 URL"
+    )
+
+
 def files_beside(story: Story) -> dict[str, bytes]:
-    """The control images a story file names by path, read from beside it (the CLI's way)."""
+    """The control and reference images a story file names by path, read from beside it (the
+    CLI's way)."""
     base = story.source_dir or Path()
+    images = [scene.control.image for scene in story.scenes if scene.control is not None]
+    images += [image for _, image in reference_images(story)]
     files = {}
-    for scene in story.scenes:
-        control = scene.control
-        if control is None or is_data_url(control.image) or is_stored(control.image):
+    for image in images:
+        if is_data_url(image) or is_stored(image):
             continue
-        path = base / control.image
+        path = base / image
         if path.is_file():  # a missing one is named by `control_images`
             with path.open("rb") as file:  # one byte over the limit is enough to refuse it
-                files[control.image] = file.read(MAX_PHOTO_BYTES + 1)
+                files[image] = file.read(MAX_PHOTO_BYTES + 1)
     return files
 
 
 def read_beside(story: Story) -> tuple[Story, dict[str, Image.Image]]:
-    """`farm render`'s control maps, read from beside the story file and judged (every problem
-    named at once, before a model loads), and the story naming each by its content as a job's
-    does, so that each PNG's recipe says which map steered it."""
+    """`farm render`'s control maps and reference images, read from beside the story file and
+    judged (every problem named at once, before a model loads), and the story naming each by
+    its content as a job's does, so that each PNG's recipe says which map steered it."""
     images = control_images(story, files_beside(story))
     maps = {image.ref: decode_control(image.data, name) for name, image in images.items()}
     return with_stored_refs(story, images), maps
 
 
 def with_stored_refs(story: Story, images: Mapping[str, ControlImage]) -> Story:
-    """The story as a job keeps it: every control image named by its stored content."""
+    """The story as a job keeps it: every control and reference image named by its stored
+    content."""
     if not images:
         return story
     data = story.model_dump(mode="json")
@@ -182,6 +231,12 @@ def with_stored_refs(story: Story, images: Mapping[str, ControlImage]) -> Story:
         control = scene.get("control")
         if control is not None:
             control["image"] = images[control["image"]].ref
+    parts = [*data["locations"].values()]
+    for person in [data["character"], *data["cast"]]:
+        parts += person["outfits"].values()
+    for part in parts:
+        if part.get("images"):
+            part["images"] = [images[image].ref for image in part["images"]]
     # Where its photos' paths start stays as it was (`farm submit` reads them next).
     return type(story).model_validate(data, context={"source_dir": story.source_dir})
 
@@ -210,13 +265,20 @@ def _content_type(data: bytes) -> str:
 def attach(
     plan: Sequence[PlannedRender], story: Story, images: Mapping[str, Image.Image]
 ) -> list[PlannedRender]:
-    """The planned renders with their scene's control and its map, from `images` keyed by the
-    scene's `image` string (a path or name at submission, `sha256:<hex>` in a job's story)."""
+    """The planned renders with their scene's control and its map, and the pixels of their
+    outfits' and location's reference images, from `images` keyed by the story's `image`
+    strings (a path or name at submission, `sha256:<hex>` in a job's story)."""
     attached = []
     for planned in plan:
         control = story.scenes[planned.scene_index].control
         if control is not None:
             planned = replace(planned, control=control, control_image=images[control.image])
+        if planned.dressing:
+            dressing = tuple(
+                replace(part, pixels=tuple(images[image] for image in part.images))
+                for part in planned.dressing
+            )
+            planned = replace(planned, dressing=dressing)
         attached.append(planned)
     return attached
 
@@ -224,13 +286,14 @@ def attach(
 def stored_maps(
     storage: Storage, story: Story, plan: Sequence[PlannedRender]
 ) -> dict[str, Image.Image]:
-    """A worker's control maps: each stored image the planned renders' scenes name, fetched
-    once however many renders share it."""
+    """A worker's control maps and reference images: each stored image the planned renders'
+    scenes name, fetched once however many renders share it."""
     refs = {
         control.image
         for planned in plan
         if (control := story.scenes[planned.scene_index].control) is not None
     }
+    refs |= {image for planned in plan for part in planned.dressing for image in part.images}
     return {
         ref: decode_control(storage.get(control_key(ref.removeprefix(STORED))), ref)
         for ref in sorted(refs)
@@ -238,6 +301,6 @@ def stored_maps(
 
 
 def decode_control(data: bytes, where: str) -> Image.Image:
-    """A stored control image as RGB pixels (a worker's read: the bytes were judged at
-    submission, so this only fails on storage that changed under the farm)."""
+    """A stored control or reference image as RGB pixels (a worker's read: the bytes were
+    judged at submission, so this only fails on storage that changed under the farm)."""
     return load_photo(data, where, max_pixels=MAX_PHOTO_PIXELS)

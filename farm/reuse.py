@@ -107,6 +107,8 @@ class RecipeHasher:
         extra: dict[str, object] = {"consistency": self._consistency}
         if planned.control is not None:  # its map by content hash, its type and its scale
             extra["control"] = planned.control.recipe()
+        if planned.dressing:  # its outfits' and location's reference images, by content
+            extra["dressing"] = [part.recipe() for part in planned.dressing]
         return render_hash(
             **self._common,
             prompt=planned.prompt,

@@ -32,7 +32,15 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from farm import styles
-from farm.composition import Location, Name, Outfit, Shot, compose_prompt, worn_outfits
+from farm.composition import (
+    Dressing,
+    Location,
+    Name,
+    Outfit,
+    Shot,
+    compose_prompt,
+    worn_outfits,
+)
 from farm.consistency import Consistency
 from farm.control_spec import SceneControl
 from farm.documents import DEFAULT_LIMITS, DocumentLimits, check_size, parse_document
@@ -154,6 +162,9 @@ class PlannedRender:
     # The scene's control (`farm.controls`), and its map once read (`farm.controls.attach`).
     control: SceneControl | None = None
     control_image: Image.Image | None = None
+    # The outfits and location with reference images the scene uses (`Story.plan`), their
+    # images decoded once read (`farm.controls.attach`).
+    dressing: tuple[Dressing, ...] = ()
 
 
 def derive_seed(base: int, scene: int, variant: int) -> int:
@@ -331,6 +342,7 @@ class Story(BaseModel):
     scenes: list[Scene] = Field(min_length=1, max_length=MAX_SCENES)
     consistency: Consistency = Field(
         default_factory=Consistency,
+        validate_default=True,  # reference images are judged there, with consistency off too
         description="Consistent self-attention across scenes: clothes, hair and props kept "
         "from scene to scene (off by default).",
     )
@@ -442,10 +454,18 @@ class Story(BaseModel):
         problem = None if scenes is None else consistency.problem(len(scenes))
         presets = (info.context or {}).get("presets")
         preset = presets.get(info.data.get("preset")) if isinstance(presets, Mapping) else None
-        if problem is None and consistency.enabled and preset and not preset.consistency:
+        imaged = _with_images(_people(info), info.data.get("locations", {}))
+        if problem is None and preset and not preset.consistency and consistency.enabled:
             problem = (
                 f"preset {preset.name!r} does not support consistency (its few-step LoRA was "
                 "distilled on the UNet's own attention); use mode 'off' or a preset such as "
+                + ", ".join(repr(name) for name, p in presets.items() if p.consistency)
+            )
+        elif problem is None and preset and not preset.consistency and imaged:
+            problem = (
+                f"preset {preset.name!r} does not support reference images ({imaged[0]} has "
+                "images): they act through consistent self-attention, which its few-step LoRA "
+                "was not distilled with; remove the images or use a preset such as "
                 + ", ".join(repr(name) for name, p in presets.items() if p.consistency)
             )
         if problem is not None:
@@ -490,10 +510,31 @@ class Story(BaseModel):
                     seed = (scene.seed + variant) % (MAX_SEED + 1)
                 renders.append(
                     PlannedRender(
-                        index, variant, prompt, negative, seed, scene.caption, scene.control
+                        index,
+                        variant,
+                        prompt,
+                        negative,
+                        seed,
+                        scene.caption,
+                        scene.control,
+                        dressing=self._dressing(scene),
                     )
                 )
         return renders
+
+    def _dressing(self, scene: Scene) -> tuple[Dressing, ...]:
+        """The scene's outfits (in cast order) and location that have reference images."""
+        worn = worn_outfits(scene.outfit, self.character.trigger)
+        used: list[Outfit | Location] = [
+            p.outfits[worn[p.trigger]] for p in self.characters if p.trigger in worn
+        ]
+        if scene.location is not None:
+            used.append(self.locations[scene.location])
+        return tuple(
+            Dressing(part.prompt, tuple(part.images), self.consistency)
+            for part in used
+            if part.images
+        )
 
 
 def _dressing_problems(
@@ -534,6 +575,17 @@ def _dressing_problems(
             )
         )
     return problems
+
+
+def _with_images(people: list[Character], locations: Mapping[str, Location]) -> list[str]:
+    """The outfits and locations that have reference images, named as a story file does."""
+    named = [
+        f"outfit {name!r} of {person.name}"
+        for person in people
+        for name, outfit in person.outfits.items()
+        if outfit.images
+    ]
+    return named + [f"location {name!r}" for name, place in locations.items() if place.images]
 
 
 def _composed_prompt(

@@ -92,7 +92,7 @@ def test_a_data_url_is_an_image_sent_inside_the_body() -> None:
             "96x64, but the story renders 64x64; a control map must have the render's size",
         ),
         ({}, "data:image/png;base64,%%%", "the data URL is not valid base64"),
-        ({}, "sha256:" + "a" * 64, "names no control image stored here"),
+        ({}, "sha256:" + "a" * 64, "names no control or reference image stored here"),
     ],
 )
 def test_bad_control_images_are_refused_naming_the_scene(files, image, expected) -> None:

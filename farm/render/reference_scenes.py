@@ -205,25 +205,31 @@ def render_batches(
     class_words: Mapping[str, str],
     batch_size: int,
 ) -> Iterator[tuple[Sequence[PlannedRender], RenderResult]]:
-    """`todo`, of the story's whole `plan`, rendered in batches in one process (`farm render`)
-    with the story's consistency: in story mode the reference batch comes first (its images are
-    those scenes' renders, where `todo` has them), then the rest, reading the tokens it shared,
-    as any worker of the farm would."""
+    """`todo`, of the story's whole `plan`, rendered in one process (`farm render`) with the
+    story's consistency, in the batches a farm renders it in: `todo` in order, `batch_size` at
+    a time, as shards of a multiple of the batch size hold it.
+
+    In story mode the reference batch renders first, for the tokens its scenes share, and then
+    every batch reads them as a worker does, the reference scenes' own too: a CPU's (and a
+    GPU's) kernels round differently by batch size and makeup, so a scene has the farm's pixels
+    only in the farm's batch. A batch that is the reference batch itself (the same renders in
+    the same order) is not rendered twice: reading its own tokens is the same computation, so
+    its images are the reference batch's, to the bit."""
     attention: ConsistentAttention | None = None
-    todo = list(todo)
+    references: list[PlannedRender] = []
+    referenced: RenderResult | None = None
     if story.consistency.mode == "batch":
         attention = ConsistentAttention(story.consistency)
     elif story.consistency.mode == "story":
         references = reference_renders(story, plan)
-        tokens, result = render_references(
+        tokens, referenced = render_references(
             loaded, references, settings, identities, class_words, story
         )
-        wanted = [i for i, planned in enumerate(references) if planned in todo]
-        if wanted:
-            images = [result.images[i] for i in wanted]
-            yield [references[i] for i in wanted], RenderResult(images, result.timings)
-        todo = [p for p in todo if p not in references]
         attention = ConsistentAttention(story.consistency, reading=tokens)
     for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        yield batch, loaded.render(batch, settings, identities, class_words, consistency=attention)
+        batch = list(todo[start : start + batch_size])
+        if referenced is not None and batch == references:
+            yield batch, referenced
+        else:
+            result = loaded.render(batch, settings, identities, class_words, consistency=attention)
+            yield batch, result

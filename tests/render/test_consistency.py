@@ -8,6 +8,7 @@ import hashlib
 import math
 import re
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,18 @@ from PIL import Image
 from farm.consistency import Consistency
 from farm.errors import InputError
 from farm.identity.tokens import IdentityTokens
-from farm.recipe import render_filename
+from farm.recipe import RenderSettings, render_filename
 from farm.render.consistency import ConsistentAttention, self_attention_layers
 from farm.render.pipeline import SceneRender
 from farm.render.presets import PRESETS
-from farm.render.reference_scenes import load_tokens, reference_renders, store_tokens
-from farm.render.story_render import render_story
+from farm.render.reference_scenes import (
+    ReferenceTokens,
+    consistent_attention,
+    load_tokens,
+    reference_renders,
+    store_tokens,
+)
+from farm.render.story_render import character_photos, render_story
 from farm.storage.local import LocalStorage
 from farm.story import load_story, parse_story
 from tests.fixtures.tiny import EXAMPLES, photos_of
@@ -210,13 +217,16 @@ def test_reference_batch_must_render_whole(tiny, newton):
         run(tiny, newton, scenes(seeds=(1,)), consistency=writing)
 
 
-def example(consistency: dict | None, preset: str = "tiny") -> dict:
-    """The example story, cut to three scenes of 64x64 in 3 steps, with `consistency`."""
+def example(
+    consistency: dict | None, preset: str = "tiny", *, scenes: int = 3, steps: int = 3
+) -> dict:
+    """The example story, cut to `scenes` scenes of 64x64 in `steps` steps, with
+    `consistency`."""
     story = load_story(EXAMPLES / "story.yaml", presets=PRESETS)
     data = story.model_dump(mode="json", exclude={"consistency"})
-    data.update(preset=preset, steps=3, width=64, height=64, variants=1)
+    data.update(preset=preset, steps=steps, width=64, height=64, variants=1)
     data["character"]["photos"] = [str(path.resolve()) for path in story.photo_paths()]
-    data["scenes"] = data["scenes"][:3]
+    data["scenes"] = data["scenes"][:scenes]
     if consistency is not None:
         data["consistency"] = consistency
     return data
@@ -252,6 +262,39 @@ def test_story_mode_in_one_process(tiny, tmp_path):
         # A lone reference has no other to attend to: it is today's render (another batch,
         # so within a level); the others moved towards it.
         assert moved <= 1 if scene == 2 else moved > 1, (scene, moved)
+
+
+def test_story_mode_in_one_process_is_the_farms_to_the_byte(tiny, tmp_path):
+    """`farm render` against a farm: one worker renders reference scenes 1 and 3 and stores
+    their tokens, another reads them and renders the story in shards of the batch size. A CPU's
+    convolutions round differently by batch, so the one process batches as the farm does
+    (reference scenes included, reading the tokens), not the other renders on their own."""
+    consistency = {"mode": "story", "reference_scenes": [1, 3], "window": [0, 1], "strength": 2}
+    story = parse_story(example(consistency, scenes=5, steps=2), presets=PRESETS)
+    assert len(story.plan()) == 6  # scene 2 has two variants
+    render_story(story, tmp_path / "alone", tiny)
+
+    settings = RenderSettings.of(story)
+    character = story.character
+    identities = {
+        character.trigger: tiny.identity.tokens_for(
+            character_photos(story), crop=character.face_crop
+        )
+    }
+    class_words = {character.trigger: character.class_word}
+    bucket = LocalStorage(tmp_path / "bucket")
+    workers = [ReferenceTokens(bucket, lambda key: nullcontext()) for _ in range(2)]
+    for worker in workers:  # the first renders and stores the tokens, the second reads them
+        attention = consistent_attention(story, tiny, settings, identities, class_words, worker)
+    assert [worker.rendered for worker in workers] == [1, 0]
+    plan, size = story.plan(), tiny.preset.batch_size
+    for start in range(0, len(plan), size):  # the shards, each one batch
+        shard = plan[start : start + size]
+        result = tiny.render(shard, settings, identities, class_words, consistency=attention)
+        for planned, image in zip(shard, result.images, strict=True):
+            name = render_filename(planned.scene_index, planned.variant)
+            alone = read_png(tmp_path / "alone" / name)
+            assert np.array_equal(np.asarray(image), alone), name
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from farm.metrics import record_model_load, watch_worker
 from farm.quality import Reference
 from farm.render.loading import LoadedPreset, load_preset, pick_device, warm_up
 from farm.render.presets import get_preset
+from farm.render.reference_images import ReferenceImageTokens
 from farm.render.reference_scenes import ReferenceTokens
 from workers.cores import pin_render_thread, unpin_thread
 from workers.finisher import Finisher
@@ -131,6 +132,11 @@ class WorkerRuntime:
                 compile_unet=farm.settings.compile_unet,
                 prompt_truncation=farm.settings.prompt_truncation,
                 noise=farm.settings.noise,
+            )
+            # Outfits' and locations' reference-image tokens: read, or rendered once across the
+            # farm and stored, like the identity tokens.
+            runtime.presets[name].pipeline.reference_images = ReferenceImageTokens(
+                name, farm.storage, key_lock(farm.engine, farm.settings.data_dir)
             )
             record_model_load(name, runtime.presets[name].load_seconds)
             seconds = warm_up(runtime.presets[name])

@@ -26,8 +26,14 @@ What the farm does differently from the reference code, and why:
 - keys and values are not stored: the tokens they are projected from are (half the bytes), and
   each layer projects them with its own weights when it reads them.
 
+A render may also attend to the tokens of its outfits' and location's reference images
+(`farm.render.reference_images`), given per render to `installed`: the same attention, with the
+same strength, blocks and window, whatever the mode; with `mode: off` the images of a call then
+do not attend to each other (`share=False`), only to their reference images.
+
 Outside the window, and on the cross-attention layers, the UNet's own processor runs unchanged,
-and with `mode: off` nothing here is installed at all: those renders are today's, to the byte.
+and with `mode: off` and no reference images nothing here is installed at all: those renders
+are today's, to the byte.
 """
 
 from __future__ import annotations
@@ -195,14 +201,19 @@ class ConsistentAttention:
         *,
         reading: SharedTokens | None = None,
         record: bool = False,
+        share: bool = True,
     ) -> None:
+        """`share=False` (consistency off, reference images on): the images of a call do not
+        attend to each other, only to the reference-image tokens each is given."""
         if reading is not None and record:
             raise ValueError("a call either reads stored tokens or records its own, not both")
         self.settings = settings
         self.reading = reading
         self.recorded: SharedTokens | None = None
         self._record = record
+        self.share = share
         self._seeds: list[int] = []
+        self._dressing: list[list[SharedTokens]] = []
         self._own_rows: list[int | None] = []
         self._guided = False
         self._steps = 0
@@ -212,11 +223,17 @@ class ConsistentAttention:
 
     @contextmanager
     def installed(
-        self, unet: UNet2DConditionModel, renders: Sequence[Scene], guided: bool, steps: int
+        self,
+        unet: UNet2DConditionModel,
+        renders: Sequence[Scene],
+        guided: bool,
+        steps: int,
+        dressing: Sequence[Sequence[SharedTokens]] = (),
     ) -> Iterator[None]:
         """The consistent processor on the chosen layers for the duration; the UNet's own
         processors are back afterwards, whatever happened (the UNet is the worker's, shared
-        by every later render)."""
+        by every later render). `dressing`, per render, holds the tokens of the reference
+        images it attends to (none: an empty sequence)."""
         layers = check_layers(unet, self.settings.blocks)
         if self._record and self.recorded is not None:
             raise RuntimeError(
@@ -227,7 +244,13 @@ class ConsistentAttention:
         self._guided, self._steps = guided, steps
         reading = self.reading
         self._own_rows = [None if reading is None else reading.row_of(r) for r in renders]
-        if reading is not None and reading.branches != (2 if guided else 1):
+        self._dressing = [list(parts) for parts in dressing] or [[] for _ in renders]
+        if len(self._dressing) != len(renders):
+            raise ValueError("reference-image tokens are given per render, one entry each")
+        branches = 2 if guided else 1
+        made = [reading] if reading is not None else []
+        made += [tokens for parts in self._dressing for tokens in parts]
+        if any(tokens.branches != branches for tokens in made):
             raise RuntimeError("the stored reference tokens were made with another guidance")
         if self._record:
             self.recorded = SharedTokens([recipe(r) for r in renders], 2 if guided else 1)
@@ -258,7 +281,9 @@ class ConsistentAttention:
         if not self._active:
             return False
         # A lone image with nothing stored to read has no other scene to attend to.
-        return self.reading is not None or len(self._seeds) > 1 or self._record
+        if self.reading is not None or self._record or any(self._dressing):
+            return True
+        return self.share and len(self._seeds) > 1
 
     def _sample(self, image: int, tokens: int) -> torch.Tensor:
         key = (image, tokens)
@@ -267,22 +292,34 @@ class ConsistentAttention:
             self._samples[key] = sampled_tokens(seed, self._step, tokens, self.settings.sample_rate)
         return self._samples[key]
 
+    @property
+    def undressed(self) -> list[int]:
+        """The images of the call without reference images, where others have some: their rows
+        are computed as if no image had any (`dressed=False`), so they come out as they would
+        without reference images in the story, to the byte."""
+        if not any(self._dressing):
+            return []
+        return [image for image, parts in enumerate(self._dressing) if not parts]
+
     def attend(
-        self, name: str, attn: Attention, hidden_states: torch.Tensor
+        self, name: str, attn: Attention, hidden_states: torch.Tensor, dressed: bool = True
     ) -> torch.Tensor | None:
         """The layer's consistent self-attention; None where no image has another scene's
         tokens to see (a lone reference), so that the layer's own processor runs: those
-        renders are then exactly what they would be with consistency off."""
+        renders are then exactly what they would be with consistency off. `dressed=False`
+        leaves the reference images' tokens out."""
         branches = 2 if self._guided else 1
         total, count, channels = hidden_states.shape
         images = total // branches
         query, key, value = _project(attn, hidden_states)
         half = shared_dtype(hidden_states.dtype)
         by_image = hidden_states.view(branches, images, count, channels)
+        shared: torch.Tensor | None = None
+        excluded: list[int | None] = []
         if self.reading is not None:
             shared = self.reading.at(self._step, name).to(hidden_states.device)
-            excluded = self._own_rows
-        else:
+            excluded = list(self._own_rows)
+        elif self.share:
             picked = [
                 by_image[:, b, self._sample(b, count).to(by_image.device)] for b in range(images)
             ]
@@ -290,19 +327,37 @@ class ConsistentAttention:
             if self.recorded is not None:
                 self.recorded.tokens[(self._step, name)] = shared.cpu()
             excluded = list(range(images))
-        rows, sampled = shared.shape[1], shared.shape[2]
-        if rows == 1 and all(row is not None for row in excluded):
+        if shared is not None and shared.shape[1] == 1 and all(r is not None for r in excluded):
+            shared, excluded = None, []  # a lone image: no other scene's tokens to see
+        dressed = self._dressed(name, branches, hidden_states) if dressed else None
+        if shared is None and dressed is None:
             return None
-        shared = shared.to(hidden_states.dtype).reshape(branches, rows * sampled, channels)
-        _, shared_key, shared_value = _project(attn, shared)
+        extra_keys, extra_values = [], []
+        rows = sampled = 0
+        if shared is not None:
+            rows, sampled = shared.shape[1], shared.shape[2]
+            shared = shared.to(hidden_states.dtype).reshape(branches, rows * sampled, channels)
+            _, shared_key, shared_value = _project(attn, shared)
+            extra_keys.append(shared_key[:, None].expand(branches, images, *shared_key.shape[1:]))
+            extra_values.append(
+                shared_value[:, None].expand(branches, images, *shared_value.shape[1:])
+            )
+        lengths: list[int] | None = None
+        if dressed is not None:
+            tokens, lengths = dressed
+            longest = tokens.shape[2]
+            flat = tokens.to(hidden_states.dtype).reshape(branches, images * longest, channels)
+            _, dressed_key, dressed_value = _project(attn, flat)
+            extra_keys.append(dressed_key.view(branches, images, longest, -1))
+            extra_values.append(dressed_value.view(branches, images, longest, -1))
+        extra = sum(part.shape[2] for part in extra_keys)
 
-        def with_shared(own: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        def with_extra(own: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
             own = own.view(branches, images, count, -1)
-            extra = extra[:, None].expand(branches, images, *extra.shape[1:])
-            return torch.cat([own, extra], dim=2).reshape(total, count + rows * sampled, -1)
+            return torch.cat([own, *parts], dim=2).reshape(total, count + extra, -1)
 
-        key, value = with_shared(key, shared_key), with_shared(value, shared_value)
-        mask = self._bias(images, count, rows, sampled, excluded, hidden_states)
+        key, value = with_extra(key, extra_keys), with_extra(value, extra_values)
+        mask = self._bias(images, count, rows, sampled, excluded, hidden_states, lengths)
         if mask is not None:
             mask = mask.repeat(branches, 1)[:, None, None, :]
         heads, inner = attn.heads, query.shape[-1]
@@ -318,6 +373,27 @@ class ConsistentAttention:
             out = out + hidden_states
         return out / attn.rescale_output_factor
 
+    def _dressed(
+        self, name: str, branches: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, list[int]] | None:
+        """The reference-image tokens of each image at this step and layer, `[branches, images,
+        longest, channels]` (each image's own, zero-padded to the longest), and how many each
+        has; None when no image of the call has any."""
+        if not any(self._dressing):
+            return None
+        per_image = [
+            [tokens.at(self._step, name).flatten(1, 2) for tokens in parts]
+            for parts in self._dressing
+        ]
+        lengths = [sum(t.shape[1] for t in parts) for parts in per_image]
+        channels = like.shape[-1]
+        half = shared_dtype(like.dtype)
+        padded = torch.zeros(branches, len(per_image), max(lengths), channels, dtype=half)
+        for image, parts in enumerate(per_image):
+            if parts:
+                padded[:, image, : lengths[image]] = torch.cat(parts, dim=1)
+        return padded.to(like.device), lengths
+
     def _bias(
         self,
         images: int,
@@ -326,18 +402,24 @@ class ConsistentAttention:
         sampled: int,
         excluded: Sequence[int | None],
         like: torch.Tensor,
+        lengths: Sequence[int] | None = None,
     ) -> torch.Tensor | None:
         """Per image, what is added to the logits of each key: 0 for its own tokens,
-        log(strength) for the shared ones, -inf for its own row of them. None when all are 0."""
+        log(strength) for the shared ones and its reference images', -inf for its own row of
+        the shared ones and for the padding after its reference images'. None when all are 0."""
         weight = math.log(self.settings.strength)
-        if weight == 0 and all(row is None for row in excluded):
+        if weight == 0 and all(row is None for row in excluded) and lengths is None:
             return None
-        bias = torch.zeros(images, count + rows * sampled, dtype=like.dtype, device=like.device)
+        longest = 0 if lengths is None else max(lengths)
+        columns = count + rows * sampled + longest
+        bias = torch.zeros(images, columns, dtype=like.dtype, device=like.device)
         bias[:, count:] = weight
         for image, row in enumerate(excluded):
             if row is not None:
                 start = count + row * sampled
                 bias[image, start : start + sampled] = float("-inf")
+        for image, length in enumerate(lengths or ()):
+            bias[image, count + rows * sampled + length :] = float("-inf")
         return bias
 
 
@@ -368,6 +450,15 @@ class _Processor:
         out = self.run.attend(self.name, attn, hidden_states)
         if out is None:
             return self.original(attn, hidden_states, None, None, temb, *args, **kwargs)
+        undressed = self.run.undressed
+        if undressed:  # their rows as without reference images: computed so, then put in place
+            plain = self.run.attend(self.name, attn, hidden_states, dressed=False)
+            if plain is None:
+                plain = self.original(attn, hidden_states, None, None, temb, *args, **kwargs)
+            images = len(self.run._dressing)
+            branches = out.shape[0] // images
+            rows = [branch * images + image for branch in range(branches) for image in undressed]
+            out[rows] = plain[rows]
         return out
 
 

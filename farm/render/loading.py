@@ -29,6 +29,7 @@ from farm.render.lora import fuse_unet_lora, read_lora_file
 from farm.render.memory import VramMode, apply_vram_mode, choose_vram_mode, release_cached_memory
 from farm.render.pipeline import PhotoMakerPipeline, RenderResult, Scene, SceneRender
 from farm.render.presets import FastLora, ModelFiles, Preset, locate
+from farm.render.reference_images import ReferenceImageTokens
 from farm.render.schedulers import scheduler_for
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,8 @@ def load_preset(
     # Loaded when a scene first asks for a control type, on the device in the UNet's dtype.
     where = functools.partial(locate_control, files.models_dir, tiny=preset.tiny)
     pipeline.controls = ControlModels(where, torch_device, dtype)
+    # In this process's memory; a worker gives it object storage (workers/runtime.py).
+    pipeline.reference_images = ReferenceImageTokens(preset.name)
     accelerate(pipeline, compile_unet=compile_wanted(compile_unet, torch_device))
     apply_vram_mode(pipeline, mode)
     identity = IdentityEngine(encoder, faces, cache or IdentityCache())

@@ -28,6 +28,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, PreTrainedTokenizerBase
 
+from farm.composition import Dressing
 from farm.control_spec import SceneControl
 from farm.errors import InputError
 from farm.identity.encoders import IDEncoder
@@ -51,7 +52,7 @@ from farm.render.control import BatchControl, ControlModels, check_controls
 from farm.settings import NOISE_DEVICES
 
 if TYPE_CHECKING:
-    from farm.render.consistency import ConsistentAttention
+    from farm.render.consistency import ConsistentAttention, SharedTokens
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,27 @@ class Offload(Protocol):
 
     def remove(self) -> None:
         """Every weight back in its model, and no hook left: the mode is undone."""
+
+
+class ReferenceImages(Protocol):
+    """Where the tokens of outfits' and locations' reference images come from
+    (`farm.render.reference_images.ReferenceImageTokens`, set by the loader; a worker's reads
+    and stores them in object storage). Named here by what the pipeline needs of it, so that
+    the pipeline imports nothing of the module that makes them."""
+
+    def attention(
+        self,
+        pipeline: PhotoMakerPipeline,
+        consistency: ConsistentAttention | None,
+        renders: Sequence[Scene],
+        *,
+        height: int,
+        width: int,
+        steps: int,
+        guided: bool,
+    ) -> tuple[ConsistentAttention, list[list[SharedTokens]]]:
+        """The attention to run and, per render, the reference-image tokens it attends to."""
+        ...
 
 
 class RenderCancelled(Exception):
@@ -99,6 +121,11 @@ class Scene(Protocol):
         """The control's map, at the render's size (`farm.controls.attach`)."""
         ...
 
+    @property
+    def dressing(self) -> tuple[Dressing, ...]:
+        """The outfits and location with reference images it attends to (`Story.plan`)."""
+        ...
+
 
 @dataclass(frozen=True)
 class SceneRender:
@@ -109,6 +136,7 @@ class SceneRender:
     seed: int
     control: SceneControl | None = None
     control_image: Image.Image | None = None
+    dressing: tuple[Dressing, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,6 +212,8 @@ class PhotoMakerPipeline:
         self.offload: Offload | None = None
         # The ControlNets and T2I-Adapters of scenes with a control map: set by the loader.
         self.controls: ControlModels | None = None
+        # The tokens of outfits' and locations' reference images: set by the loader.
+        self.reference_images: ReferenceImages | None = None
 
     @property
     def device(self) -> torch.device:
@@ -453,6 +483,17 @@ class PhotoMakerPipeline:
         scheduler.set_timesteps(steps, device=self.device)
         timesteps = scheduler.timesteps
 
+        # 4b. Reference images of the outfits and locations the renders use: their tokens,
+        # attended to through consistent self-attention (farm/render/reference_images.py).
+        dressing: list[list[SharedTokens]] = []
+        if any(r.dressing for r in renders):
+            if self.reference_images is None:
+                raise RuntimeError("this pipeline has no source of reference-image tokens")
+            consistency, dressing = self.reference_images.attention(
+                self, consistency, renders, height=height, width=width, steps=steps, guided=do_cfg
+            )
+            timings["reference_images"] = time.perf_counter() - started - timings["encode"]
+
         # 5. Latents, each from its render's own seed.
         seeds = [r.seed for r in renders]
         latents, generators = self.prepare_latents(seeds, height, width)
@@ -482,7 +523,7 @@ class PhotoMakerPipeline:
         shared_attention = (
             nullcontext()
             if consistency is None
-            else consistency.installed(self.unet, renders, do_cfg, steps)
+            else consistency.installed(self.unet, renders, do_cfg, steps, dressing)
         )
         with shared_attention:
             for i, t in enumerate(timesteps):

@@ -1,0 +1,327 @@
+"""Reference images of outfits and locations, seen through consistent self-attention.
+
+A scene that wears an outfit with reference images (or is set at a location with them) attends,
+in the consistency blocks and window, to self-attention tokens of those images, as a story-mode
+render attends to its reference scenes' (`farm.render.consistency`). The images' tokens are made
+the way a reference scene's are, except that the image is given instead of denoised:
+
+1. each image is fitted to the render's size (scaled to cover it, centre-cropped) and encoded by
+   the VAE (the mean of its latent distribution);
+2. for every step in the window, it is noised to that step's timestep by the scheduler, with
+   noise drawn from a CPU generator seeded by (image, step): the same on every machine;
+3. the UNet runs on it with the outfit's (location's) words as the prompt, the unconditional
+   half of guidance with none, and each chosen self-attention layer's tokens are kept: the ones
+   `sampled_tokens` picks (the image's seed from its content), at half precision.
+
+Rendering them costs one UNet pass per image and step of the window, once: they are stored in
+object storage under `reference-images/<digest>/` (one object per step and a manifest, as
+reference scenes' tokens), the digest covering the images' content, the words, the consistency
+settings, the render's size, steps and guidance and the model, so a worker of any shard of any
+story that uses the same outfit reads them instead of computing them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from diffusers.models.attention_processor import Attention
+from PIL import Image, ImageOps
+
+from farm.composition import Dressing
+from farm.consistency import Consistency
+from farm.identity.cache import KeyLock
+from farm.render.consistency import (
+    ConsistentAttention,
+    Recipe,
+    SharedTokens,
+    check_layers,
+    sampled_tokens,
+    shared_dtype,
+)
+from farm.storage.base import Storage
+
+if TYPE_CHECKING:
+    from farm.render.pipeline import PhotoMakerPipeline, Scene
+
+log = logging.getLogger(__name__)
+
+PREFIX = "reference-images"
+
+
+def image_seed(image: Image.Image) -> int:
+    """An image's seed for token sampling and noise, from its pixels: the same image gives the
+    same tokens whatever it is called."""
+    digest = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def tokens_prefix(
+    dressing: Dressing, size: tuple[int, int], steps: int, guided: bool, model: Sequence[str]
+) -> str:
+    """Where an outfit's (location's) tokens lie for this render setup: a digest of everything
+    that decides them, so changed images, words or settings never read stale tokens."""
+    document = {
+        "dressing": dressing.recipe(),
+        "pixels": [image_seed(image) for image in dressing.pixels],
+        "size": list(size),
+        "steps": steps,
+        "guided": guided,
+        "model": list(model),
+    }
+    text = json.dumps(document, sort_keys=True, ensure_ascii=False)
+    return f"{PREFIX}/{hashlib.sha256(text.encode()).hexdigest()[:40]}"
+
+
+def store_tokens(storage: Storage, prefix: str, tokens: SharedTokens) -> None:
+    """Each step's object, then the manifest: a reader that finds the manifest finds them all
+    (the layout of reference scenes' tokens, `farm.render.reference_scenes`, which this module
+    cannot import: the loader, which it serves, is imported there)."""
+    for step in tokens.steps:
+        storage.put(f"{prefix}/step-{step:04d}.safetensors", tokens.step_bytes(step))
+    storage.put(f"{prefix}/manifest.json", tokens.manifest(), "application/json")
+    tokens.key = prefix
+
+
+def load_tokens(storage: Storage, prefix: str) -> SharedTokens | None:
+    try:
+        manifest = storage.get(f"{prefix}/manifest.json")
+    except KeyError:
+        return None
+    tokens, steps = SharedTokens.from_manifest(manifest)
+    tokens.key = prefix
+    for step in steps:
+        tokens.add_step(step, storage.get(f"{prefix}/step-{step:04d}.safetensors"))
+    return tokens
+
+
+def _fitted(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """The image scaled to cover the render's size and centre-cropped, as VAE input in [-1, 1]."""
+    fitted = ImageOps.fit(image.convert("RGB"), (width, height), Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 127.5 - 1.0)
+    return pixels.permute(2, 0, 1)
+
+
+def _noise(seed: int, step: int, shape: Sequence[int]) -> torch.Tensor:
+    digest = hashlib.sha256(f"{seed}:{step}".encode()).digest()
+    generator = torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "big"))
+    return torch.randn(tuple(shape), generator=generator)
+
+
+class _Capture:
+    """Set on a self-attention layer while an outfit's images run: keeps the sampled tokens of
+    each image, then lets the layer's own processor run."""
+
+    def __init__(self, tokens: ImageTokens, name: str, original: Any) -> None:
+        self.tokens = tokens
+        self.name = name
+        self.original = original
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is None and attention_mask is None and hidden_states.ndim == 3:
+            self.tokens.keep(self.name, hidden_states)
+        return self.original(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+        )
+
+
+class ImageTokens:
+    """The tokens of one outfit's (location's) images, made step by step."""
+
+    def __init__(self, dressing: Dressing, guided: bool) -> None:
+        self.settings: Consistency = dressing.settings
+        self.seeds = [image_seed(image) for image in dressing.pixels]
+        recipes: list[Recipe] = [(dressing.prompt, None, seed) for seed in self.seeds]
+        self.shared = SharedTokens(recipes, 2 if guided else 1)
+        self.step = 0
+
+    def keep(self, name: str, hidden_states: torch.Tensor) -> None:
+        branches, images = self.shared.branches, len(self.seeds)
+        count = hidden_states.shape[1]
+        by_image = hidden_states.view(branches, images, count, -1)
+        picked = [
+            by_image[:, b, sampled_tokens(seed, self.step, count, self.settings.sample_rate)]
+            for b, seed in enumerate(self.seeds)
+        ]
+        half = shared_dtype(hidden_states.dtype)
+        self.shared.tokens[(self.step, name)] = torch.stack(picked, dim=1).to(half).cpu()
+
+    @contextmanager
+    def capturing(self, pipeline: PhotoMakerPipeline) -> Iterator[None]:
+        """The capture on the chosen layers; the UNet's own processors back afterwards."""
+        unet = pipeline.unet
+        layers = check_layers(unet, self.settings.blocks)
+        originals = {name: attn.processor for name, attn in layers.items()}
+        compiled = vars(unet).pop("forward", None)  # as ConsistentAttention: eager meanwhile
+        try:
+            for name, attn in layers.items():
+                attn.set_processor(_Capture(self, name, originals[name]))
+            yield
+        finally:
+            for name, attn in layers.items():
+                attn.set_processor(originals[name])
+            if compiled is not None:
+                unet.forward = compiled
+
+
+@torch.inference_mode()
+def render_image_tokens(
+    pipeline: PhotoMakerPipeline,
+    dressing: Dressing,
+    *,
+    height: int,
+    width: int,
+    steps: int,
+    guided: bool,
+) -> SharedTokens:
+    """The tokens every render wearing `dressing` attends to, at each step of the window."""
+    if not dressing.pixels:
+        raise RuntimeError(f"the reference images of {dressing.prompt!r} were not read")
+    device, dtype = pipeline.device, pipeline.dtype
+    # 1. Latents of the images, fitted to the render's size.
+    vae = pipeline.vae
+    if vae.dtype == torch.float16 and vae.config.force_upcast:
+        vae.to(torch.float32)  # SDXL's VAE overflows in fp16, encoding as decoding
+    pixels = torch.stack([_fitted(image, width, height) for image in dressing.pixels])
+    encoded = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mode()
+    latents = (encoded * vae.config.scaling_factor).to(dtype)
+    images = latents.shape[0]
+    # 2. The words, and nothing for the unconditional half.
+    cond, pooled = pipeline._encode_text(dressing.prompt)
+    hidden, pooled = cond[None].expand(images, -1, -1), pooled[None].expand(images, -1)
+    if guided:
+        negative, negative_pooled = pipeline._negative(None)
+        hidden = torch.cat([negative[None].expand(images, -1, -1), hidden])
+        pooled = torch.cat([negative_pooled[None].expand(images, -1), pooled])
+    branches = 2 if guided else 1
+    time_ids = torch.tensor(
+        [[height, width, 0, 0, height, width]], device=device, dtype=dtype
+    ).repeat(branches * images, 1)
+    added = {"text_embeds": pooled.to(dtype), "time_ids": time_ids}
+    # 3. Each step of the window: the images noised to its timestep, through the UNet.
+    run = ImageTokens(dressing, guided)
+    scheduler_type, config = type(pipeline.scheduler), pipeline.scheduler.config
+    timesteps = scheduler_type.from_config(config)
+    timesteps.set_timesteps(steps, device=device)
+    with run.capturing(pipeline):
+        for step, t in enumerate(timesteps.timesteps):
+            if not dressing.settings.applies(step, steps):
+                continue
+            run.step = step
+            # A fresh scheduler per step: its noise and input scaling look the timestep up.
+            scheduler = scheduler_type.from_config(config)
+            scheduler.set_timesteps(steps, device=device)
+            noise = torch.stack([_noise(seed, step, latents.shape[1:]) for seed in run.seeds])
+            noisy = scheduler.add_noise(latents, noise.to(device, dtype), t.repeat(images))
+            model_in = scheduler.scale_model_input(torch.cat([noisy] * branches), t)
+            pipeline.unet(
+                model_in,
+                t,
+                encoder_hidden_states=hidden.to(dtype),
+                added_cond_kwargs=added,
+                return_dict=False,
+            )
+    return run.shared
+
+
+class ReferenceImageTokens:
+    """A pipeline's way to reference-image tokens: its memory, then object storage (`storage`,
+    a worker's), then rendering them once across the farm (under `lock`)."""
+
+    def __init__(
+        self,
+        model: str,
+        storage: Storage | None = None,
+        lock: KeyLock | None = None,
+        capacity: int = 16,
+    ) -> None:
+        self.model = model
+        self.storage = storage
+        self.lock: KeyLock = lock or self._one_at_a_time
+        self.capacity = capacity
+        self.computed = 0  # outfits' (locations') tokens this process rendered
+        self.loaded = 0  # read from storage
+        self._memory: OrderedDict[str, SharedTokens] = OrderedDict()
+        self._guard = threading.Lock()
+        self._busy = threading.Lock()
+
+    @contextmanager
+    def _one_at_a_time(self, key: str) -> Iterator[None]:
+        with self._busy:
+            yield
+
+    def tokens(
+        self,
+        pipeline: PhotoMakerPipeline,
+        dressing: Dressing,
+        *,
+        height: int,
+        width: int,
+        steps: int,
+        guided: bool,
+    ) -> SharedTokens:
+        model = (self.model, str(pipeline.dtype), type(pipeline.scheduler).__name__)
+        prefix = tokens_prefix(dressing, (width, height), steps, guided, model)
+        with self._guard:
+            found = self._memory.get(prefix)
+        if found is not None:
+            return found
+        with self.lock(prefix):
+            found = None if self.storage is None else load_tokens(self.storage, prefix)
+            if found is not None:
+                self.loaded += 1
+            else:
+                found = render_image_tokens(
+                    pipeline, dressing, height=height, width=width, steps=steps, guided=guided
+                )
+                self.computed += 1
+                if self.storage is not None:
+                    store_tokens(self.storage, prefix, found)
+                log.info("reference images of %r: %d bytes", dressing.prompt, found.nbytes)
+        with self._guard:
+            self._memory[prefix] = found
+            while len(self._memory) > self.capacity:
+                self._memory.popitem(last=False)
+        return found
+
+    def attention(
+        self,
+        pipeline: PhotoMakerPipeline,
+        consistency: ConsistentAttention | None,
+        renders: Sequence[Scene],
+        *,
+        height: int,
+        width: int,
+        steps: int,
+        guided: bool,
+    ) -> tuple[ConsistentAttention, list[list[SharedTokens]]]:
+        """The attention a call with reference images runs (the story's consistency if it has
+        one, else one that only adds the images' tokens) and, per render, the tokens it sees."""
+        dressing = [
+            [
+                self.tokens(pipeline, part, height=height, width=width, steps=steps, guided=guided)
+                for part in render.dressing
+            ]
+            for render in renders
+        ]
+        if consistency is None:
+            settings = next(part.settings for r in renders for part in r.dressing)
+            consistency = ConsistentAttention(settings, share=False)
+        return consistency, dressing

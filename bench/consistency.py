@@ -8,6 +8,9 @@ story mode, taking turns `--repeats` times (the median is reported: a shared mac
   renders in batches, reading those tokens, as workers do; the reference batch is timed apart,
   since the farm pays it once per story, not per render.
 The shared tokens are stored and loaded through object storage (a folder here), timed too.
+An outfit's reference image is measured the same way: renders wearing an outfit with one image
+(consistency off, its tokens made already, as every render after the first reads them), and
+making that image's tokens (once per image, render size and settings, whatever the story).
 
 For SDXL the stored bytes follow from the architecture alone (tokens per layer x channels x
 layers x steps in the window x guidance branches x 2 bytes), so they are computed from the
@@ -20,11 +23,13 @@ render time needs a GPU (not measured here).
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from bench.sdxl_arch import SDXL_BASE  # noqa: E402
 from bench.tiny_cost import run, tiny_parser  # noqa: E402
+from farm.composition import Dressing  # noqa: E402
 from farm.consistency import Consistency  # noqa: E402
 from farm.recipe import RenderSettings  # noqa: E402
 from farm.render.consistency import (  # noqa: E402
@@ -45,6 +52,7 @@ from farm.render.consistency import (  # noqa: E402
 from farm.render.loading import LoadedPreset, load_preset  # noqa: E402
 from farm.render.pipeline import SceneRender  # noqa: E402
 from farm.render.presets import get_preset  # noqa: E402
+from farm.render.reference_images import render_image_tokens  # noqa: E402
 from farm.render.reference_scenes import load_tokens, store_tokens  # noqa: E402
 from farm.storage.local import LocalStorage  # noqa: E402
 from tests.fixtures.tiny import photos_of  # noqa: E402
@@ -86,8 +94,27 @@ def tiny_figures(args: argparse.Namespace, models_dir: Path) -> dict:
         loaded.render(references, settings, identities, words, consistency=attention)
         shared["tokens"] = attention.recorded
 
+    coat = Image.open(io.BytesIO(photos_of("scarletthead_woman", 1)[0].data)).convert("RGB")
+    outfit = Dressing("wearing a red coat", ("coat.jpg",), Consistency(), (coat,))
+    dressed = [replace(scene, dressing=(outfit,)) for scene in scenes]
+    image_tokens: dict[str, SharedTokens] = {}
+
+    def outfit_tokens() -> None:
+        made = render_image_tokens(
+            loaded.pipeline, outfit, height=64, width=64, steps=args.steps, guided=True
+        )
+        image_tokens["coat"] = made
+
     in_batches(scenes[: args.batch], None)  # warm-up
-    runs: dict[str, list[float]] = {"off": [], "batch": [], "story": [], "references": []}
+    in_batches(dressed[: args.batch], None)  # and the outfit's tokens, made once
+    runs: dict[str, list[float]] = {
+        "off": [],
+        "batch": [],
+        "story": [],
+        "references": [],
+        "outfit image": [],
+        "outfit tokens": [],
+    }
     for _ in range(args.repeats):
         runs["off"].append(timed(lambda: in_batches(scenes, None)))
         batch_mode = ConsistentAttention(consistency.model_copy(update={"mode": "batch"}))
@@ -95,12 +122,16 @@ def tiny_figures(args: argparse.Namespace, models_dir: Path) -> dict:
         runs["references"].append(timed(story_references))
         reading = ConsistentAttention(consistency, reading=shared["tokens"])
         runs["story"].append(timed(lambda: in_batches(others, reading)))  # noqa: B023
+        runs["outfit image"].append(timed(lambda: in_batches(dressed, None)))
+        runs["outfit tokens"].append(timed(outfit_tokens))
     median = {name: statistics.median(seconds) for name, seconds in runs.items()}
     per_render = {
         "off": median["off"] / len(scenes),
         "batch": median["batch"] / len(scenes),
         "story (reading)": median["story"] / len(others),
         "story (reference batch)": median["references"] / len(references),
+        "outfit with an image (tokens read)": median["outfit image"] / len(scenes),
+        "outfit image's tokens (once per image)": median["outfit tokens"],
     }
     tokens = shared["tokens"]
     with tempfile.TemporaryDirectory() as folder:
@@ -117,6 +148,7 @@ def tiny_figures(args: argparse.Namespace, models_dir: Path) -> dict:
         "ratio_to_off": {k: round(v / per_render["off"], 3) for k, v in per_render.items()},
         "stored_bytes_per_reference_scene": tokens.nbytes // len(references),
         "stored_objects": len(tokens.steps) + 1,
+        "stored_bytes_per_outfit_image": image_tokens["coat"].nbytes,
         "store_s": round(store_s, 4),
         "load_s": round(load_s, 4),
     }

@@ -241,21 +241,25 @@ def render_image_tokens(
     return run.shared
 
 
+MEMORY_BYTES = 8 * 2**30  # on SDXL an image's tokens take about 5 GiB (README, "Outfits")
+
+
 class ReferenceImageTokens:
-    """A pipeline's way to reference-image tokens: its memory, then object storage (`storage`,
-    a worker's), then rendering them once across the farm (under `lock`)."""
+    """A pipeline's way to reference-image tokens: its memory (the most recent, up to
+    `memory_bytes`, and always the last one), then object storage (`storage`, a worker's), then
+    rendering them once across the farm (under `lock`)."""
 
     def __init__(
         self,
         model: str,
         storage: Storage | None = None,
         lock: KeyLock | None = None,
-        capacity: int = 16,
+        memory_bytes: int = MEMORY_BYTES,
     ) -> None:
         self.model = model
         self.storage = storage
         self.lock: KeyLock = lock or self._one_at_a_time
-        self.capacity = capacity
+        self.memory_bytes = memory_bytes
         self.computed = 0  # outfits' (locations') tokens this process rendered
         self.loaded = 0  # read from storage
         self._memory: OrderedDict[str, SharedTokens] = OrderedDict()
@@ -266,6 +270,9 @@ class ReferenceImageTokens:
     def _one_at_a_time(self, key: str) -> Iterator[None]:
         with self._busy:
             yield
+
+    def _held(self) -> int:
+        return sum(tokens.nbytes for tokens in self._memory.values())
 
     def tokens(
         self,
@@ -297,7 +304,7 @@ class ReferenceImageTokens:
                 log.info("reference images of %r: %d bytes", dressing.prompt, found.nbytes)
         with self._guard:
             self._memory[prefix] = found
-            while len(self._memory) > self.capacity:
+            while len(self._memory) > 1 and self._held() > self.memory_bytes:
                 self._memory.popitem(last=False)
         return found
 

@@ -273,12 +273,11 @@ def attach(
         control = story.scenes[planned.scene_index].control
         if control is not None:
             planned = replace(planned, control=control, control_image=images[control.image])
-        if planned.dressing:
-            dressing = tuple(
-                replace(part, pixels=tuple(images[image] for image in part.images))
-                for part in planned.dressing
-            )
-            planned = replace(planned, dressing=dressing)
+        dressing = story.dressing(planned.scene_index)
+        if dressing:
+            pixels = [tuple(images[image] for image in part.images) for part in dressing]
+            dressed = tuple(replace(p, pixels=i) for p, i in zip(dressing, pixels, strict=True))
+            planned = replace(planned, dressing=dressed)
         attached.append(planned)
     return attached
 
@@ -293,7 +292,8 @@ def stored_maps(
         for planned in plan
         if (control := story.scenes[planned.scene_index].control) is not None
     }
-    refs |= {image for planned in plan for part in planned.dressing for image in part.images}
+    scenes = {planned.scene_index for planned in plan}
+    refs |= {image for index in scenes for part in story.dressing(index) for image in part.images}
     return {
         ref: decode_control(storage.get(control_key(ref.removeprefix(STORED))), ref)
         for ref in sorted(refs)

@@ -517,13 +517,15 @@ class Story(BaseModel):
                         seed,
                         scene.caption,
                         scene.control,
-                        dressing=self._dressing(scene),
+                        dressing=self.dressing(index),
                     )
                 )
         return renders
 
-    def _dressing(self, scene: Scene) -> tuple[Dressing, ...]:
-        """The scene's outfits (in cast order) and location that have reference images."""
+    def dressing(self, index: int) -> tuple[Dressing, ...]:
+        """Scene `index`'s outfits (in cast order) and location that have reference images: a
+        worker reads them from its job's story, as it reads a scene's control."""
+        scene = self.scenes[index]
         worn = worn_outfits(scene.outfit, self.character.trigger)
         used: list[Outfit | Location] = [
             p.outfits[worn[p.trigger]] for p in self.characters if p.trigger in worn

@@ -10,14 +10,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from farm.controls import control_key, files_beside, stored_shas, submitted_story
+from farm.controls import (
+    attach,
+    control_key,
+    files_beside,
+    stored_maps,
+    stored_shas,
+    submitted_story,
+)
 from farm.errors import InputError
 from farm.identity.photos import content_hash
 from farm.render.folder_reuse import story_hasher
 from farm.render.presets import PRESETS
 from farm.settings import Settings
 from farm.storage.local import LocalStorage
-from farm.story import load_story
+from farm.story import PlannedRender, load_story
 from tests.fixtures.tiny import REFS
 
 COAT = REFS / "scarletthead_woman" / "scarlett_0.jpg"  # any real picture works
@@ -121,3 +128,17 @@ def test_a_preset_that_refuses_consistency_refuses_reference_images(tmp_path):
         load_story(path, presets=PRESETS)
     assert "preset 'tiny-fast' does not support reference images" in str(caught.value)
     assert "outfit 'coat' of Newton" in str(caught.value)
+
+
+def test_a_worker_fetches_the_images_its_renders_use_from_storage(tmp_path):
+    story = load_story(story_file(tmp_path), presets=PRESETS)
+    storage = LocalStorage(tmp_path / "store")
+    kept = submitted_story(storage, story, files_beside(story))
+    plan = kept.plan()
+    # A claim's renders are made from their rows: the dressing comes from the job's story.
+    bare = [
+        PlannedRender(p.scene_index, p.variant, p.prompt, p.negative, p.seed, None) for p in plan
+    ]
+    first, second = attach(bare, kept, stored_maps(storage, kept, bare))
+    assert [part.pixels[0].size for part in first.dressing] == [(1024, 1024), (512, 512)]
+    assert first == plan[0] and second.dressing == ()  # pixels are not part of what it is

@@ -75,6 +75,9 @@ def tokens_prefix(
         "model": [loaded.preset.name, str(pipeline.dtype), type(pipeline.scheduler).__name__],
         "pipeline": [pipeline.noise, pipeline.prompt_truncation],
     }
+    dressing = [[part.recipe() for part in r.dressing] for r in references]
+    if any(dressing):  # outfits' and locations' reference images, where the references use some
+        document["dressing"] = dressing
     text = json.dumps(document, sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(text.encode()).hexdigest()[:40]
     character = identities[story.character.trigger].photos_fingerprint[:32]

@@ -5,7 +5,9 @@ content before the job is written, named `sha256:<hex>` in the job's story and k
 from __future__ import annotations
 
 import base64
+import io
 
+import yaml
 from sqlalchemy import select
 
 from farm.controls import control_key
@@ -46,3 +48,35 @@ def test_a_reference_image_that_is_no_image_is_a_400(studio: Studio) -> None:
     assert response.status_code == 400
     assert "character.outfits.coat.images[0]: reference image 'data URL'" in response.json["error"]
     assert studio.rows() == rows and studio.stored() == stored and not studio.tasks.sent
+
+
+def test_the_story_form_takes_an_outfit_image_chosen_beside_the_story_file(studio: Studio):
+    client = studio.client()
+    csrf = studio.log_in(client, "a-artist")
+    character_id = make_character(studio)
+    story = {
+        "character": {
+            "name": "Someone",
+            "class_word": "man",
+            "photos": ["elsewhere.jpg"],
+            "outfits": {"coat": {"prompt": "wearing a red coat", "images": ["outfits/coat.jpg"]}},
+        },
+        "preset": "tiny",
+        "width": 64,
+        "height": 64,
+        "scenes": [{"prompt": "a man img at sea", "outfit": "coat"}],
+    }
+    response = client.post(
+        "/stories/new",
+        data={
+            "csrf_token": csrf,
+            "source": "file",
+            "character_id": str(character_id),
+            "story_file": (io.BytesIO(yaml.safe_dump(story).encode()), "story.yaml"),
+            "control_images": [(io.BytesIO(COAT), "coat.jpg")],  # matched by file name
+        },
+    )
+    assert response.status_code == 302, response.text
+    job = studio.call("GET", f"/api/v1/jobs/{response.location.rsplit('/', 1)[-1]}").json
+    images = job["story"]["character"]["outfits"]["coat"]["images"]
+    assert images == [f"sha256:{content_hash(COAT)}"]

@@ -146,9 +146,11 @@ def _offloadable(pipeline: PhotoMakerPipeline) -> list[nn.Module]:
 
 def _triggers(pipeline: PhotoMakerPipeline) -> dict[nn.Module, list[nn.Module]]:
     """The modules whose forward means "this model runs now". The VAE is used through
-    `decode`, not `forward`: its decoder path announces it."""
+    `decode` and `encode` (an outfit's reference images), not `forward`: its decoder and
+    encoder paths announce it."""
     vae = pipeline.vae
-    return {vae: [m for m in (vae.post_quant_conv, vae.decoder) if m is not None]}
+    paths = (vae.post_quant_conv, vae.decoder, vae.quant_conv, vae.encoder)
+    return {vae: [m for m in paths if m is not None]}
 
 
 class Homes:

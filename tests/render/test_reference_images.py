@@ -15,8 +15,10 @@ from farm.identity.photos import content_hash
 from farm.identity.tokens import IdentityTokens
 from farm.recipe import render_filename
 from farm.render.consistency import ConsistentAttention
+from farm.render.loading import load_preset
+from farm.render.memory import VramMode, apply_vram_mode
 from farm.render.pipeline import SceneRender
-from farm.render.presets import PRESETS
+from farm.render.presets import PRESETS, get_preset
 from farm.render.reference_images import ReferenceImageTokens
 from farm.render.story_render import render_story
 from farm.storage.local import LocalStorage
@@ -118,3 +120,16 @@ def test_farm_render_reads_the_images_beside_the_story_file(tiny, tmp_path) -> N
     first, second = (render_filename(scene, 0) for scene in range(2))
     assert (tmp_path / "with" / second).read_bytes() == (tmp_path / "without" / second).read_bytes()
     assert (tmp_path / "with" / first).read_bytes() != (tmp_path / "without" / first).read_bytes()
+
+
+@pytest.mark.parametrize("mode", [VramMode.MODEL_OFFLOAD, VramMode.SEQUENTIAL_OFFLOAD])
+def test_the_images_encode_with_the_vae_offloaded(models_dir, mode) -> None:
+    """The VAE's encoder brings it to the device as its decoder does (`farm.render.memory`)."""
+    loaded = load_preset(get_preset("tiny"), models_dir, device="cpu")  # placed: not shared
+    identity = loaded.identity.tokens_for(photos_of("newton_man", 1))
+    (full,) = images(loaded, identity, [scene(5, coat())])
+    apply_vram_mode(loaded.pipeline, mode)
+    loaded.pipeline.reference_images = ReferenceImageTokens("tiny")  # made again, offloaded
+    (offloaded,) = images(loaded, identity, [scene(5, coat())])
+    assert loaded.pipeline.reference_images.computed == 1
+    assert np.abs(offloaded - full).max() <= 1

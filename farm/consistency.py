@@ -1,7 +1,9 @@
 """A story's `consistency` settings: consistent self-attention across its scenes.
 
 The attention itself is in farm/render/consistency.py; this is the part a story file, the API
-and the dashboard's form validate, without torch. Every default is the paper's (StoryDiffusion),
+and the dashboard's form validate, without torch. `strength`, `sample_rate`, `blocks` and
+`window` also say how a scene attends to its outfits' and location's reference images, whatever
+the mode (farm/render/reference_images.py). Every default is the paper's (StoryDiffusion),
 except the number of reference scenes, which is the farm's own idea.
 """
 

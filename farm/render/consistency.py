@@ -292,14 +292,16 @@ class ConsistentAttention:
             self._samples[key] = sampled_tokens(seed, self._step, tokens, self.settings.sample_rate)
         return self._samples[key]
 
-    @property
-    def undressed(self) -> list[int]:
-        """The images of the call without reference images, where others have some: their rows
-        are computed as if no image had any (`dressed=False`), so they come out as they would
-        without reference images in the story, to the byte."""
+    def undressed_rows(self, rows: int) -> list[int]:
+        """The rows (of `rows`: guidance halves x images) of the call's images without
+        reference images, where others have some: they are computed as if no image had any
+        (`dressed=False`), so they come out as they would without reference images in the
+        story, to the byte."""
         if not any(self._dressing):
             return []
-        return [image for image, parts in enumerate(self._dressing) if not parts]
+        images = len(self._dressing)
+        plain = [image for image, parts in enumerate(self._dressing) if not parts]
+        return [branch * images + image for branch in range(rows // images) for image in plain]
 
     def attend(
         self, name: str, attn: Attention, hidden_states: torch.Tensor, dressed: bool = True
@@ -450,14 +452,11 @@ class _Processor:
         out = self.run.attend(self.name, attn, hidden_states)
         if out is None:
             return self.original(attn, hidden_states, None, None, temb, *args, **kwargs)
-        undressed = self.run.undressed
-        if undressed:  # their rows as without reference images: computed so, then put in place
+        rows = self.run.undressed_rows(out.shape[0])
+        if rows:  # as without reference images: computed so, then put in place
             plain = self.run.attend(self.name, attn, hidden_states, dressed=False)
             if plain is None:
                 plain = self.original(attn, hidden_states, None, None, temb, *args, **kwargs)
-            images = len(self.run._dressing)
-            branches = out.shape[0] // images
-            rows = [branch * images + image for branch in range(branches) for image in undressed]
             out[rows] = plain[rows]
         return out
 

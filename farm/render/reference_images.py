@@ -38,6 +38,7 @@ from PIL import Image, ImageOps
 
 from farm.composition import Dressing
 from farm.consistency import Consistency
+from farm.control_spec import STORED, is_stored
 from farm.identity.cache import KeyLock
 from farm.render.consistency import (
     ConsistentAttention,
@@ -57,11 +58,21 @@ log = logging.getLogger(__name__)
 PREFIX = "reference-images"
 
 
-def image_seed(image: Image.Image) -> int:
-    """An image's seed for token sampling and noise, from its pixels: the same image gives the
-    same tokens whatever it is called."""
-    digest = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).digest()
-    return int.from_bytes(digest[:4], "big")
+def image_ids(dressing: Dressing) -> list[str]:
+    """What each image is: its stored content hash (a job's story names it `sha256:<hex>`), so
+    that every worker finds the same key whatever its image decoder gives; else (a `SceneRender`
+    of a test or bench) a hash of its pixels."""
+    return [
+        image.removeprefix(STORED)
+        if is_stored(image)
+        else hashlib.sha256(f"{pixels.size}".encode() + pixels.tobytes()).hexdigest()
+        for image, pixels in zip(dressing.images, dressing.pixels, strict=True)
+    ]
+
+
+def image_seed(image_id: str) -> int:
+    """An image's seed for token sampling and noise, from what it is."""
+    return int(image_id[:8], 16)
 
 
 def tokens_prefix(
@@ -71,7 +82,7 @@ def tokens_prefix(
     that decides them, so changed images, words or settings never read stale tokens."""
     document = {
         "dressing": dressing.recipe(),
-        "pixels": [image_seed(image) for image in dressing.pixels],
+        "images": image_ids(dressing),
         "size": list(size),
         "steps": steps,
         "guided": guided,
@@ -147,7 +158,7 @@ class ImageTokens:
 
     def __init__(self, dressing: Dressing, guided: bool) -> None:
         self.settings: Consistency = dressing.settings
-        self.seeds = [image_seed(image) for image in dressing.pixels]
+        self.seeds = [image_seed(image_id) for image_id in image_ids(dressing)]
         recipes: list[Recipe] = [(dressing.prompt, None, seed) for seed in self.seeds]
         self.shared = SharedTokens(recipes, 2 if guided else 1)
         self.step = 0

@@ -1,6 +1,6 @@
 """`farm gc`: the objects in storage that no row needs any more, found and (on request) deleted.
 
-Storage is written by the farm under five prefixes, and each has its own rule for "needed":
+Storage is written by the farm under six prefixes, and each has its own rule for "needed":
 
 - `jobs/<job>/...` (renders, thumbnails, comic pages, exports): needed while the job's row
   exists, or while a render of another job, current or retired by a revision, names the image
@@ -16,6 +16,9 @@ Storage is written by the farm under five prefixes, and each has its own rule fo
 - `consistency/<character>/<digest>/...` (a story-mode job's reference-scene tokens, shared by
   every job with the same references): needed while a `job_consistency_tokens` row names the
   prefix; the rows go with their job.
+- `reference-images/<digest>/...` (the tokens of an outfit's or location's reference images,
+  farm/render/reference_images.py, shared by every job that uses them at the same settings):
+  needed while a `job_consistency_tokens` row names the prefix, as reference scenes' tokens.
 - `identity/<encoder>/<photos>.safetensors` (the identity-token cache): needed while its
   `identity_tokens` row exists. A cache object without a row is left by a worker that died
   between computing the tokens and recording them; the next job computes them again.
@@ -122,6 +125,11 @@ def _tokens_prefix(key: str) -> str | None:
     return "/".join(parts[:3]) if len(parts) > 3 else None
 
 
+def _images_prefix(key: str) -> str | None:
+    parts = key.split("/")
+    return "/".join(parts[:2]) if len(parts) > 2 else None
+
+
 def _consistency_needed(session: Session, prefixes: list[str]) -> set[str]:
     return set(
         session.scalars(
@@ -143,6 +151,7 @@ RULES: list[tuple[str, Callable[[str], str | None], Needed]] = [
     ("photos/", _whole_key, _photos_needed),
     ("controls/", _whole_key, _controls_needed),
     ("consistency/", _tokens_prefix, _consistency_needed),
+    ("reference-images/", _images_prefix, _consistency_needed),
     ("identity/", _whole_key, _identity_needed),
 ]
 

@@ -363,6 +363,12 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
     )
     if attention is not None and attention.reading is not None:
         _record_consistency(runtime, claim.job_id, attention.reading)
+    # The tokens of the outfits' and locations' reference images its renders use, likewise.
+    reference_images = loaded.pipeline.reference_images
+    if reference_images is not None:
+        planned = [p for _, p in todo]
+        for tokens in reference_images.for_renders(loaded.pipeline, planned, settings):
+            _record_consistency(runtime, claim.job_id, tokens)
 
     def render_again(planned: PlannedRender, seed: int) -> Image.Image:
         again = replace(planned, seed=seed)
@@ -477,7 +483,8 @@ def _keep(runtime: WorkerRuntime, run: ShardRun, checkpoint: Checkpoint) -> Shar
 
 
 def _record_consistency(runtime: WorkerRuntime, job_id: str, tokens: SharedTokens) -> None:
-    """The job's row for the reference tokens it reads: what keeps them from `farm gc`."""
+    """The job's row for the reference tokens it reads (its reference scenes' or its reference
+    images'): what keeps them from `farm gc`."""
     try:
         with runtime.farm.sessions.begin() as session:
             recorded = session.scalar(

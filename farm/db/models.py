@@ -199,7 +199,9 @@ class JobControlImage(Timestamps, Base):
 class JobConsistencyTokens(Timestamps, Base):
     """The shared tokens of a story-mode job's reference scenes (farm/render/reference_scenes.py),
     stored under `consistency/<character>/<digest>/` and shared by every job with the same
-    references: these rows keep them from `farm gc` while a job (a retry, a revision) may read
+    references, and those of its outfits' and locations' reference images
+    (farm/render/reference_images.py, under `reference-images/<digest>/`; `references` counts
+    the images): these rows keep them from `farm gc` while a job (a retry, a revision) may read
     them, go with their job, and say what they cost in storage."""
 
     __tablename__ = "job_consistency_tokens"

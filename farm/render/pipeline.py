@@ -155,6 +155,12 @@ class RenderResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def guided(guidance: float) -> bool:
+    """Whether a render runs classifier-free guidance (two halves per UNet call), as SDXL's
+    pipeline decides it: a scale of 1 or less is the conditional prediction alone."""
+    return guidance > 1.0
+
+
 def start_merge_step(style_strength: float, steps: int) -> int:
     """Last step index that still uses the text-only prompt (the reference's formula): steps
     0 to `start_merge_step`, that is start_merge_step + 1 of them, are text-only."""
@@ -472,7 +478,7 @@ class PhotoMakerPipeline:
 
         # 2. Call parameters.
         batch = len(renders)
-        do_cfg = guidance > 1.0
+        do_cfg = guided(guidance)
         merge_step = start_merge_step(style_strength, steps)
 
         # 3. Encode prompts: the ID prompt, the text-only prompt and the negative.

@@ -40,6 +40,7 @@ from farm.composition import Dressing
 from farm.consistency import Consistency
 from farm.control_spec import STORED, is_stored
 from farm.identity.cache import KeyLock
+from farm.recipe import RenderSettings
 from farm.render.consistency import (
     ConsistentAttention,
     Recipe,
@@ -48,6 +49,7 @@ from farm.render.consistency import (
     sampled_tokens,
     shared_dtype,
 )
+from farm.render.pipeline import guided
 from farm.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -310,6 +312,7 @@ class ReferenceImageTokens:
                     pipeline, dressing, height=height, width=width, steps=steps, guided=guided
                 )
                 self.computed += 1
+                found.key = prefix
                 if self.storage is not None:
                     store_tokens(self.storage, prefix, found)
                 log.info("reference images of %r: %d bytes", dressing.prompt, found.nbytes)
@@ -318,6 +321,26 @@ class ReferenceImageTokens:
             while len(self._memory) > 1 and self._held() > self.memory_bytes:
                 self._memory.popitem(last=False)
         return found
+
+    def for_renders(
+        self, pipeline: PhotoMakerPipeline, renders: Sequence[Scene], settings: RenderSettings
+    ) -> list[SharedTokens]:
+        """The tokens of every outfit and location `renders` use, read or made now, once each:
+        a worker records them for its job (`job_consistency_tokens`, what keeps them from
+        `farm gc`) before its first batch."""
+        found: dict[str, SharedTokens] = {}
+        for render in renders:
+            for part in render.dressing:
+                tokens = self.tokens(
+                    pipeline,
+                    part,
+                    height=settings.height,
+                    width=settings.width,
+                    steps=settings.steps,
+                    guided=guided(settings.guidance),
+                )
+                found[str(tokens.key)] = tokens
+        return list(found.values())
 
     def attention(
         self,

@@ -79,6 +79,7 @@ def test_submit_status_fetch_cancel(env, tiny, tmp_path):
         f"job {job_id} queued  [{'.' * 30}] 0/6 0%",
         "  queued: 6",
         "  waiting: no worker serves preset tiny: it will wait",  # none registered yet
+        "  shards: 2 (2 queued)",
         "  shard   0 queued    (attempt 0/3)",  # the default shards of 4 renders
         "  shard   1 queued    (attempt 0/3)",
     ]
@@ -89,6 +90,7 @@ def test_submit_status_fetch_cancel(env, tiny, tmp_path):
     assert lines == [
         f"job {job_id} succeeded  [{'#' * 30}] 6/6 100%",
         "  done: 6",
+        "  shards: 2 (2 succeeded)",
         f"  shard   0 succeeded on {WORKER} (attempt 1/3)",
         f"  shard   1 succeeded on {WORKER} (attempt 1/3)",
     ]

@@ -58,7 +58,7 @@ from farm.queue.outbox import ShardTask, send_shards
 from farm.recipe import RenderSettings
 from farm.render.checkpoint import Checkpoint, CheckpointError, RenderInterrupted
 from farm.render.consistency import SharedTokens
-from farm.render.pipeline import RenderCancelled
+from farm.render.pipeline import RenderCancelled, guided
 from farm.render.reference_scenes import consistent_attention
 from farm.scheduling import HeldTurn, send_released, whose_turn
 from farm.story import PlannedRender, Story
@@ -364,10 +364,17 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
     if attention is not None and attention.reading is not None:
         _record_consistency(runtime, claim.job_id, attention.reading)
     # The tokens of the outfits' and locations' reference images its renders use, likewise.
-    reference_images = loaded.pipeline.reference_images
-    if reference_images is not None:
-        planned = [p for _, p in todo]
-        for tokens in reference_images.for_renders(loaded.pipeline, planned, settings):
+    dressed = [p for _, p in todo if p.dressing]
+    if dressed and loaded.pipeline.reference_images is not None:
+        made = loaded.pipeline.reference_images.for_renders(
+            loaded.pipeline,
+            dressed,
+            height=settings.height,
+            width=settings.width,
+            steps=settings.steps,
+            guided=guided(settings.guidance),
+        )
+        for tokens in made:
             _record_consistency(runtime, claim.job_id, tokens)
 
     def render_again(planned: PlannedRender, seed: int) -> Image.Image:

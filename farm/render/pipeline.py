@@ -88,6 +88,19 @@ class ReferenceImages(Protocol):
         """The attention to run and, per render, the reference-image tokens it attends to."""
         ...
 
+    def for_renders(
+        self,
+        pipeline: PhotoMakerPipeline,
+        renders: Sequence[Scene],
+        *,
+        height: int,
+        width: int,
+        steps: int,
+        guided: bool,
+    ) -> list[SharedTokens]:
+        """The tokens of every outfit and location `renders` use, read or made now."""
+        ...
+
 
 class RenderCancelled(Exception):
     """The caller asked to stop (a cancelled job); nothing of the batch is returned."""

@@ -40,7 +40,6 @@ from farm.composition import Dressing
 from farm.consistency import Consistency
 from farm.control_spec import STORED, is_stored
 from farm.identity.cache import KeyLock
-from farm.recipe import RenderSettings
 from farm.render.consistency import (
     ConsistentAttention,
     Recipe,
@@ -49,7 +48,6 @@ from farm.render.consistency import (
     sampled_tokens,
     shared_dtype,
 )
-from farm.render.pipeline import guided
 from farm.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -323,7 +321,14 @@ class ReferenceImageTokens:
         return found
 
     def for_renders(
-        self, pipeline: PhotoMakerPipeline, renders: Sequence[Scene], settings: RenderSettings
+        self,
+        pipeline: PhotoMakerPipeline,
+        renders: Sequence[Scene],
+        *,
+        height: int,
+        width: int,
+        steps: int,
+        guided: bool,
     ) -> list[SharedTokens]:
         """The tokens of every outfit and location `renders` use, read or made now, once each:
         a worker records them for its job (`job_consistency_tokens`, what keeps them from
@@ -332,12 +337,7 @@ class ReferenceImageTokens:
         for render in renders:
             for part in render.dressing:
                 tokens = self.tokens(
-                    pipeline,
-                    part,
-                    height=settings.height,
-                    width=settings.width,
-                    steps=settings.steps,
-                    guided=guided(settings.guidance),
+                    pipeline, part, height=height, width=width, steps=steps, guided=guided
                 )
                 found[str(tokens.key)] = tokens
         return list(found.values())

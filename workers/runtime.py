@@ -15,15 +15,17 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, defer
 
 from farm.characters import PhotoCache
 from farm.context import Farm
-from farm.db.models import Shard, Worker
+from farm.db.models import Job, Shard, Worker
 from farm.db.states import ShardStatus, WorkerStatus
 from farm.identity.cache import IdentityCache
 from farm.locks import key_lock
@@ -34,6 +36,7 @@ from farm.render.loading import LoadedPreset, load_preset, pick_device, warm_up
 from farm.render.presets import get_preset
 from farm.render.reference_images import ReferenceImageTokens
 from farm.render.reference_scenes import ReferenceTokens
+from farm.story import Story
 from workers.cores import pin_render_thread, unpin_thread
 from workers.finisher import Finisher
 
@@ -43,6 +46,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10.0
+# The stories a worker keeps validated: the jobs it moves between, in a farm of many.
+STORIES_KEPT = 16
+# A job as a claim loads it: without its story, which `WorkerRuntime.story` reads when needed.
+STORY_DEFERRED = (defer(Job.spec),)
 
 
 def heartbeat_interval(lease_s: float) -> float:
@@ -79,9 +86,29 @@ class WorkerRuntime:
     _held: set[int] = field(default_factory=set)
     _held_lock: threading.Lock = field(default_factory=threading.Lock)
     finisher: Finisher = field(init=False)
+    # The stories of the jobs it renders, validated once per revision (see `story`).
+    _stories: OrderedDict[tuple[str, int], Story] = field(default_factory=OrderedDict)
+    _stories_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.finisher = Finisher(self.farm)  # its threads start with its first batch
+
+    def story(self, session: Session, job: Job) -> Story:
+        """The job's story, read and validated once per revision (a revision is the only way
+        it changes): every shard of a 10,000-scene story claims with it, and reading and
+        validating it again took each claim a tenth of a second. `job` is loaded without
+        its story (`STORY_DEFERRED`), so a claim that finds it kept never fetches it."""
+        key = (job.id, job.revision)
+        with self._stories_lock:
+            story = self._stories.get(key)
+        if story is None:
+            spec = session.scalar(select(Job.spec).where(Job.id == job.id))
+            story = Story.model_validate(spec)
+            with self._stories_lock:
+                self._stories[key] = story
+                while len(self._stories) > STORIES_KEPT:
+                    self._stories.popitem(last=False)
+        return story
 
     @cached_property
     def photos(self) -> PhotoCache:

@@ -64,7 +64,7 @@ from farm.scheduling import HeldTurn, send_released, whose_turn
 from farm.story import PlannedRender, Story
 from workers.finisher import Rendered, ShardRun
 from workers.qc import IdentityCheck
-from workers.runtime import WorkerRuntime
+from workers.runtime import STORY_DEFERRED, WorkerRuntime
 from workers.steps import StepReporter
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def _claim(
         ):
             return f"held by {shard.worker_id}"
         # Locked too: the first shards of a job, claimed at once, all start the job.
-        job = session.get(Job, shard.job_id, with_for_update=True)
+        job = session.get(Job, shard.job_id, with_for_update=True, options=STORY_DEFERRED)
         if job.cancel_requested:
             cancel_shard(session, shard, now)
             return Ended("cancelled before it started", job.id)
@@ -290,7 +290,7 @@ def _claim(
             select(CastMember).where(CastMember.job_id == job.id).order_by(CastMember.position)
         )
         cast = [(m.trigger, session.get(Character, m.character_id)) for m in members]
-        story = Story.model_validate(job.spec)
+        story = runtime.story(session, job)
         project = session.get_one(Project, job.project_id).name
         renders = [
             PlannedRender(r.scene_index, r.variant, r.prompt, r.negative, r.seed, r.caption)

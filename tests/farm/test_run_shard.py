@@ -27,6 +27,7 @@ from farm.lifecycle import cancel_job
 from farm.queue.app import FINALIZE_JOB, RENDER_SHARD
 from farm.recipe import RECIPE_CHUNK
 from farm.render.loading import LoadedPreset
+from farm.story import Story
 from tests.farm.conftest import job_rows, make_story, submit
 from workers.runtime import WorkerRuntime
 from workers.shard import run_shard
@@ -93,6 +94,29 @@ def test_queued_shards_render_and_the_last_one_ends_the_job(farm, faces, runtime
     assert sorted(farm.storage.list("jobs/")) == sorted(
         [r.storage_key for r in renders] + [r.thumb_key for r in renders]
     )
+
+
+def test_a_worker_validates_a_jobs_story_once_per_revision(farm, faces, runtime, monkeypatch):
+    """Every shard claims with the job's story; a 10,000-scene one is megabytes to read and
+    validate, so a worker does it once per revision of the story, not once per shard."""
+    validated: list[int] = []
+    validate = Story.model_validate
+
+    def counted(data: Any, **kwargs: Any) -> Story:
+        validated.append(len(data["scenes"]))
+        return validate(data, **kwargs)
+
+    job_id = submit(farm, faces, make_story(6)).job_id
+    _, shards, _ = job_rows(farm, job_id)
+    monkeypatch.setattr(Story, "model_validate", counted)
+    assert run_shard(runtime, shards[0].id).result() == "succeeded"
+    assert run_shard(runtime, shards[1].id).result() == "succeeded"
+    assert validated == [6]
+
+    with farm.sessions.begin() as session:  # a revision is the one way a story changes
+        session.get_one(Job, job_id).revision += 1
+    assert run_shard(runtime, shards[2].id).result() == "succeeded"
+    assert validated == [6, 6]
 
 
 def test_a_second_delivery_does_nothing(farm, faces, runtime):

@@ -47,13 +47,14 @@ from farm.recipe import RenderSettings  # noqa: E402
 from farm.render.consistency import (  # noqa: E402
     ConsistentAttention,
     SharedTokens,
+    load_tokens,
     self_attention_layers,
+    store_tokens,
 )
 from farm.render.loading import LoadedPreset, load_preset  # noqa: E402
 from farm.render.pipeline import SceneRender  # noqa: E402
 from farm.render.presets import get_preset  # noqa: E402
 from farm.render.reference_images import render_image_tokens  # noqa: E402
-from farm.render.reference_scenes import load_tokens, store_tokens  # noqa: E402
 from farm.storage.local import LocalStorage  # noqa: E402
 from tests.fixtures.tiny import photos_of  # noqa: E402
 

@@ -55,6 +55,7 @@ from safetensors.torch import save as save_safetensors
 
 from farm.consistency import Consistency
 from farm.errors import InputError
+from farm.storage.base import Storage
 
 BLOCK_PREFIXES = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}
 Recipe = tuple[str, str | None, int]  # a render's prompt, negative and seed: what it is
@@ -183,6 +184,31 @@ class SharedTokens:
         document: dict[str, Any] = json.loads(data)
         references = [(p, n, int(s)) for p, n, s in document["references"]]
         return cls(references, document["branches"]), list(document["steps"])
+
+
+def store_tokens(storage: Storage, prefix: str, tokens: SharedTokens) -> None:
+    """Each step's object, then the manifest: a reader that finds the manifest finds them all.
+    One layout for every kind of shared tokens (reference scenes', reference images')."""
+    for step in tokens.steps:
+        storage.put(_step_key(prefix, step), tokens.step_bytes(step))
+    storage.put(f"{prefix}/manifest.json", tokens.manifest(), "application/json")
+    tokens.key = prefix
+
+
+def load_tokens(storage: Storage, prefix: str) -> SharedTokens | None:
+    try:
+        manifest = storage.get(f"{prefix}/manifest.json")
+    except KeyError:
+        return None
+    tokens, steps = SharedTokens.from_manifest(manifest)
+    tokens.key = prefix
+    for step in steps:
+        tokens.add_step(step, storage.get(_step_key(prefix, step)))
+    return tokens
+
+
+def _step_key(prefix: str, step: int) -> str:
+    return f"{prefix}/step-{step:04d}.safetensors"
 
 
 class ConsistentAttention:

@@ -45,8 +45,10 @@ from farm.render.consistency import (
     Recipe,
     SharedTokens,
     check_layers,
+    load_tokens,
     sampled_tokens,
     shared_dtype,
+    store_tokens,
 )
 from farm.storage.base import Storage
 
@@ -90,28 +92,6 @@ def tokens_prefix(
     }
     text = json.dumps(document, sort_keys=True, ensure_ascii=False)
     return f"{PREFIX}/{hashlib.sha256(text.encode()).hexdigest()[:40]}"
-
-
-def store_tokens(storage: Storage, prefix: str, tokens: SharedTokens) -> None:
-    """Each step's object, then the manifest: a reader that finds the manifest finds them all
-    (the layout of reference scenes' tokens, `farm.render.reference_scenes`, which this module
-    cannot import: the loader, which it serves, is imported there)."""
-    for step in tokens.steps:
-        storage.put(f"{prefix}/step-{step:04d}.safetensors", tokens.step_bytes(step))
-    storage.put(f"{prefix}/manifest.json", tokens.manifest(), "application/json")
-    tokens.key = prefix
-
-
-def load_tokens(storage: Storage, prefix: str) -> SharedTokens | None:
-    try:
-        manifest = storage.get(f"{prefix}/manifest.json")
-    except KeyError:
-        return None
-    tokens, steps = SharedTokens.from_manifest(manifest)
-    tokens.key = prefix
-    for step in steps:
-        tokens.add_step(step, storage.get(f"{prefix}/step-{step:04d}.safetensors"))
-    return tokens
 
 
 def _fitted(image: Image.Image, width: int, height: int) -> torch.Tensor:

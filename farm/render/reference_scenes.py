@@ -25,7 +25,13 @@ from farm.controls import attach, stored_maps
 from farm.identity.cache import KeyLock
 from farm.identity.tokens import IdentityTokens
 from farm.recipe import RenderSettings
-from farm.render.consistency import ConsistentAttention, SharedTokens, recipe
+from farm.render.consistency import (
+    ConsistentAttention,
+    SharedTokens,
+    load_tokens,
+    recipe,
+    store_tokens,
+)
 from farm.render.loading import LoadedPreset
 from farm.render.pipeline import RenderResult
 from farm.storage.base import Storage
@@ -82,30 +88,6 @@ def tokens_prefix(
     digest = hashlib.sha256(text.encode()).hexdigest()[:40]
     character = identities[story.character.trigger].photos_fingerprint[:32]
     return f"{PREFIX}/{character}/{digest}"
-
-
-def _step_key(prefix: str, step: int) -> str:
-    return f"{prefix}/step-{step:04d}.safetensors"
-
-
-def store_tokens(storage: Storage, prefix: str, tokens: SharedTokens) -> None:
-    """Each step's object, then the manifest: a reader that finds the manifest finds them all."""
-    for step in tokens.steps:
-        storage.put(_step_key(prefix, step), tokens.step_bytes(step))
-    storage.put(f"{prefix}/manifest.json", tokens.manifest(), "application/json")
-    tokens.key = prefix
-
-
-def load_tokens(storage: Storage, prefix: str) -> SharedTokens | None:
-    try:
-        manifest = storage.get(f"{prefix}/manifest.json")
-    except KeyError:
-        return None
-    tokens, steps = SharedTokens.from_manifest(manifest)
-    tokens.key = prefix
-    for step in steps:
-        tokens.add_step(step, storage.get(_step_key(prefix, step)))
-    return tokens
 
 
 def render_references(

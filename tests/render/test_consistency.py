@@ -21,16 +21,15 @@ from farm.consistency import Consistency
 from farm.errors import InputError
 from farm.identity.tokens import IdentityTokens
 from farm.recipe import RenderSettings, render_filename
-from farm.render.consistency import ConsistentAttention, self_attention_layers
-from farm.render.pipeline import SceneRender
-from farm.render.presets import PRESETS
-from farm.render.reference_scenes import (
-    ReferenceTokens,
-    consistent_attention,
+from farm.render.consistency import (
+    ConsistentAttention,
     load_tokens,
-    reference_renders,
+    self_attention_layers,
     store_tokens,
 )
+from farm.render.pipeline import SceneRender
+from farm.render.presets import PRESETS
+from farm.render.reference_scenes import ReferenceTokens, consistent_attention, reference_renders
 from farm.render.story_render import character_photos, render_story
 from farm.storage.local import LocalStorage
 from farm.story import load_story, parse_story

@@ -15,7 +15,7 @@ making that image's tokens (once per image, render size and settings, whatever t
 For SDXL the stored bytes follow from the architecture alone (tokens per layer x channels x
 layers x steps in the window x guidance branches x 2 bytes), so they are computed from the
 published UNet config (bench/sdxl_arch.py) at 1024x1024, 50 steps, the default settings; its
-render time needs a GPU (not measured here).
+render time needs a GPU (`bench/consistency_sdxl.py`).
 
     .venv/bin/python bench/consistency.py [--renders 8] [--steps 8] [--repeats 3] [--out FILE]
 """

@@ -1,16 +1,23 @@
-"""What an outfit's reference image costs on SDXL's architecture, on one GPU.
+"""What consistent self-attention and an outfit's reference image cost on SDXL's architecture,
+on one GPU.
 
 The farm's pipeline over the SDXL base + PhotoMaker V2 stack built in code with random weights
 (`bench/sdxl_arch.py`: the real compute, no download), set up as `bench/gpu_render.py` sets up
-the farm's path. Timed, each the median of `--repeats` after a warm-up: a render with
-consistency off; making one image's tokens (VAE encode, one UNet pass on both guidance halves
-per step of the window, the sampled tokens copied to the host); a render wearing an outfit with
-that image, its tokens made. Also the bytes the tokens take and the peak GPU memory of each.
+the farm's path. Timed, each the median of `--repeats` after a warm-up of its shape:
+- one render with consistency off; making one outfit image's tokens (VAE encode, one UNet pass
+  on both guidance halves per step of the window, the sampled tokens copied to the host); one
+  render wearing an outfit with that image, its tokens made;
+- a batch of `--batch` renders with consistency off, the same batch in `batch` mode, the story's
+  reference batch (`--batch` reference scenes, recording their tokens to the host, as the farm
+  renders it once per story) and a batch of other scenes in `story` mode reading those tokens
+  (copied to the GPU per step, as a worker does).
+Also the bytes the tokens take (per image and per reference scene) and the peak GPU memory of
+each.
 
-    PYTHONUNBUFFERED=1 python3 bench/reference_images.py --out bench/results/reference_images.json
+    PYTHONUNBUFFERED=1 python3 bench/consistency_sdxl.py --out bench/results/consistency_sdxl.json
 
 On a CPU, at toy widths (a smoke check of the script, not a measurement of SDXL):
-`.venv/bin/python bench/reference_images.py --cpu-smoke`.
+`.venv/bin/python bench/consistency_sdxl.py --cpu-smoke`.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from bench.sdxl_arch import ARCHS, build_stack  # noqa: E402
 from farm.composition import Dressing  # noqa: E402
 from farm.consistency import Consistency  # noqa: E402
 from farm.render.acceleration import accelerate  # noqa: E402
+from farm.render.consistency import ConsistentAttention  # noqa: E402
 from farm.render.loading import pick_dtype, vae_dtype  # noqa: E402
 from farm.render.pipeline import PhotoMakerPipeline, SceneRender  # noqa: E402
 from farm.render.reference_images import ReferenceImageTokens, render_image_tokens  # noqa: E402
@@ -51,9 +59,13 @@ from farm.render.reference_images import ReferenceImageTokens, render_image_toke
 COAT = ROOT / "tests/data/refs/scarletthead_woman/scarlett_0.jpg"  # any real picture
 
 
-def timed(device: torch.device, fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median seconds of `repeats` runs after one warm-up, and the peak GPU memory (GB)."""
-    fn()
+def timed(
+    device: torch.device, fn: Callable[[], object], repeats: int, *, warm_up: bool = True
+) -> tuple[float, float]:
+    """Median seconds of `repeats` runs, after one warm-up unless a run of the same shape just
+    had one, and the peak GPU memory (GB)."""
+    if warm_up:
+        fn()
     seconds = []
     reset_peak(device)
     for _ in range(repeats):
@@ -70,6 +82,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--batch", type=int, default=2, help="renders per batch and reference scenes"
+    )
     parser.add_argument("--cpu-smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -104,30 +119,60 @@ def main() -> None:
         )
 
     pipeline.reference_images = ReferenceImageTokens(arch)  # in memory: made at the warm-up
-    off_s, off_gb = timed(device, render, args.repeats)
-    tokens_s, tokens_gb = timed(device, tokens, args.repeats)
-    dressed_s, dressed_gb = timed(device, lambda: render(outfit), args.repeats)
+    seconds, peaks = {}, {}
+    seconds["off"], peaks["off"] = timed(device, render, args.repeats)
+    seconds["outfit image's tokens"], peaks["outfit image's tokens"] = timed(
+        device, tokens, args.repeats
+    )
+    seconds["outfit with image"], peaks["outfit with image"] = timed(
+        device, lambda: render(outfit), args.repeats
+    )
+
+    story = Consistency(mode="story", reference_scenes=args.batch)
+    scenes = [SceneRender(PROMPT, NEGATIVE, seed) for seed in range(1, 2 * args.batch + 1)]
+    references, others = scenes[: args.batch], scenes[args.batch :]
+    recorded = {}
+
+    def batch(renders: list[SceneRender], attention: ConsistentAttention | None) -> None:
+        pipeline(renders, identities, consistency=attention, **options)
+
+    def reference_batch() -> None:
+        attention = ConsistentAttention(story, record=True)
+        batch(references, attention)
+        recorded["tokens"] = attention.recorded
+
+    in_batch = Consistency(mode="batch")
+    # One warm-up for the batch shape; the runs after it differ only in the attention processor.
+    plain = "batch off"
+    seconds[plain], peaks[plain] = timed(device, lambda: batch(others, None), args.repeats)
+    for name, fn in (
+        ("batch mode", lambda: batch(others, ConsistentAttention(in_batch))),
+        ("story reference batch", reference_batch),
+        (
+            "story reading",
+            lambda: batch(others, ConsistentAttention(story, reading=recorded["tokens"])),
+        ),
+    ):
+        seconds[name], peaks[name] = timed(device, fn, args.repeats, warm_up=False)
+    single = ("outfit image's tokens", "outfit with image")
     results = {
         "device": device_name(device),
         "dtype": str(dtype),
         "arch": arch,
         "size": f"{args.size}x{args.size}",
         "steps": args.steps,
-        "seconds": {
-            "off": off_s,
-            "outfit image's tokens": tokens_s,
-            "outfit with image": dressed_s,
-        },
+        "batch": args.batch,
+        "seconds": seconds,
         "ratio_to_off": {
-            "outfit image's tokens": round(tokens_s / off_s, 3),
-            "outfit with image": round(dressed_s / off_s, 3),
+            **{name: round(seconds[name] / seconds["off"], 3) for name in single},
+            **{
+                name: round(seconds[name] / seconds[plain], 3)
+                for name in ("batch mode", "story reference batch", "story reading")
+            },
         },
-        "peak_gb": {
-            "off": off_gb,
-            "outfit image's tokens": tokens_gb,
-            "outfit with image": dressed_gb,
-        },
+        "peak_gb": peaks,
         "token_bytes_per_image": made["coat"].nbytes,
+        "token_bytes_per_reference_scene": recorded["tokens"].nbytes // args.batch,
     }
     print(json.dumps(results, indent=2))
     if args.out is not None:

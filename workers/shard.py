@@ -356,6 +356,7 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
     todo = list(zip(claim.render_ids, attach(claim.renders, story, maps), strict=True))
     batch_size = loaded.preset.batch_size
     per_render_identity_s = identity_s / max(len(claim.renders), 1)
+    shared_started = time.perf_counter()
     # Self-attention shared across the story's scenes, if it asks: in story mode, the tokens of
     # its reference scenes, rendered first by whichever worker needs them first.
     attention = consistent_attention(
@@ -376,6 +377,9 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
         )
         for tokens in made:
             _record_consistency(runtime, claim.job_id, tokens)
+    # Making those tokens (a reference batch, reference images' UNet passes) or reading them
+    # held the device for these renders: theirs, as the identity's encoding is.
+    per_render_shared_s = (time.perf_counter() - shared_started) / max(len(claim.renders), 1)
 
     def render_again(planned: PlannedRender, seed: int) -> Image.Image:
         again = replace(planned, seed=seed)
@@ -447,7 +451,7 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
                     identity_s=per_render_identity_s,
                     denoise_s=per_render.get("denoise"),
                     decode_s=per_render.get("decode"),
-                    device_s=per_render_identity_s + held_s + qc_s,
+                    device_s=per_render_identity_s + per_render_shared_s + held_s + qc_s,
                 )
             )
         runtime.finisher.store(run, check, rendered)

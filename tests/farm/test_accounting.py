@@ -1,6 +1,7 @@
 """Device seconds: recorded by the worker for each render (its identity check's re-renders
-included), summed exactly into jobs and projects, reported per project, counted by project in
-the worker's metrics, and read back as a story's estimate.
+included, and the tokens it makes for consistency), summed exactly into jobs and projects,
+reported per project, counted by project in the worker's metrics, and read back as a story's
+estimate.
 
 The tiny preset renders in milliseconds, so the pipeline here waits a fixed time per call: each
 render's device seconds then have a floor that only the time attributed to it can reach."""
@@ -93,6 +94,23 @@ def test_device_seconds_add_up_from_renders_to_job_to_project_with_qc_renders(
     assert report.device_s == pytest.approx(usage[plain].device_s + usage[checked].device_s)
     assert report.renders == 4
     assert device_seconds("features") - counted_before == pytest.approx(report.device_s)
+
+
+def test_the_tokens_a_shard_makes_for_consistency_are_its_renders_device_seconds(farm, faces, tiny):
+    # Story mode: the worker renders the reference batch (one more call) before the shard's
+    # batches, and that call held the device for these renders.
+    runtime = runtime_with(farm, replace(tiny, pipeline=Slow(tiny.pipeline)))
+    with farm.sessions.begin() as session:
+        project_id = ensure_project(session, "features").id
+    story = {"consistency": {"mode": "story", "reference_scenes": 2}}
+
+    def rendering_s(job_id: str) -> float:  # the identity's encoding is computed once only
+        return sum(r.device_s - r.identity_s for r in job_rows(farm, job_id)[2])
+
+    off = rendering_s(run_job(farm, faces, runtime, project_id))
+    consistent = rendering_s(run_job(farm, faces, runtime, project_id, **story))
+    assert runtime.shared_tokens.rendered == 1
+    assert consistent - off >= 0.75 * CALL_S
 
 
 def test_a_report_counts_the_renders_finished_in_its_period_as_csv_and_json(farm, faces, tiny):

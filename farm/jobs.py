@@ -114,10 +114,7 @@ def plan_job(
     rejoin(session, project_id)  # before the job counts as its project's waiting work
     session.add(job)
     session.flush()
-    session.add_all(  # what keeps its control images from `farm gc`
-        JobControlImage(job_id=job.id, sha256=sha, storage_key=control_key(sha))
-        for sha in stored_shas(story)
-    )
+    keep_control_images(session, job.id, story)
     _add_cast(session, job.id, story, cast or {})
     placed = place_renders(
         session,
@@ -319,3 +316,17 @@ class JobProgress:
 def progress(session: Session, job_id: str) -> JobProgress:
     job = get_job(session, job_id)
     return JobProgress(job.id, job.status, job.renders_total, job_progress(session, job_id))
+
+
+def keep_control_images(session: Session, job_id: str, story: Story) -> None:
+    """A `job_control_images` row for each stored image `story` names that the job has none
+    for yet: what keeps the image from `farm gc` while the job (or a later revision of it) may
+    read it."""
+    linked = set(
+        session.scalars(select(JobControlImage.sha256).where(JobControlImage.job_id == job_id))
+    )
+    session.add_all(
+        JobControlImage(job_id=job_id, sha256=sha, storage_key=control_key(sha))
+        for sha in stored_shas(story)
+        if sha not in linked
+    )

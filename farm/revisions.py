@@ -27,6 +27,7 @@ from farm.db.models import Job, JobRevision, Render, RetiredRender
 from farm.db.retry import retried_on_lost_race
 from farm.db.states import RenderStatus
 from farm.errors import InputError
+from farm.jobs import keep_control_images
 from farm.picks import ENDED, job_in_project, request_outputs
 from farm.queue.outbox import ShardTask, send_shards
 from farm.render.presets import PRESETS
@@ -163,6 +164,7 @@ def revise_job(
         job.revision = number
         # The people as the job has them (its photos' names, not a story file's paths).
         job.spec = {**given, "character": job.spec["character"], "cast": job.spec.get("cast", [])}
+        keep_control_images(session, job.id, story)
         job.preset = story.preset
         placed = place_renders(
             session,

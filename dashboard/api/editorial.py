@@ -16,6 +16,7 @@ from dashboard.context import farm
 from dashboard.scope import job_of
 from dashboard.security import principal
 from farm.comic.job import built_picks, picks_document
+from farm.controls import submitted_story
 from farm.db.models import Role
 from farm.errors import InputError
 from farm.picks import ENDED, pick_variant, request_outputs, scene_picks
@@ -201,6 +202,8 @@ def revise(job_id: Any, body: StoryChanges) -> RevisedOut:
     with farm().sessions() as session:
         job = job_of(session, principal(), str(job_id))
         story = revised_story(job, changes, source="body")
+    # New control and reference images come as data: URLs, judged and stored as a job's are.
+    story = submitted_story(farm().storage, story, {})
     done = revise_job(farm(), job.id, story, project_id=principal().project_id)
     return RevisedOut(
         revision=done.revision,

@@ -17,6 +17,7 @@ from dashboard.files import browser_url
 from dashboard.scope import job_of
 from dashboard.security import principal, requires
 from farm.comic.job import built_picks, picks_document
+from farm.controls import submitted_story
 from farm.db.models import Job, JobRevision, Render, RetiredRender, Role
 from farm.documents import parse_document
 from farm.errors import InputError
@@ -113,6 +114,7 @@ def revise(job_id: Any) -> Any:
             if "scenes" not in changes:
                 raise InputError("story: scenes: the story needs its list of scenes")
             story = revised_story(job, changes, source="story")
+            story = submitted_story(farm().storage, story, {})  # data: URLs, as the API's
             done = revise_job(farm(), job.id, story, project_id=principal().project_id)
         except InputError as error:
             page = render_template("jobs/story.html", job=job, text=text, error=str(error))

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import yaml
 from PIL import Image
+from sqlalchemy import select
 
 from farm.controls import control_key
+from farm.db.models import JobControlImage
 from tests.fixtures.dashboard import Studio, finish_renders, make_character, story_body
 
 
@@ -137,3 +139,54 @@ def test_the_story_form_takes_a_story_file_with_its_control_images(studio: Studi
     job = studio.call("GET", f"/api/v1/jobs/{response.location.rsplit('/', 1)[-1]}").json
     assert job["story"]["scenes"][0]["control"]["image"].startswith("sha256:")
     assert job["story"]["character"]["outfits"] == {"robe": {"prompt": "wearing a blue silk robe"}}
+
+
+def test_a_revision_through_the_api_stores_the_images_it_sends(studio: Studio, character_id):
+    created = studio.call("POST", "/api/v1/jobs", json=story_body(character_id)).json["id"]
+    finish_renders(studio, created)
+    pose = png()
+    control = {"image": data_url(pose), "type": "openpose"}
+    changes = {"scenes": {"add": [{"prompt": "a man img dancing", "control": control}]}}
+
+    response = studio.call("PATCH", f"/api/v1/jobs/{created}/story", json=changes)
+
+    assert response.status_code == 200, response.json
+    job = studio.call("GET", f"/api/v1/jobs/{created}").json
+    ref = job["story"]["scenes"][-1]["control"]["image"]
+    assert ref.startswith("sha256:")  # the job keeps a reference, not the image
+    sha = ref.removeprefix("sha256:")
+    assert studio.farm.storage.get(control_key(sha)) == pose
+    with studio.farm.sessions() as session:  # kept from `farm gc` while the job may read it
+        kept = session.scalars(
+            select(JobControlImage.sha256).where(JobControlImage.job_id == created)
+        )
+        assert list(kept) == [sha]
+    # A second revision naming it by its reference reads it from storage; no second row.
+    finish_renders(studio, created)
+    again = {"scenes": {"change": {"1": {"prompt": "a man img reading again"}}}}
+    assert studio.call("PATCH", f"/api/v1/jobs/{created}/story", json=again).status_code == 200
+    assert studio.rows()["job_control_images"] == 1
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("sha256:" + "0" * 64, "names no control or reference image stored here"),
+        ("poses/sea.png", "no image 'poses/sea.png' came with the story"),
+        (data_url(png((32, 32))), "32x32, but the story renders"),
+    ],
+)
+def test_a_revision_with_a_bad_image_is_a_400_and_changes_nothing(
+    studio: Studio, character_id, image: str, message: str
+):
+    created = studio.call("POST", "/api/v1/jobs", json=story_body(character_id)).json["id"]
+    finish_renders(studio, created)
+    rows, stored, sent = studio.rows(), studio.stored(), len(studio.tasks.sent)
+    control = {"image": image, "type": "depth"}
+    changes = {"scenes": {"change": {"1": {"control": control}}}}
+
+    response = studio.call("PATCH", f"/api/v1/jobs/{created}/story", json=changes)
+
+    assert response.status_code == 400 and message in response.json["error"], response.json
+    assert studio.rows() == rows and studio.stored() == stored
+    assert len(studio.tasks.sent) == sent

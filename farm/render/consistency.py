@@ -104,6 +104,25 @@ def on_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def sampled_on(
+    device: torch.device, seed: int, step: int, tokens: int, rate: float
+) -> torch.Tensor:
+    """`sampled_tokens` on `device`, copied there without the host waiting."""
+    drawn = sampled_tokens(seed, step, tokens, rate)
+    return on_device(drawn.pin_memory() if device.type == "cuda" else drawn, device)
+
+
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of `tensor` in host memory. From a GPU it is pinned and copied without waiting,
+    so it is whole only once the device has synchronized: whoever records tokens this way
+    synchronizes before they are read (`ConsistentAttention.installed`,
+    `ImageTokens.capturing`)."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
+
+
 def self_attention_layers(
     unet: UNet2DConditionModel, blocks: Sequence[str]
 ) -> dict[str, Attention]:
@@ -334,21 +353,9 @@ class ConsistentAttention:
         """`sampled_tokens` of an image at this step, on `device` (drawn once per step)."""
         key = (image, tokens)
         if key not in self._samples:
-            seed = self._seeds[image]
-            drawn = sampled_tokens(seed, self._step, tokens, self.settings.sample_rate)
-            self._samples[key] = on_device(
-                drawn.pin_memory() if device.type == "cuda" else drawn, device
-            )
+            rate = self.settings.sample_rate
+            self._samples[key] = sampled_on(device, self._seeds[image], self._step, tokens, rate)
         return self._samples[key]
-
-    def _to_host(self, shared: torch.Tensor) -> torch.Tensor:
-        """A copy of recorded tokens on the host. From a GPU it goes to pinned memory without
-        waiting; `installed` waits for those copies when the call ends."""
-        if shared.device.type != "cuda":
-            return shared.cpu()
-        host = torch.empty(shared.shape, dtype=shared.dtype, pin_memory=True)
-        self._copying = shared.device
-        return host.copy_(shared, non_blocking=True)
 
     def undressed_rows(self, rows: int) -> list[int]:
         """The rows (of `rows`: guidance halves x images) of the call's images without
@@ -385,7 +392,9 @@ class ConsistentAttention:
             ]
             shared = torch.stack(picked, dim=1).to(half)
             if self.recorded is not None:
-                self.recorded.tokens[(self._step, name)] = self._to_host(shared)
+                self.recorded.tokens[(self._step, name)] = to_host(shared)
+                if shared.device.type == "cuda":
+                    self._copying = shared.device
             excluded = list(range(images))
         if shared is not None and shared.shape[1] == 1 and all(r is not None for r in excluded):
             shared, excluded = None, []  # a lone image: no other scene's tokens to see

@@ -46,9 +46,10 @@ from farm.render.consistency import (
     SharedTokens,
     check_layers,
     load_tokens,
-    sampled_tokens,
+    sampled_on,
     shared_dtype,
     store_tokens,
+    to_host,
 )
 from farm.storage.base import Storage
 
@@ -147,12 +148,13 @@ class ImageTokens:
         branches, images = self.shared.branches, len(self.seeds)
         count = hidden_states.shape[1]
         by_image = hidden_states.view(branches, images, count, -1)
+        rate, device = self.settings.sample_rate, hidden_states.device
         picked = [
-            by_image[:, b, sampled_tokens(seed, self.step, count, self.settings.sample_rate)]
+            by_image[:, b, sampled_on(device, seed, self.step, count, rate)]
             for b, seed in enumerate(self.seeds)
         ]
         half = shared_dtype(hidden_states.dtype)
-        self.shared.tokens[(self.step, name)] = torch.stack(picked, dim=1).to(half).cpu()
+        self.shared.tokens[(self.step, name)] = to_host(torch.stack(picked, dim=1).to(half))
 
     @contextmanager
     def capturing(self, pipeline: PhotoMakerPipeline) -> Iterator[None]:
@@ -170,6 +172,8 @@ class ImageTokens:
                 attn.set_processor(originals[name])
             if compiled is not None:
                 unet.forward = compiled
+            if pipeline.device.type == "cuda":  # the tokens' copies to the host (`to_host`)
+                torch.cuda.synchronize(pipeline.device)
 
 
 @torch.inference_mode()

@@ -43,6 +43,7 @@ from tests.fixtures.farm_cluster import (
     make_story,
     wait_for_job,
     wait_for_running_render,
+    wait_idle,
 )
 from tests.fixtures.tiny import REFS
 from workers.supervisor import cpu_shares
@@ -257,6 +258,7 @@ def test_a_pool_child_killed_mid_shard_costs_an_attempt_not_a_render(
     farm_cluster: FarmCluster, workers: WorkerGroup, farm: Farm, bucket: Storage
 ) -> None:
     story, photos = make_story("newton_man", 8, steps=4)
+    wait_idle(farm, [workers])
     job_id = farm_cluster.submit(farm, story, photos).job_id
     # cpu1 runs no beat, so its main process has one child: the one that renders.
     killed, (child,) = kill_mid_shard(
@@ -309,6 +311,7 @@ def test_a_worker_killed_mid_shard_is_reaped_and_its_shard_rendered_elsewhere(
 ) -> None:
     """Runs last: the killed worker (main process and child) stays dead."""
     story, photos = make_story("newton_man", 8, steps=4)
+    wait_idle(farm, [workers])
     job_id = farm_cluster.submit(farm, story, photos).job_id
     survivor, victim = workers.names()
     killed, _ = kill_mid_shard(

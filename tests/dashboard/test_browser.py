@@ -383,9 +383,17 @@ def test_pause_reorder_and_resume_a_job(page, site: Site):
         job = session.get(Job, job_id)
         assert (job.status, job.priority) == (JobStatus.PAUSED, 8)
 
+    # The live page after resuming, its stream refused as a dashboard at its cap refuses it:
+    # the page says it is not live, and follows the job again once a stream is served.
+    refused = page.locator("[data-field=stream-refused]")
+    page.route("**/events", lambda route: route.fulfill(status=429, body="too many streams"))
     page.click("[data-action=resume]")
     expect(page.locator(".flash")).to_contain_text("Job resumed")
     expect(page.locator("[data-action=pause]")).to_be_visible()
+    expect(refused).to_be_visible()
+    shot(page, "16-stream-refused")
+    page.unroute("**/events")
+    expect(refused).to_be_hidden(timeout=20_000)  # tried again 5 s later
     page.click("[data-action=cancel]")  # the worker need not render the rest
     expect(page.locator("[data-field=status]")).to_have_text("cancelled", timeout=RENDER_TIMEOUT_MS)
 

@@ -1,6 +1,7 @@
 // The job page, live: progress bar, counts, timings, shard table and thumbnails follow the
 // server-sent events of /jobs/<id>/events. When the job ends the page reloads once, so that
-// its buttons (cancel, retry, comic) match the final state.
+// its buttons (cancel, retry, comic) match the final state. A stream the server refuses is
+// tried again, later each time, and the page says it is not live meanwhile.
 "use strict";
 
 (function () {
@@ -96,14 +97,32 @@
   const url = root.dataset.events;
   if (!url) return;
   const timer = setInterval(tickElapsed, 1000);
-  const source = new EventSource(url);
-  source.addEventListener("progress", (e) => showProgress(JSON.parse(e.data)));
-  source.addEventListener("render", (e) => addThumb(JSON.parse(e.data)));
-  source.addEventListener("shards", (e) => JSON.parse(e.data).forEach(showShard));
-  source.addEventListener("end", () => {
-    source.close();
-    clearInterval(timer);
-    root.dataset.ended = "true";
-    setTimeout(() => window.location.reload(), 800);
-  });
+  const refused = field("stream-refused");
+  let retryMs = 5000;
+
+  // A stream the server refuses (429: too many open, or any error status) closes for good,
+  // unlike a dropped one, which the browser reopens: the page says so and tries again later.
+  function follow() {
+    const source = new EventSource(url);
+    source.addEventListener("open", () => {
+      refused.hidden = true;
+      retryMs = 5000;
+    });
+    source.addEventListener("error", () => {
+      if (source.readyState !== EventSource.CLOSED) return;
+      refused.hidden = false;
+      setTimeout(follow, retryMs);
+      retryMs = Math.min(2 * retryMs, 120000);
+    });
+    source.addEventListener("progress", (e) => showProgress(JSON.parse(e.data)));
+    source.addEventListener("render", (e) => addThumb(JSON.parse(e.data)));
+    source.addEventListener("shards", (e) => JSON.parse(e.data).forEach(showShard));
+    source.addEventListener("end", () => {
+      source.close();
+      clearInterval(timer);
+      root.dataset.ended = "true";
+      setTimeout(() => window.location.reload(), 800);
+    });
+  }
+  follow();
 })();

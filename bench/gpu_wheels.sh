@@ -10,9 +10,11 @@
 #
 # Such machines (Python 3.12, x86-64, CUDA PyTorch) ship transformers, tokenizers, safetensors,
 # huggingface-hub (>= 1.32, as diffusers 0.42 asks), numpy, pillow, regex, requests, filelock and
-# pyyaml, but not diffusers. Only diffusers is fetched, without its dependencies, so that nothing
-# replaces the machine's own torch (its importlib_metadata requirement is for Python < 3.8 only;
-# 3.12 uses the standard library's). 6.4 MB; the version is the one pyproject.toml allows.
+# pyyaml, but not diffusers, nor what the farm's modules on a bench's import path need besides:
+# pydantic (the story), boto3 (storage), prometheus-client and psutil (metrics). Those are
+# fetched without their dependencies, each of which is listed, so that nothing replaces the
+# machine's own torch (diffusers' importlib_metadata requirement is for Python < 3.8 only).
+# About 26 MB; the versions are ones pyproject.toml allows.
 set -euo pipefail
 
 dest="${1:-.whl}"
@@ -23,5 +25,10 @@ mkdir -p "$dest"
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 \
     -d "$dest" \
-    "diffusers==0.42.1"
+    "diffusers==0.42.1" \
+    "pydantic==2.14.4" "pydantic-core==2.50.5" "annotated-types==0.8.0" \
+    "typing-inspection==0.4.5" \
+    "boto3==1.44.8" "botocore==1.44.8" "s3transfer==0.19.3" "jmespath==1.1.0" \
+    "python-dateutil==2.9.0.post0" "six==1.17.0" \
+    "prometheus-client==0.26.0" "psutil==7.2.2"
 ls -l "$dest"

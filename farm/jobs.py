@@ -322,11 +322,14 @@ def keep_control_images(session: Session, job_id: str, story: Story) -> None:
     """A `job_control_images` row for each stored image `story` names that the job has none
     for yet: what keeps the image from `farm gc` while the job (or a later revision of it) may
     read it."""
+    shas = stored_shas(story)
+    if not shas:  # most stories: no query
+        return
     linked = set(
         session.scalars(select(JobControlImage.sha256).where(JobControlImage.job_id == job_id))
     )
     session.add_all(
         JobControlImage(job_id=job_id, sha256=sha, storage_key=control_key(sha))
-        for sha in stored_shas(story)
+        for sha in shas
         if sha not in linked
     )

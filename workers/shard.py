@@ -355,7 +355,8 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
     maps = stored_maps(runtime.farm.storage, story, claim.renders)
     todo = list(zip(claim.render_ids, attach(claim.renders, story, maps), strict=True))
     batch_size = loaded.preset.batch_size
-    per_render_identity_s = identity_s / max(len(claim.renders), 1)
+    shard_renders = max(len(claim.renders), 1)  # what its shared work is divided among
+    per_render_identity_s = identity_s / shard_renders
     shared_started = time.perf_counter()
     # Self-attention shared across the story's scenes, if it asks: in story mode, the tokens of
     # its reference scenes, rendered first by whichever worker needs them first.
@@ -379,7 +380,7 @@ def _render(runtime: WorkerRuntime, run: ShardRun, claim: Claim) -> None:
             _record_consistency(runtime, claim.job_id, tokens)
     # Making those tokens (a reference batch, reference images' UNet passes) or reading them
     # held the device for these renders: theirs, as the identity's encoding is.
-    per_render_shared_s = (time.perf_counter() - shared_started) / max(len(claim.renders), 1)
+    per_render_shared_s = (time.perf_counter() - shared_started) / shard_renders
 
     def render_again(planned: PlannedRender, seed: int) -> Image.Image:
         again = replace(planned, seed=seed)

@@ -36,8 +36,11 @@ from farm.db.queries import job_progress
 from farm.db.states import JobStatus, RenderStatus
 from farm.events import Events
 from farm.identity.faces import DlibFaceAnalyzer
+from farm.jobs import submit_story
+from farm.lifecycle import cancel_job
 from farm.serving import served_presets
 from farm.settings import Settings
+from farm.story import Story
 from tests.fixtures.dashboard import NEWTON, SECRET_KEY, live_server
 from tests.fixtures.services import skip_or_fail
 from tests.fixtures.tiny import photos_of
@@ -383,19 +386,46 @@ def test_pause_reorder_and_resume_a_job(page, site: Site):
         job = session.get(Job, job_id)
         assert (job.status, job.priority) == (JobStatus.PAUSED, 8)
 
-    # The live page after resuming, its stream refused as a dashboard at its cap refuses it:
-    # the page says it is not live, and follows the job again once a stream is served.
-    refused = page.locator("[data-field=stream-refused]")
-    page.route("**/events", lambda route: route.fulfill(status=429, body="too many streams"))
     page.click("[data-action=resume]")
     expect(page.locator(".flash")).to_contain_text("Job resumed")
     expect(page.locator("[data-action=pause]")).to_be_visible()
+    page.click("[data-action=cancel]")  # the worker need not render the rest
+    expect(page.locator("[data-field=status]")).to_have_text("cancelled", timeout=RENDER_TIMEOUT_MS)
+
+
+def test_a_refused_live_stream_is_said_and_tried_again(page, site: Site):
+    """A job page whose stream the dashboard refuses (429, as at its stream caps) says it is
+    not live, and follows the job again once a stream is served. The job's preset is one no
+    worker here serves, so it stays queued, and live, for as long as the test needs."""
+    with site.farm.sessions.begin() as session:
+        project_id = ensure_project(session, "studio").id
+        character_id = create_character(
+            session,
+            site.farm.storage,
+            DlibFaceAnalyzer(),
+            name="Newton",
+            class_word="man",
+            trigger="img",
+            photos=photos_of("newton_man", 2),
+            project_id=project_id,
+        ).id
+    story = Story.model_validate(
+        {
+            "character": {"name": "Newton", "class_word": "man", "photos": ["newton.jpg"]},
+            "preset": "photomaker-v2",
+            "scenes": [{"prompt": "a man img waiting"}],
+        }
+    )
+    job_id = submit_story(site.farm, story, character_id, project_id=project_id).job_id
+    refused = page.locator("[data-field=stream-refused]")
+    log_in(page, site)
+    page.route("**/events", lambda route: route.fulfill(status=429, body="too many streams"))
+    page.goto(f"/jobs/{job_id}")
     expect(refused).to_be_visible()
     shot(page, "16-stream-refused")
     page.unroute("**/events")
-    expect(refused).to_be_hidden(timeout=20_000)  # tried again 5 s later
-    page.click("[data-action=cancel]")  # the worker need not render the rest
-    expect(page.locator("[data-field=status]")).to_have_text("cancelled", timeout=RENDER_TIMEOUT_MS)
+    expect(refused).to_be_hidden(timeout=20_000)  # asked again 5 s later, and served
+    cancel_job(site.farm, job_id)
 
 
 def test_the_default_form_on_a_farm_of_tiny_workers_renders(page, site: Site):
